@@ -1,0 +1,28 @@
+# The README's commands. Both create .venv when it is missing and skip work already done.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test lint infra clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## Resolve Kafka from Maven Central and build Jaeger once (cached under FLOWSCOPE_HOME).
+infra: $(STAMP)
+	$(BIN)/flowscope kafka install
+	$(BIN)/flowscope jaeger install
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+## Unit tests, then integration tests against the real Kafka broker and the real Jaeger.
+test: infra lint
+	$(BIN)/pytest
+
+clean-venv:
+	rm -rf $(VENV)

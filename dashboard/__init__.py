@@ -1,0 +1,1 @@
+"""Dashboard: the Streamlit web UI that reads the store (it never talks to Kafka)."""

@@ -1,0 +1,1 @@
+"""Demo services: instrumented event-driven services (OpenTelemetry and aiokafka only)."""

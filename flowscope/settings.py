@@ -1,0 +1,201 @@
+"""One settings object, built from the environment at each entry point and passed down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from flowscope.errors import SettingsError
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """Where the Kafka cluster is, or how to run the native one."""
+
+    external_bootstrap: str | None = None
+    port: int = 9092
+    controller_port: int = 9093
+    heap: str = "512m"
+    start_timeout_s: float = 90.0
+    stop_timeout_s: float = 30.0
+    version: str = "4.4.0"
+
+    @property
+    def bootstrap(self) -> str:
+        """The bootstrap address clients use: the external cluster's, else the native one's."""
+        return self.external_bootstrap or f"{LOOPBACK}:{self.port}"
+
+
+@dataclass(frozen=True)
+class JaegerSettings:
+    """Where Jaeger is, or how to run the native one."""
+
+    external_otlp_endpoint: str | None = None
+    external_query_url: str | None = None
+    otlp_http_port: int = 14318
+    otlp_grpc_port: int = 14317
+    query_port: int = 16686
+    query_grpc_port: int = 16685
+    health_port: int = 13133
+    metrics_port: int = 18888
+    max_traces: int = 100_000
+    start_timeout_s: float = 60.0
+    stop_timeout_s: float = 15.0
+    build_timeout_s: float = 3600.0
+    module_version: str = "v1.76.0"
+
+    @property
+    def external(self) -> bool:
+        """True when an existing Jaeger is used and nothing is started."""
+        return self.external_query_url is not None
+
+    @property
+    def otlp_http_endpoint(self) -> str:
+        """Base URL of Jaeger's OTLP/HTTP receiver (append /v1/traces to post spans)."""
+        return self.external_otlp_endpoint or f"http://{LOOPBACK}:{self.otlp_http_port}"
+
+    @property
+    def otlp_grpc_endpoint(self) -> str:
+        """host:port of Jaeger's OTLP/gRPC receiver."""
+        return f"{LOOPBACK}:{self.otlp_grpc_port}"
+
+    @property
+    def query_url(self) -> str:
+        """Base URL of Jaeger's HTTP query API."""
+        return self.external_query_url or f"http://{LOOPBACK}:{self.query_port}"
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """Every port the native Jaeger binds, by role."""
+        return {
+            "otlp_http": self.otlp_http_port,
+            "otlp_grpc": self.otlp_grpc_port,
+            "query": self.query_port,
+            "query_grpc": self.query_grpc_port,
+            "health": self.health_port,
+            "metrics": self.metrics_port,
+        }
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything Flowscope reads from its environment, validated once."""
+
+    home: Path
+    cache_dir: Path
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    jaeger: JaegerSettings = field(default_factory=JaegerSettings)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from the environment; every bad variable is named in one error."""
+        reader = _EnvReader(os.environ if env is None else env)
+        home = Path(reader.text("FLOWSCOPE_HOME") or Path.home() / ".flowscope").expanduser()
+        cache = reader.text("FLOWSCOPE_CACHE_DIR")
+        kafka = KafkaSettings(
+            external_bootstrap=reader.text("KAFKA_BOOTSTRAP_SERVERS"),
+            port=reader.port("FLOWSCOPE_KAFKA_PORT", KafkaSettings.port),
+            controller_port=reader.port(
+                "FLOWSCOPE_KAFKA_CONTROLLER_PORT", KafkaSettings.controller_port
+            ),
+            start_timeout_s=reader.seconds(
+                "FLOWSCOPE_KAFKA_START_TIMEOUT", KafkaSettings.start_timeout_s
+            ),
+        )
+        jaeger = JaegerSettings(
+            external_otlp_endpoint=reader.url("FLOWSCOPE_JAEGER_OTLP_ENDPOINT"),
+            external_query_url=reader.url("FLOWSCOPE_JAEGER_QUERY_URL"),
+            otlp_http_port=reader.port("FLOWSCOPE_JAEGER_OTLP_HTTP_PORT", 14318),
+            otlp_grpc_port=reader.port("FLOWSCOPE_JAEGER_OTLP_GRPC_PORT", 14317),
+            query_port=reader.port("FLOWSCOPE_JAEGER_QUERY_PORT", 16686),
+            query_grpc_port=reader.port("FLOWSCOPE_JAEGER_QUERY_GRPC_PORT", 16685),
+            health_port=reader.port("FLOWSCOPE_JAEGER_HEALTH_PORT", 13133),
+            metrics_port=reader.port("FLOWSCOPE_JAEGER_METRICS_PORT", 18888),
+            start_timeout_s=reader.seconds(
+                "FLOWSCOPE_JAEGER_START_TIMEOUT", JaegerSettings.start_timeout_s
+            ),
+        )
+        if (jaeger.external_otlp_endpoint is None) != (jaeger.external_query_url is None):
+            reader.problems.append(
+                "FLOWSCOPE_JAEGER_OTLP_ENDPOINT and FLOWSCOPE_JAEGER_QUERY_URL must be set together"
+                " to use an existing Jaeger"
+            )
+        _check_distinct_ports(reader.problems, kafka, jaeger)
+        if reader.problems:
+            raise SettingsError(reader.problems)
+        return cls(
+            home=home,
+            cache_dir=Path(cache).expanduser() if cache else home / "cache",
+            kafka=kafka,
+            jaeger=jaeger,
+        )
+
+    def with_kafka(self, **changes: object) -> Settings:
+        """A copy with some Kafka settings changed (for tests and command-line options)."""
+        return replace(self, kafka=replace(self.kafka, **changes))
+
+    @property
+    def kafka_dir(self) -> Path:
+        """Run state of the native broker: config, data, logs, pid file."""
+        return self.home / "kafka"
+
+    @property
+    def jaeger_dir(self) -> Path:
+        """Run state of the native Jaeger: config, log, pid file."""
+        return self.home / "jaeger"
+
+
+def _check_distinct_ports(problems: list[str], kafka: KafkaSettings, jaeger: JaegerSettings
+                          ) -> None:
+    ports: dict[int, str] = {}
+    named = {"kafka": kafka.port, "kafka controller": kafka.controller_port}
+    named |= {f"jaeger {role}": port for role, port in jaeger.ports.items()}
+    for role, port in named.items():
+        if port in ports:
+            problems.append(f"port {port} is given to both {ports[port]} and {role}")
+        ports[port] = role
+
+
+class _EnvReader:
+    """Reads typed values and collects every problem instead of stopping at the first."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def text(self, name: str) -> str | None:
+        value = self.env.get(name, "").strip()
+        return value or None
+
+    def port(self, name: str, default: int) -> int:
+        value = self.text(name)
+        if value is None:
+            return default
+        if not value.isdigit() or not 1 <= int(value) <= 65535:
+            self.problems.append(f"{name}={value!r} is not a TCP port (1-65535)")
+            return default
+        return int(value)
+
+    def seconds(self, name: str, default: float) -> float:
+        value = self.text(name)
+        if value is None:
+            return default
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if seconds <= 0:
+            self.problems.append(f"{name}={value!r} is not a positive number of seconds")
+            return default
+        return seconds
+
+    def url(self, name: str) -> str | None:
+        value = self.text(name)
+        if value is not None and not value.startswith(("http://", "https://")):
+            self.problems.append(f"{name}={value!r} is not an http:// or https:// URL")
+            return None
+        return value.rstrip("/") if value else None

@@ -1,0 +1,78 @@
+"""Fixtures that start the real Kafka broker and the real Jaeger once per test session.
+
+What the session started, it stops at the end; what was already running (or is external) is
+left alone. A component that cannot be started is an error, never a skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from flowscope.infra import jaeger, kafka
+from flowscope.infra.jaeger import JaegerStatus
+from flowscope.settings import Settings
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/integration carries the integration marker."""
+    for item in items:
+        if "/integration/" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    """The settings of this environment (KAFKA_BOOTSTRAP_SERVERS and FLOWSCOPE_* honoured)."""
+    return Settings.from_env()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(settings: Settings) -> Iterator[str]:
+    """Bootstrap address of a real broker: the external one, a running native one, or a new one."""
+    already = settings.kafka.external_bootstrap is not None or kafka.status(settings).running
+    current = kafka.start(settings)
+    yield current.bootstrap
+    if not already:
+        kafka.stop(settings)
+
+
+@pytest.fixture(scope="session")
+def jaeger_endpoints(settings: Settings) -> Iterator[JaegerStatus]:
+    """Endpoints of a real Jaeger: the external one, a running native one, or a new one."""
+    already = settings.jaeger.external or jaeger.status(settings).running
+    current = jaeger.start(settings)
+    yield current
+    if not already:
+        jaeger.stop(settings)
+
+
+@pytest.fixture
+def unique_name(request: pytest.FixtureRequest) -> str:
+    """A topic or group name no other test (or earlier run) uses."""
+    base = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:40].strip("-")
+    return f"{base}-{uuid.uuid4().hex[:8]}"
+
+
+async def create_topic(bootstrap: str, name: str, partitions: int = 1,
+                       timeout_s: float = 30.0) -> str:
+    """Create a topic and wait (bounded) until its partitions have leaders."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await asyncio.wait_for(
+            admin.create_topics([NewTopic(name, partitions, replication_factor=1)]), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            while True:
+                described = await admin.describe_topics([name])
+                found = described[0]["partitions"] if described else []
+                if len(found) == partitions and all(p["leader"] >= 0 for p in found):
+                    return name
+                await asyncio.sleep(0.1)
+    finally:
+        await admin.close()

@@ -1,0 +1,51 @@
+"""Run Kafka's own command-line tools and read their output, as a reference for our figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flowscope.infra import kafka
+from flowscope.settings import Settings
+
+CONSUMER_GROUP_COMMAND = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"
+
+
+@dataclass(frozen=True)
+class DescribedPartition:
+    """One row of `ConsumerGroupCommand --describe`; None where it prints '-'."""
+
+    topic: str
+    partition: int
+    current_offset: int | None
+    log_end_offset: int | None
+    lag: int | None
+
+
+def _number(cell: str) -> int | None:
+    return None if cell == "-" else int(cell)
+
+
+def parse_group_describe(output: str) -> list[DescribedPartition]:
+    """Rows of the table ConsumerGroupCommand prints, whatever the column widths."""
+    rows: list[DescribedPartition] = []
+    header: list[str] | None = None
+    for line in output.splitlines():
+        cells = line.split()
+        if cells[:2] == ["GROUP", "TOPIC"]:
+            header = cells
+            continue
+        if header is None or len(cells) < len(header):
+            continue
+        row = dict(zip(header, cells, strict=False))
+        rows.append(DescribedPartition(
+            row["TOPIC"], int(row["PARTITION"]), _number(row["CURRENT-OFFSET"]),
+            _number(row["LOG-END-OFFSET"]), _number(row["LAG"])))
+    return sorted(rows, key=lambda r: (r.topic, r.partition))
+
+
+def describe_group(settings: Settings, bootstrap: str, group: str) -> list[DescribedPartition]:
+    """What Kafka's ConsumerGroupCommand reports for group, per partition."""
+    done = kafka.run_tool(settings, CONSUMER_GROUP_COMMAND, "--bootstrap-server", bootstrap,
+                          "--describe", "--group", group)
+    assert done.returncode == 0, f"ConsumerGroupCommand failed: {done.stderr}"
+    return parse_group_describe(done.stdout)

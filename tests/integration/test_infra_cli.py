@@ -1,0 +1,110 @@
+"""`flowscope kafka` and `flowscope jaeger` as a person or a script uses them."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flowscope.infra import process
+from flowscope.infra.jaeger import JaegerStatus
+from flowscope.settings import Settings
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _flowscope(env: dict[str, str], *args: str, timeout_s: float = 180
+               ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "flowscope", *args], env=env, text=True,
+                          capture_output=True, timeout=timeout_s, check=False)
+
+
+@pytest.fixture
+def own_broker_env(tmp_path: Path, settings: Settings) -> Iterator[dict[str, str]]:
+    """An environment for a second native broker: its own home and ports, the shared cache."""
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    env.update(FLOWSCOPE_HOME=str(tmp_path / "home"), FLOWSCOPE_CACHE_DIR=str(settings.cache_dir),
+               FLOWSCOPE_KAFKA_PORT=str(_free_port()),
+               FLOWSCOPE_KAFKA_CONTROLLER_PORT=str(_free_port()))
+    yield env
+    _flowscope(env, "kafka", "stop")
+
+
+def test_kafka_start_twice_gives_one_broker_and_stop_leaves_none(
+        own_broker_env: dict[str, str], kafka_bootstrap: str) -> None:
+    marker = str(Path(own_broker_env["FLOWSCOPE_HOME"]) / "kafka" / "server.properties")
+    first = _flowscope(own_broker_env, "kafka", "start")
+    second = _flowscope(own_broker_env, "kafka", "start")
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    expected = f"127.0.0.1:{own_broker_env['FLOWSCOPE_KAFKA_PORT']}"
+    assert first.stdout.strip() == second.stdout.strip() == expected
+    jvms = process.find_processes(marker)
+    assert len(jvms) == 1
+
+    status = json.loads(_flowscope(own_broker_env, "kafka", "status", "--json").stdout)
+    assert status == {"running": True, "bootstrap": expected, "pid": jvms[0]}
+
+    stopped = _flowscope(own_broker_env, "kafka", "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert process.find_processes(marker) == []
+    after = _flowscope(own_broker_env, "kafka", "status", "--json")
+    assert after.returncode == 3
+    assert json.loads(after.stdout) == {"running": False, "bootstrap": expected, "pid": None}
+
+
+def test_kafka_start_names_the_port_another_process_holds(
+        own_broker_env: dict[str, str]) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        own_broker_env["FLOWSCOPE_KAFKA_PORT"] = str(port)
+        done = _flowscope(own_broker_env, "kafka", "start")
+    assert done.returncode == 1
+    assert f"broker port {port} on 127.0.0.1 already in use" in done.stderr
+    assert "FLOWSCOPE_KAFKA_PORT" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_kafka_start_without_java_is_a_clear_error(
+        own_broker_env: dict[str, str], tmp_path: Path) -> None:
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    own_broker_env["PATH"] = str(empty)
+    done = _flowscope(own_broker_env, "kafka", "start")
+    assert done.returncode == 1
+    assert "kafka: java was not found on PATH" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_kafka_start_with_external_cluster_starts_nothing(
+        own_broker_env: dict[str, str], kafka_bootstrap: str) -> None:
+    own_broker_env["KAFKA_BOOTSTRAP_SERVERS"] = kafka_bootstrap
+    done = _flowscope(own_broker_env, "kafka", "start")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == kafka_bootstrap
+    marker = str(Path(own_broker_env["FLOWSCOPE_HOME"]) / "kafka" / "server.properties")
+    assert process.find_processes(marker) == []
+    status = json.loads(_flowscope(own_broker_env, "kafka", "status", "--json").stdout)
+    assert status == {"running": True, "bootstrap": kafka_bootstrap, "pid": None}
+
+
+def test_jaeger_status_json_names_its_endpoints(jaeger_endpoints: JaegerStatus) -> None:
+    done = _flowscope(dict(os.environ), "jaeger", "status", "--json")
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert set(status) == {"running", "pid", "otlp_http", "otlp_grpc", "query"}
+    assert status["running"] is True
+    assert status["query"] == jaeger_endpoints.query
+    assert status["otlp_http"] == jaeger_endpoints.otlp_http
