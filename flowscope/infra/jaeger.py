@@ -227,7 +227,7 @@ def _await_healthy(settings: Settings, paths: JaegerPaths, record: process.Proce
     if alive:
         process.terminate(record.pid, timeout_s=settings.jaeger.stop_timeout_s)
     paths.pid_file.unlink(missing_ok=True)
-    cause = (f"Jaeger did not report healthy within {settings.jaeger.start_timeout_s:.0f}s"
+    cause = (f"Jaeger did not report healthy within {settings.jaeger.start_timeout_s:g}s"
              if alive else "Jaeger exited during start-up")
     raise FlowscopeError(COMPONENT, cause, log=paths.log, log_tail=process.log_tail(paths.log))
 

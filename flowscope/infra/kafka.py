@@ -345,7 +345,7 @@ def _await_ready(settings: Settings, paths: KafkaPaths, pid: int, progress: proc
     tail = "\n".join(filter(None, [process.log_tail(paths.stdout_log, 10),
                                    process.log_tail(paths.server_log, 20)]))
     cause = (f"the broker did not answer a metadata request on {bootstrap} within "
-             f"{settings.kafka.start_timeout_s:.0f}s" if alive
+             f"{settings.kafka.start_timeout_s:g}s" if alive
              else "the broker exited during start-up")
     raise FlowscopeError(COMPONENT, cause, log=log, log_tail=tail,
                          hint="FLOWSCOPE_KAFKA_START_TIMEOUT gives it longer" if alive else None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -108,3 +109,50 @@ def test_jaeger_status_json_names_its_endpoints(jaeger_endpoints: JaegerStatus) 
     assert status["running"] is True
     assert status["query"] == jaeger_endpoints.query
     assert status["otlp_http"] == jaeger_endpoints.otlp_http
+
+
+def _bin_with(tmp_path: Path, **tools: str) -> str:
+    """A PATH folder holding only the given tools (name -> target path or script text)."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    for name, target in tools.items():
+        if target.startswith("#!"):
+            (folder / name).write_text(target)
+            (folder / name).chmod(0o755)
+        else:
+            (folder / name).symlink_to(target)
+    return str(folder)
+
+
+def test_kafka_start_with_old_java_names_the_version_needed(
+        own_broker_env: dict[str, str], tmp_path: Path) -> None:
+    old_java = "#!/bin/sh\necho 'openjdk version \"11.0.2\" 2019-01-15' >&2\n"
+    own_broker_env["PATH"] = _bin_with(tmp_path, java=old_java)
+    done = _flowscope(own_broker_env, "kafka", "start")
+    assert done.returncode == 1
+    assert "kafka: Java 17 or newer is needed" in done.stderr
+    assert 'openjdk version "11.0.2"' in done.stderr
+
+
+def test_kafka_install_without_maven_is_a_clear_error(
+        own_broker_env: dict[str, str], tmp_path: Path) -> None:
+    java = shutil.which("java")
+    assert java is not None
+    own_broker_env["PATH"] = _bin_with(tmp_path, java=os.path.realpath(java))
+    own_broker_env["FLOWSCOPE_CACHE_DIR"] = str(tmp_path / "empty-cache")
+    done = _flowscope(own_broker_env, "kafka", "install")
+    assert done.returncode == 1
+    assert "kafka: mvn (Apache Maven) was not found on PATH" in done.stderr
+
+
+def test_kafka_not_ready_in_time_shows_its_log_and_leaves_no_process(
+        own_broker_env: dict[str, str]) -> None:
+    own_broker_env["FLOWSCOPE_KAFKA_START_TIMEOUT"] = "0.2"
+    marker = str(Path(own_broker_env["FLOWSCOPE_HOME"]) / "kafka" / "server.properties")
+    done = _flowscope(own_broker_env, "kafka", "start")
+    assert done.returncode == 1
+    assert "kafka: the broker did not answer a metadata request" in done.stderr
+    assert "within 0.2s" in done.stderr
+    assert f"log: {own_broker_env['FLOWSCOPE_HOME']}/kafka/logs/" in done.stderr
+    assert "FLOWSCOPE_KAFKA_START_TIMEOUT" in done.stderr
+    assert process.find_processes(marker) == []
