@@ -95,6 +95,62 @@ def _jaeger_install(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
+def _services(settings: Settings, args: argparse.Namespace) -> int:
+    from flowscope.services import SERVICES, run_services  # noqa: PLC0415
+
+    names = tuple(args.only.split(",")) if args.only else SERVICES
+    unknown = sorted(set(names) - set(SERVICES))
+    if unknown:
+        raise FlowscopeError("services", f"unknown service(s) {', '.join(unknown)}; "
+                             f"choose from {', '.join(SERVICES)}")
+    return run_services(settings, names)
+
+
+def _loadgen(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+
+    from demo_services.loadgen import LoadPlan, run_load  # noqa: PLC0415
+    from flowscope.services import demo_config  # noqa: PLC0415
+
+    try:
+        plan = LoadPlan(rate=args.rate, duration_s=args.duration, seed=args.seed,
+                        transient_failure=args.transient_failure,
+                        permanent_failure=args.permanent_failure,
+                        callback_failure=args.callback_failure,
+                        inventory_failure=args.inventory_failure, work_ms=args.work_ms,
+                        pause_group=args.pause_group, pause_after_s=args.pause_after,
+                        pause_for_s=args.pause_for)
+    except ValueError as exc:
+        raise FlowscopeError("loadgen", str(exc)) from None
+    report = asyncio.run(run_load(demo_config(settings), plan))
+    if args.json:
+        print(json.dumps(report.as_json()))
+    return 0 if not report.errors else 1
+
+
+def _add_demo_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    services = groups.add_parser("services", help="run the demo services until Ctrl-C",
+                                 description="Create the demo topics and run every demo "
+                                 "service as its own process until SIGINT or SIGTERM.")
+    services.add_argument("--only", help="comma-separated services to run (default: all)")
+    services.set_defaults(handler=_services)
+    load = groups.add_parser("loadgen", help="drive both demo flows at a steady rate",
+                             description="Send file uploads and orders to the demo services.")
+    load.add_argument("--rate", type=float, default=5.0, help="flows per second (default 5)")
+    load.add_argument("--duration", type=float, default=30.0, help="seconds (default 30)")
+    load.add_argument("--seed", type=int, default=0, help="replays the same flows (default 0)")
+    for name in ("transient-failure", "permanent-failure", "callback-failure",
+                 "inventory-failure"):
+        load.add_argument(f"--{name}", type=float, metavar="P",
+                          help=f"probability of a {name.replace('-', ' ')} (0-1)")
+    load.add_argument("--work-ms", type=int, help="simulated processing time per message")
+    load.add_argument("--pause-group", help="consumer group to pause (e.g. processor)")
+    load.add_argument("--pause-after", type=float, default=0.0, help="seconds into the run")
+    load.add_argument("--pause-for", type=float, default=10.0, help="seconds to pause")
+    load.add_argument("--json", action="store_true", help="print the report as JSON")
+    load.set_defaults(handler=_loadgen)
+
+
 Handler = Callable[[Settings, argparse.Namespace], int]
 
 
@@ -123,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
             if verb == "status":
                 sub.add_argument("--json", action="store_true", help="print JSON for scripts")
             sub.set_defaults(handler=handler)
+    _add_demo_commands(groups)
     return parser
 
 

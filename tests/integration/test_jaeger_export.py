@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import time
-import urllib.error
-import urllib.request
 import uuid
 
 import pytest
@@ -16,25 +12,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from flowscope.infra.jaeger import JaegerStatus
+from tests.integration.jaeger_api import fetch_trace
 
 pytestmark = pytest.mark.jaeger
-
-
-def _get_trace(query: str, trace_id: str, timeout_s: float = 30.0) -> dict[str, object]:
-    """Poll Jaeger's v1 API until the trace is there with both spans (bounded)."""
-    deadline = time.monotonic() + timeout_s
-    last = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{query}/api/traces/{trace_id}", timeout=5) as answer:
-                data = json.load(answer)["data"]
-            if data and len(data[0]["spans"]) == 2:
-                return data[0]
-            last = f"{len(data[0]['spans']) if data else 0} spans"
-        except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code}"
-        time.sleep(0.2)
-    raise AssertionError(f"trace {trace_id} not complete in Jaeger after {timeout_s}s: {last}")
 
 
 def test_otlp_http_spans_are_returned_by_jaeger_query_api(
@@ -52,7 +32,7 @@ def test_otlp_http_spans_are_returned_by_jaeger_query_api(
     trace_id = format(producer.get_span_context().trace_id, "032x")
     producer_id = format(producer.get_span_context().span_id, "016x")
 
-    found = _get_trace(jaeger_endpoints.query, trace_id)
+    found = fetch_trace(jaeger_endpoints.query, trace_id, lambda t: len(t["spans"]) == 2)
 
     spans = {span["operationName"]: span for span in found["spans"]}
     assert set(spans) == {"send orders", "process orders"}

@@ -1,0 +1,83 @@
+"""The demo services' settings, read once from the environment by each service's entry point.
+
+The demo services stand for somebody else's system: they read only their own FLOWSCOPE_DEMO_*
+variables, KAFKA_BOOTSTRAP_SERVERS and the standard OTEL_* ones, and import nothing of Flowscope.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+DEFAULT_PORTS = {"uploads": 8081, "orders": 8082, "webhook": 8083}
+
+
+class ConfigError(ValueError):
+    """One or more FLOWSCOPE_DEMO_* variables are invalid; every one is named."""
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Knobs of the demo system; every field is FLOWSCOPE_DEMO_<FIELD> in the environment."""
+
+    bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = ""
+    host: str = "127.0.0.1"
+    uploads_port: int = DEFAULT_PORTS["uploads"]
+    orders_port: int = DEFAULT_PORTS["orders"]
+    webhook_port: int = DEFAULT_PORTS["webhook"]
+    seed: int = 0
+    work_ms: int = 20
+    transient_failure: float = 0.10
+    permanent_failure: float = 0.02
+    callback_failure: float = 0.05
+    inventory_failure: float = 0.15
+    max_attempts: int = 4
+    backoff_base_ms: int = 200
+    backoff_max_ms: int = 5_000
+    partitions: int = 3
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> DemoConfig:
+        """Read FLOWSCOPE_DEMO_* and KAFKA_BOOTSTRAP_SERVERS; ConfigError names each bad one."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        problems = []
+        if env.get("KAFKA_BOOTSTRAP_SERVERS"):
+            values["bootstrap"] = env["KAFKA_BOOTSTRAP_SERVERS"]
+        for spec in fields(cls):
+            name = f"FLOWSCOPE_DEMO_{spec.name.upper()}"
+            raw = env.get(name)
+            if raw is None or spec.name == "bootstrap":
+                continue
+            try:
+                values[spec.name] = _parse(spec.name, type(getattr(cls, spec.name)), raw)
+            except ValueError as exc:
+                problems.append(f"{name}={raw!r}: {exc}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return cls(**values)  # type: ignore[arg-type]
+
+    def topic(self, name: str) -> str:
+        """The full name of a demo topic (a prefix keeps test runs apart)."""
+        return f"{self.topic_prefix}{name}"
+
+    def group(self, name: str) -> str:
+        """The full name of a demo consumer group."""
+        return f"{self.topic_prefix}{name}"
+
+    def url(self, service: str) -> str:
+        """Base URL of one of the demo HTTP services."""
+        return f"http://{self.host}:{getattr(self, f'{service}_port')}"
+
+
+def _parse(name: str, kind: type, raw: str) -> object:
+    if kind is str:
+        return raw
+    value = kind(raw)
+    if kind is float and not 0.0 <= value <= 1.0:
+        raise ValueError("must be a probability between 0 and 1")
+    if kind is int and value < 0 and name != "seed":
+        raise ValueError("must not be negative")
+    return value

@@ -1,0 +1,186 @@
+"""Run the demo services, one process each, and keep them running until told to stop.
+
+One process per service, as in a real deployment: each has its own OpenTelemetry service.name,
+its own consumer groups and its own log, and can be killed and restarted alone (which is how
+the demo shows that a crash replays messages instead of losing them). A service that dies is
+restarted after a short backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from demo_services.config import ConfigError, DemoConfig
+from demo_services.topics import ensure_topics
+from flowscope.errors import FlowscopeError
+from flowscope.infra import process
+from flowscope.settings import Settings
+
+COMPONENT = "services"
+SERVICES = ("webhook", "uploads", "processor", "notifier", "orders", "payments", "inventory",
+            "shipping")
+HTTP_SERVICES = ("webhook", "uploads", "orders")
+
+
+@dataclass
+class Child:
+    """One service process and how often it was restarted."""
+
+    name: str
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+
+
+@dataclass
+class Supervisor:
+    """Starts each service as `python -m demo_services.<name>` and restarts those that die."""
+
+    settings: Settings
+    config: DemoConfig
+    names: tuple[str, ...] = SERVICES
+    children: dict[str, Child] = field(default_factory=dict)
+
+    @property
+    def log_dir(self) -> Path:
+        """Where each service's log goes."""
+        return self.settings.home / "services"
+
+    @property
+    def state_file(self) -> Path:
+        """The pid of every running service, for scripts and tests."""
+        return self.log_dir / "services.json"
+
+    def environment(self, name: str) -> dict[str, str]:
+        """The environment of one service: the cluster, and its own service.name."""
+        env = dict(os.environ)
+        env.update(KAFKA_BOOTSTRAP_SERVERS=self.config.bootstrap, OTEL_SERVICE_NAME=name,
+                   PYTHONUNBUFFERED="1")
+        return env
+
+    def start_child(self, name: str) -> None:
+        """Start (or restart) one service."""
+        child = self.children.setdefault(name, Child(name))
+        child.proc = process.spawn([sys.executable, "-m", f"demo_services.{name}"],
+                                   self.log_dir / f"{name}.log", cwd=self.log_dir,
+                                   env=self.environment(name))
+        self.write_state()
+
+    def write_state(self) -> None:
+        """Record the pid and log of every service."""
+        state = {name: {"pid": c.proc.pid if c.proc else None, "restarts": c.restarts,
+                        "log": str(self.log_dir / f"{name}.log")}
+                 for name, c in self.children.items()}
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        tmp.replace(self.state_file)
+
+    def start(self) -> None:
+        """Start every service."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for name in self.names:
+            self.start_child(name)
+
+    def check(self) -> list[str]:
+        """Restart services that died (after a backoff); the lines to report."""
+        lines = []
+        now = time.monotonic()
+        for name, child in self.children.items():
+            if child.proc is None or child.proc.poll() is None:
+                continue
+            if child.next_start == 0.0:
+                child.next_start = now + min(10.0, 0.5 * 2 ** min(child.restarts, 5))
+                lines.append(f"{name} exited with code {child.proc.returncode}; restarting "
+                             f"(log: {self.log_dir / f'{name}.log'})")
+            elif now >= child.next_start:
+                child.restarts += 1
+                child.next_start = 0.0
+                self.start_child(name)
+        return lines
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Wait until every HTTP service answers /health; a clear error if one does not."""
+        for name in (n for n in HTTP_SERVICES if n in self.names):
+            url = f"{self.config.url(name)}/health"
+            child = self.children[name]
+            ok = process.wait_until(lambda u=url: _http_ok(u), timeout_s=timeout_s,
+                                    alive=lambda c=child: c.proc is not None
+                                    and c.proc.poll() is None)
+            if not ok:
+                log = self.log_dir / f"{name}.log"
+                raise FlowscopeError(COMPONENT, f"{name} did not answer {url} within "
+                                     f"{timeout_s:g}s", log=log, log_tail=process.log_tail(log))
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM every service, wait, then SIGKILL what is left."""
+        for child in self.children.values():
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for child in self.children.values():
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait(timeout=10)
+        self.state_file.unlink(missing_ok=True)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return bool(answer.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def demo_config(settings: Settings) -> DemoConfig:
+    """The demo services' configuration, pointed at Flowscope's cluster."""
+    try:
+        config = DemoConfig.from_env()
+    except ConfigError as exc:
+        raise FlowscopeError(COMPONENT, str(exc)) from None
+    return replace(config, bootstrap=settings.kafka.bootstrap)
+
+
+def run_services(settings: Settings, names: tuple[str, ...] = SERVICES) -> int:
+    """`flowscope services`: create the topics, run the services until SIGINT/SIGTERM."""
+    config = demo_config(settings)
+    progress = process.Progress(COMPONENT)
+    try:
+        created = asyncio.run(asyncio.wait_for(ensure_topics(config), 60))
+    except Exception as exc:
+        raise FlowscopeError(COMPONENT, f"cannot create the demo topics on {config.bootstrap}: "
+                             f"{type(exc).__name__} {exc}",
+                             hint="is Kafka running? `flowscope kafka start`") from None
+    progress.say(f"{len(created)} topics ready on {config.bootstrap}")
+    supervisor = Supervisor(settings, config, names)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    supervisor.start()
+    try:
+        supervisor.wait_ready()
+        progress.say(f"ready: {', '.join(names)}; uploads {config.url('uploads')}/files, "
+                     f"orders {config.url('orders')}/orders (logs: {supervisor.log_dir})")
+        while not stop.wait(0.5):
+            for line in supervisor.check():
+                progress.say(line)
+    finally:
+        progress.say("stopping the services")
+        supervisor.stop()
+        progress.say("stopped")
+    return 0
