@@ -94,10 +94,14 @@ SETTER = KafkaHeaderSetter()
 PROPAGATION_FIELDS = ("traceparent", "tracestate", "baggage")
 
 
-def inject_headers(headers: MutableSequence[tuple[str, bytes]]) -> None:
-    """Write the current trace context and baggage into headers (never raises)."""
+def inject_headers(headers: MutableSequence[tuple[str, bytes]],
+                   context: otel_context.Context | None = None) -> None:
+    """Write the trace context and baggage (of context, else the current one) into headers.
+
+    Never raises.
+    """
     try:
-        propagate.inject(headers, setter=SETTER)
+        propagate.inject(headers, context=context, setter=SETTER)
     except Exception:
         log.exception("could not inject trace context; the message goes without it")
 

@@ -27,6 +27,7 @@ def make_handler(service: Service, session: aiohttp.ClientSession) -> Handler:
         payload = incoming.payload
         body = {"file_id": payload["file_id"], "name": payload.get("name"),
                 "status": "processed", "checksum": payload.get("checksum"),
+                "uploaded_at": payload.get("uploaded_at"),
                 "correlation_id": incoming.correlation_id}
         headers = {"X-Correlation-ID": incoming.correlation_id,
                    "X-Delivery-Attempt": str(incoming.attempt)}

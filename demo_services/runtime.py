@@ -130,13 +130,21 @@ class Service:
         out.append((inst.CORRELATION_HEADER, correlation_id.encode()))
         attributes = inst.send_attributes(full_topic, key=key, correlation_id=correlation_id,
                                           client_id=self.client_id, size=len(value))
-        with self.tracer.start_as_current_span(f"send {full_topic}", kind=SpanKind.PRODUCER,
-                                               attributes=attributes) as span:
-            inst.inject_headers(out)
+        # A plain start_span, never made current: nothing runs inside this span but the send,
+        # and skipping the context attach/detach takes about a quarter off its cost.
+        span = self.tracer.start_span(f"send {full_topic}", kind=SpanKind.PRODUCER,
+                                      attributes=attributes)
+        try:
+            inst.inject_headers(out, trace.set_span_in_context(span))
             sent = await self.producer.send_and_wait(
                 full_topic, value, key=key.encode() if key is not None else None, headers=out)
             inst.set_attributes(span, inst.sent_attributes(full_topic, sent.partition,
                                                            sent.offset))
+        except Exception as exc:
+            inst.mark_error(span, type(exc).__qualname__, str(exc))
+            raise
+        finally:
+            span.end()
 
     async def retry(self, incoming: Incoming, reason: str, retry_topic: str, dlq_topic: str,
                     policy: RetryPolicy) -> None:
@@ -223,7 +231,7 @@ class Worker:
             *[config.topic(t) for t in self.topics], bootstrap_servers=config.bootstrap,
             group_id=self.group_id, client_id=self.service.client_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
-            max_poll_interval_ms=300_000)
+            max_poll_interval_ms=300_000, fetch_max_wait_ms=50)
         await consumer.start()
         try:
             while not self.service.stopping.is_set():

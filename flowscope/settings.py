@@ -82,6 +82,24 @@ class JaegerSettings:
 
 
 @dataclass(frozen=True)
+class CollectorSettings:
+    """The collector: where spans come in, where they are stored, and how flows are judged."""
+
+    store: Path
+    otlp_host: str = LOOPBACK
+    otlp_port: int = 4318
+    max_body_bytes: int = 16 * 1024 * 1024
+    spans_topic: str = "otlp_spans"
+    completed_topics: tuple[str, ...] = ("*files.notified", "*orders.completed")
+    dead_letter_topics: tuple[str, ...] = ("*.dlq", "*.DLT", "*dead-letter*", "*deadletter*")
+    compensated_topics: tuple[str, ...] = ("*orders.cancelled",)
+    stuck_after_s: float = 300.0
+    bucket_s: int = 10
+    raw_retention_s: float = 24 * 3600.0
+    aggregate_retention_s: float = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything Flowscope reads from its environment, validated once."""
 
@@ -89,6 +107,12 @@ class Settings:
     cache_dir: Path
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     jaeger: JaegerSettings = field(default_factory=JaegerSettings)
+    collector: CollectorSettings | None = None
+
+    @property
+    def collect(self) -> CollectorSettings:
+        """The collector settings (defaults under FLOWSCOPE_HOME when none were read)."""
+        return self.collector or CollectorSettings(store=self.home / "flowscope.db")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -124,6 +148,7 @@ class Settings:
                 "FLOWSCOPE_JAEGER_OTLP_ENDPOINT and FLOWSCOPE_JAEGER_QUERY_URL must be set together"
                 " to use an existing Jaeger"
             )
+        collector = _collector_settings(reader, home)
         _check_distinct_ports(reader.problems, kafka, jaeger)
         if reader.problems:
             raise SettingsError(reader.problems)
@@ -132,6 +157,7 @@ class Settings:
             cache_dir=Path(cache).expanduser() if cache else home / "cache",
             kafka=kafka,
             jaeger=jaeger,
+            collector=collector,
         )
 
     def with_kafka(self, **changes: object) -> Settings:
@@ -147,6 +173,34 @@ class Settings:
     def jaeger_dir(self) -> Path:
         """Run state of the native Jaeger: config, log, pid file."""
         return self.home / "jaeger"
+
+
+def _collector_settings(reader: _EnvReader, home: Path) -> CollectorSettings:
+    defaults = CollectorSettings(store=home / "flowscope.db")
+    host, port = defaults.otlp_host, defaults.otlp_port
+    address = reader.text("FLOWSCOPE_OTLP_ADDRESS")
+    if address is not None:
+        host, _, port_text = address.rpartition(":")
+        if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            reader.problems.append(f"FLOWSCOPE_OTLP_ADDRESS={address!r} is not host:port")
+            host, port_text = defaults.otlp_host, str(defaults.otlp_port)
+        port = int(port_text)
+    store = reader.text("FLOWSCOPE_STORE")
+    return CollectorSettings(
+        store=Path(store).expanduser() if store else defaults.store,
+        otlp_host=host, otlp_port=port,
+        max_body_bytes=int(reader.seconds("FLOWSCOPE_MAX_BODY_BYTES", defaults.max_body_bytes)),
+        spans_topic=reader.text("FLOWSCOPE_SPANS_TOPIC") or defaults.spans_topic,
+        completed_topics=reader.patterns("FLOWSCOPE_FLOW_COMPLETED", defaults.completed_topics),
+        dead_letter_topics=reader.patterns("FLOWSCOPE_FLOW_DEAD_LETTER",
+                                           defaults.dead_letter_topics),
+        compensated_topics=reader.patterns("FLOWSCOPE_FLOW_COMPENSATED",
+                                           defaults.compensated_topics),
+        stuck_after_s=reader.seconds("FLOWSCOPE_FLOW_STUCK_AFTER", defaults.stuck_after_s),
+        raw_retention_s=reader.seconds("FLOWSCOPE_RETENTION_RAW", defaults.raw_retention_s),
+        aggregate_retention_s=reader.seconds("FLOWSCOPE_RETENTION_AGGREGATES",
+                                             defaults.aggregate_retention_s),
+    )
 
 
 def _check_distinct_ports(problems: list[str], kafka: KafkaSettings, jaeger: JaegerSettings
@@ -192,6 +246,12 @@ class _EnvReader:
             self.problems.append(f"{name}={value!r} is not a positive number of seconds")
             return default
         return seconds
+
+    def patterns(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.text(name)
+        if value is None:
+            return default
+        return tuple(p.strip() for p in value.split(",") if p.strip())
 
     def url(self, name: str) -> str | None:
         value = self.text(name)

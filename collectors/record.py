@@ -1,0 +1,55 @@
+"""The one internal record of a span, whatever instrumentation and convention version sent it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(slots=True, frozen=True)
+class SpanRecord:
+    """A span as Flowscope keeps it: identity, timing, outcome, and the message it handled.
+
+    The messaging fields are None for spans that did not send or handle a message (HTTP
+    requests, internal work); they still belong to their trace.
+    """
+
+    trace_id: str  # 32 hex digits
+    span_id: str  # 16 hex digits
+    parent_span_id: str | None
+    links: tuple[tuple[str, str], ...]  # (trace_id, span_id) of linked spans
+    service: str
+    name: str
+    kind: str  # producer | consumer | client | server | internal
+    start_ns: int
+    end_ns: int
+    error: bool
+    error_type: str | None
+    operation: str | None = None  # send | receive | process | settle | create
+    system: str | None = None
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    message_id: str | None = None  # topic.partition.offset when known
+    consumer_group: str | None = None
+    correlation_id: str | None = None
+    message_key: str | None = None
+    retry_attempt: int | None = None
+    batch_count: int | None = None
+
+    @property
+    def is_send(self) -> bool:
+        """True for a span that put a message on a topic."""
+        return self.topic is not None and self.operation in ("send", "create")
+
+    @property
+    def is_consume(self) -> bool:
+        """True for a span that took a message (or a batch) off a topic."""
+        return self.topic is not None and self.operation in ("process", "receive")
+
+    @property
+    def flow_id(self) -> str:
+        """The flow this span belongs to: its correlation ID, else its trace ID."""
+        return self.correlation_id or self.trace_id
+
+
+SPAN_COLUMNS = tuple(f.name for f in fields(SpanRecord))

@@ -1,0 +1,133 @@
+"""The store's contract: what the collector writes and what the dashboard and CLI read.
+
+Every backend implements Store and passes the one contract suite in tests/unit/test_store.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from collectors.record import SpanRecord
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What a write did: spans new to the store, spans already there, hops created."""
+
+    written: int
+    duplicates: int
+    hops: int
+
+
+@dataclass(frozen=True)
+class EdgeRow:
+    """One edge of the topology over a window: service -> topic or topic -> service.
+
+    p50_ms/p95_ms: for service -> topic the time to send; for topic -> service the time a
+    message waited in the topic (consume start minus produce end).
+    """
+
+    source: str
+    target: str
+    count: int
+    errors: int
+    retries: int
+    p50_ms: float | None
+    p95_ms: float | None
+    processing_p50_ms: float | None = None
+    processing_p95_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Nodes (id -> 'service' or 'topic') and edges over a window."""
+
+    nodes: dict[str, str]
+    edges: list[EdgeRow]
+
+
+@dataclass(frozen=True)
+class FlowRow:
+    """One flow: its id, status and size."""
+
+    id: str
+    status: str
+    started_ns: int
+    ended_ns: int
+    hops: int
+    retries: int
+    errors: int
+    services: list[str] = field(default_factory=list)
+    topics: list[str] = field(default_factory=list)
+    trace_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class HopRow:
+    """One message's trip through a topic, with its timings (None where a side is unknown)."""
+
+    topic: str
+    partition: int | None
+    offset: int | None
+    producer_service: str | None
+    consumer_service: str | None
+    consumer_group: str | None
+    produce_start_ns: int | None
+    produce_end_ns: int | None
+    consume_start_ns: int | None
+    consume_end_ns: int | None
+    retry_attempt: int | None
+    error: bool
+    trace_id: str
+
+    @property
+    def queue_ms(self) -> float | None:
+        """Time the message waited in the topic."""
+        if self.produce_end_ns is None or self.consume_start_ns is None:
+            return None
+        return max(0.0, (self.consume_start_ns - self.produce_end_ns) / 1e6)
+
+    @property
+    def processing_ms(self) -> float | None:
+        """Time the consumer spent on it."""
+        if self.consume_start_ns is None or self.consume_end_ns is None:
+            return None
+        return (self.consume_end_ns - self.consume_start_ns) / 1e6
+
+
+class Store(Protocol):
+    """Storage of spans, hops, flows and edge aggregates."""
+
+    def write_spans(self, records: Sequence[SpanRecord]) -> WriteResult:
+        """Write spans (idempotent by trace and span id) and everything derived from them."""
+        ...
+
+    def add_counters(self, counts: Mapping[str, int]) -> None:
+        """Add to named counters (what could not be placed, what was rejected)."""
+        ...
+
+    def counters(self) -> dict[str, int]:
+        """All counters."""
+        ...
+
+    def topology(self, since_ns: int) -> Topology:
+        """The service/topic graph from the edge aggregates since since_ns."""
+        ...
+
+    def flows(self, since_ns: int, now_ns: int, limit: int = 100) -> list[FlowRow]:
+        """Flows active since since_ns, newest first."""
+        ...
+
+    def flow(self, flow_or_trace_id: str, now_ns: int) -> tuple[FlowRow, list[HopRow]] | None:
+        """One flow, by correlation ID or by any of its trace IDs, with its hops in time order."""
+        ...
+
+    def apply_retention(self, now_ns: int) -> int:
+        """Delete raw rows and aggregates past their retention; how many rows went."""
+        ...
+
+    def close(self) -> None:
+        """Release the store."""
+        ...

@@ -1,0 +1,65 @@
+"""The SQLite schema of the store, versioned."""
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+CREATE TABLE IF NOT EXISTS spans (
+    trace_id TEXT NOT NULL, span_id TEXT NOT NULL, parent_span_id TEXT, links TEXT,
+    service TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
+    start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL, error INTEGER NOT NULL, error_type TEXT,
+    operation TEXT, system TEXT, topic TEXT, partition INTEGER, "offset" INTEGER,
+    message_id TEXT, consumer_group TEXT, correlation_id TEXT, message_key TEXT,
+    retry_attempt INTEGER, batch_count INTEGER, flow_id TEXT NOT NULL,
+    PRIMARY KEY (trace_id, span_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS spans_by_flow ON spans (flow_id);
+CREATE INDEX IF NOT EXISTS spans_by_end ON spans (end_ns);
+CREATE INDEX IF NOT EXISTS spans_by_message ON spans (message_id) WHERE message_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS spans_by_parent ON spans (trace_id, parent_span_id)
+    WHERE parent_span_id IS NOT NULL;
+
+-- Links of consume spans, so that a producer span arriving late finds its consumers.
+CREATE TABLE IF NOT EXISTS span_links (
+    linked_trace_id TEXT NOT NULL, linked_span_id TEXT NOT NULL,
+    trace_id TEXT NOT NULL, span_id TEXT NOT NULL,
+    PRIMARY KEY (linked_trace_id, linked_span_id, trace_id, span_id)
+) WITHOUT ROWID;
+
+-- One row per message per consuming service: a produce matched with its consume, or a
+-- consume whose producer is not known (yet): hop_key starts with '?'.
+CREATE TABLE IF NOT EXISTS hops (
+    hop_key TEXT PRIMARY KEY,
+    producer_trace_id TEXT, producer_span_id TEXT,
+    consumer_trace_id TEXT NOT NULL, consumer_span_id TEXT NOT NULL, consumer_is_batch INTEGER,
+    flow_id TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER, "offset" INTEGER,
+    message_id TEXT, producer_service TEXT, consumer_service TEXT NOT NULL,
+    consumer_group TEXT, produce_start_ns INTEGER, produce_end_ns INTEGER,
+    consume_start_ns INTEGER NOT NULL, consume_end_ns INTEGER NOT NULL,
+    retry_attempt INTEGER, error INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS hops_by_flow ON hops (flow_id);
+CREATE INDEX IF NOT EXISTS hops_by_consume ON hops (consume_start_ns);
+CREATE INDEX IF NOT EXISTS hops_by_message ON hops (message_id) WHERE message_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS hops_by_consumer_span ON hops (consumer_trace_id, consumer_span_id);
+
+-- Per edge and time bucket: counts and mergeable latency histograms (JSON).
+CREATE TABLE IF NOT EXISTS edge_buckets (
+    bucket_start INTEGER NOT NULL, source TEXT NOT NULL, source_kind TEXT NOT NULL,
+    target TEXT NOT NULL, target_kind TEXT NOT NULL,
+    count INTEGER NOT NULL, errors INTEGER NOT NULL, retries INTEGER NOT NULL,
+    latency TEXT, processing TEXT,
+    PRIMARY KEY (bucket_start, source, target)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS flows (
+    flow_id TEXT PRIMARY KEY, started_ns INTEGER NOT NULL, last_ns INTEGER NOT NULL,
+    hops INTEGER NOT NULL, retries INTEGER NOT NULL, errors INTEGER NOT NULL,
+    flags INTEGER NOT NULL, services TEXT NOT NULL, topics TEXT NOT NULL, trace_ids TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS flows_by_last ON flows (last_ns);
+
+-- What could not be placed, and other counters, by name.
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""

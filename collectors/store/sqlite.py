@@ -1,0 +1,367 @@
+"""The embedded store: SQLite in WAL mode, one writer (the collector), many readers.
+
+Writes are idempotent: a span already stored (same trace and span id) changes nothing, so
+replays from Kafka create no duplicates. Hops are matched here, because the two spans of a
+hop can arrive in any order and in different batches: a consume span whose producer is not
+known yet is kept as a placeholder hop and completed when the producer span arrives.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from collectors.flows.assembler import (
+    EdgeDelta,
+    EdgeKey,
+    FlowDelta,
+    FlowRules,
+    bucket_start,
+    edge_deltas,
+    flow_deltas,
+    flow_status,
+)
+from collectors.flows.histogram import Histogram
+from collectors.record import SPAN_COLUMNS, SpanRecord
+from collectors.store import readers
+from collectors.store.interface import FlowRow, HopRow, Topology, WriteResult
+from collectors.store.schema import SCHEMA, SCHEMA_VERSION
+
+SPAN_FIELDS = ", ".join(f'"{c}"' for c in SPAN_COLUMNS)
+SPAN_INSERT = (f"INSERT INTO spans ({SPAN_FIELDS}, flow_id) "
+               f"VALUES ({', '.join('?' * (len(SPAN_COLUMNS) + 1))})")
+SPAN_SELECT = f"SELECT {SPAN_FIELDS} FROM spans"
+HOP_COLUMNS = ("hop_key", "producer_trace_id", "producer_span_id", "consumer_trace_id",
+               "consumer_span_id", "consumer_is_batch", "flow_id", "topic", "partition",
+               "offset", "message_id", "producer_service", "consumer_service", "consumer_group",
+               "produce_start_ns", "produce_end_ns", "consume_start_ns", "consume_end_ns",
+               "retry_attempt", "error")
+HOP_FIELDS = ", ".join(f'"{c}"' for c in HOP_COLUMNS)
+HOP_INSERT = (f"INSERT OR IGNORE INTO hops ({HOP_FIELDS}) "
+              f"VALUES ({', '.join('?' * len(HOP_COLUMNS))})")
+
+
+class StoreError(Exception):
+    """The store cannot be opened or is of an unknown schema."""
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection in WAL mode; readers never block the writer."""
+    if readonly:
+        if not path.exists():
+            raise StoreError(f"no store at {path}: run `flowscope collect` to create one")
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10,
+                                     check_same_thread=False)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(path, timeout=10, check_same_thread=False)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("PRAGMA busy_timeout=10000")
+    return connection
+
+
+class SqliteStore:
+    """Store backed by one SQLite file."""
+
+    def __init__(self, path: Path, rules: FlowRules, *, bucket_s: int = 10,
+                 raw_retention_s: float = 86400, aggregate_retention_s: float = 7 * 86400,
+                 readonly: bool = False) -> None:
+        self.path = path
+        self.rules = rules
+        self.bucket_s = bucket_s
+        self.raw_retention_s = raw_retention_s
+        self.aggregate_retention_s = aggregate_retention_s
+        self.db = connect(path, readonly=readonly)
+        if readonly:
+            self._check_version()
+        else:
+            self._migrate()
+
+    def _migrate(self) -> None:
+        with self.db:
+            self.db.executescript(SCHEMA)
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)",
+                                (str(SCHEMA_VERSION),))
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise StoreError(f"{self.path} has schema version {row[0]}; this Flowscope "
+                                 f"reads version {SCHEMA_VERSION}")
+
+    def _check_version(self) -> None:
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a Flowscope store: {exc}") from None
+        if row is None or int(row[0]) != SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has schema version {row[0] if row else 'none'}; "
+                             f"this Flowscope reads version {SCHEMA_VERSION}")
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def write_spans(self, records: Sequence[SpanRecord]) -> WriteResult:
+        """Write spans and what derives from them, in one transaction."""
+        with self.db:
+            new = self._insert_new(records)
+            flows = flow_deltas(new, self.rules)
+            flow_of = {r.trace_id: r.flow_id for r in new}
+            edges = edge_deltas([r for r in new if r.is_send], self.bucket_s)
+            hops = _HopMatcher(self.db, new, self.bucket_s, flows=flows, edges=edges,
+                               flow_of=flow_of).run()
+            self._merge_flows(flows)
+            self._merge_edges(edges)
+        return WriteResult(len(new), len(records) - len(new), hops)
+
+    def _insert_new(self, records: Sequence[SpanRecord]) -> list[SpanRecord]:
+        unique = list({(r.trace_id, r.span_id): r for r in records}.values())
+        existing: set[tuple[str, str]] = set()
+        for chunk in _chunks(unique, 300):
+            values = ",".join("(?,?)" for _ in chunk)
+            params = [v for r in chunk for v in (r.trace_id, r.span_id)]
+            existing.update(self.db.execute(
+                f"SELECT trace_id, span_id FROM spans WHERE (trace_id, span_id) IN "
+                f"(VALUES {values})", params).fetchall())
+        new = [r for r in unique if (r.trace_id, r.span_id) not in existing]
+        by_trace = {r.trace_id: r.correlation_id for r in new if r.correlation_id}
+        rows = []
+        for r in new:
+            values = [getattr(r, c) for c in SPAN_COLUMNS]
+            values[SPAN_COLUMNS.index("links")] = json.dumps(r.links) if r.links else None
+            rows.append((*values, r.correlation_id or by_trace.get(r.trace_id) or r.trace_id))
+        self.db.executemany(SPAN_INSERT, rows)
+        self.db.executemany("INSERT OR IGNORE INTO span_links VALUES (?,?,?,?)",
+                            [(lt, ls, r.trace_id, r.span_id) for r in new if r.is_consume
+                             for lt, ls in r.links])
+        return new
+
+    def _merge_flows(self, deltas: Mapping[str, FlowDelta]) -> None:
+        for chunk in _chunks(list(deltas), 300):
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.execute(
+                    f"SELECT flow_id, started_ns, last_ns, hops, retries, errors, flags, "
+                    f"services, topics, trace_ids FROM flows WHERE flow_id IN ({marks})", chunk):
+                delta = deltas[row[0]]
+                delta.started_ns = min(delta.started_ns, row[1])
+                delta.last_ns = max(delta.last_ns, row[2])
+                delta.hops += row[3]
+                delta.retries += row[4]
+                delta.errors += row[5]
+                delta.flags |= row[6]
+                delta.services.update(json.loads(row[7]))
+                delta.topics.update(json.loads(row[8]))
+                delta.trace_ids.update(json.loads(row[9]))
+        self.db.executemany("INSERT OR REPLACE INTO flows VALUES (?,?,?,?,?,?,?,?,?,?)", [
+            (flow_id, d.started_ns, d.last_ns, d.hops, d.retries, d.errors, d.flags,
+             json.dumps(sorted(d.services)), json.dumps(sorted(d.topics)),
+             json.dumps(sorted(d.trace_ids)[:50])) for flow_id, d in deltas.items()])
+
+    def _merge_edges(self, deltas: Mapping[EdgeKey, EdgeDelta]) -> None:
+        for (bucket, source, source_kind, target, target_kind), d in deltas.items():
+            row = self.db.execute(
+                "SELECT count, errors, retries, latency, processing FROM edge_buckets "
+                "WHERE bucket_start=? AND source=? AND target=?",
+                (bucket, source, target)).fetchone()
+            if row is not None:
+                d.count += row[0]
+                d.errors += row[1]
+                d.retries += row[2]
+                d.latency.merge(Histogram.from_json(row[3]))
+                d.processing.merge(Histogram.from_json(row[4]))
+            self.db.execute("INSERT OR REPLACE INTO edge_buckets VALUES (?,?,?,?,?,?,?,?,?,?)",
+                            (bucket, source, source_kind, target, target_kind, d.count,
+                             d.errors, d.retries, d.latency.to_json(), d.processing.to_json()))
+
+    def add_counters(self, counts: Mapping[str, int]) -> None:
+        """Add to named counters."""
+        with self.db:
+            self.db.executemany(
+                "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "value = value + excluded.value", [(k, v) for k, v in counts.items() if v])
+
+    def apply_retention(self, now_ns: int) -> int:
+        """Delete raw rows older than raw_retention_s and aggregates older than theirs."""
+        raw_cut = now_ns - int(self.raw_retention_s * 1e9)
+        agg_cut = int(now_ns / 1e9 - self.aggregate_retention_s)
+        with self.db:
+            deleted = self.db.execute("DELETE FROM spans WHERE end_ns < ?", (raw_cut,)).rowcount
+            deleted += self.db.execute("DELETE FROM hops WHERE consume_end_ns < ?",
+                                       (raw_cut,)).rowcount
+            deleted += self.db.execute(
+                "DELETE FROM span_links WHERE NOT EXISTS (SELECT 1 FROM spans s WHERE "
+                "s.trace_id = span_links.trace_id AND s.span_id = span_links.span_id)").rowcount
+            deleted += self.db.execute("DELETE FROM flows WHERE last_ns < ?",
+                                       (raw_cut,)).rowcount
+            deleted += self.db.execute("DELETE FROM edge_buckets WHERE bucket_start < ?",
+                                       (agg_cut,)).rowcount
+        return deleted
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        """All counters."""
+        return dict(self.db.execute("SELECT name, value FROM counters").fetchall())
+
+    def topology(self, since_ns: int) -> Topology:
+        """The service/topic graph from the edge aggregates since since_ns."""
+        return readers.read_topology(self.db, int(since_ns // 1_000_000_000) // self.bucket_s
+                                     * self.bucket_s)
+
+    def flows(self, since_ns: int, now_ns: int, limit: int = 100) -> list[FlowRow]:
+        """Flows active since since_ns, newest first."""
+        return readers.read_flows(self.db, since_ns, limit,
+                                  lambda flags, errors, last: flow_status(
+                                      flags, errors, last, now_ns, self.rules.stuck_after_s))
+
+    def flow(self, flow_or_trace_id: str, now_ns: int) -> tuple[FlowRow, list[HopRow]] | None:
+        """One flow with its hops in time order."""
+        return readers.read_flow(self.db, flow_or_trace_id,
+                                 lambda flags, errors, last: flow_status(
+                                     flags, errors, last, now_ns, self.rules.stuck_after_s))
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.db.close()
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:  # type: ignore[type-arg]
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+class _HopMatcher:
+    """Matches the consume spans of a batch with their producers, and late producers with
+    the consume spans waiting for them; adds counts to the flow and edge deltas."""
+
+    def __init__(self, db: sqlite3.Connection, new: list[SpanRecord], bucket_s: int, *,
+                 flows: dict[str, FlowDelta], edges: dict[EdgeKey, EdgeDelta],
+                 flow_of: dict[str, str]) -> None:
+        self.db, self.new, self.bucket_s = db, new, bucket_s
+        self.flows, self.edges, self.flow_of = flows, edges, flow_of
+        self.by_id = {(r.trace_id, r.span_id): r for r in new}
+        self.created = 0
+
+    def run(self) -> int:
+        for record in self.new:
+            if record.is_consume:
+                self._consume(record)
+        for record in self.new:
+            if record.is_send:
+                self._late_producer(record)
+        return self.created
+
+    def _span(self, trace_id: str, span_id: str) -> SpanRecord | None:
+        found = self.by_id.get((trace_id, span_id))
+        if found is not None:
+            return found
+        row = self.db.execute(f"{SPAN_SELECT} WHERE trace_id=? AND span_id=?",
+                              (trace_id, span_id)).fetchone()
+        return _record(row) if row else None
+
+    def _producers(self, consume: SpanRecord) -> list[SpanRecord]:
+        candidates = []
+        if consume.parent_span_id and consume.batch_count is None:
+            candidates.append((consume.trace_id, consume.parent_span_id))
+        candidates.extend(consume.links)
+        found: dict[tuple[str, str], SpanRecord] = {}
+        for trace_id, span_id in candidates:
+            span = self._span(trace_id, span_id)
+            if span is not None and span.is_send:
+                found[(trace_id, span_id)] = span
+        if not found and consume.message_id and consume.batch_count is None:
+            row = self.db.execute(
+                f"{SPAN_SELECT} WHERE message_id=? AND operation IN ('send', 'create') LIMIT 1",
+                (consume.message_id,)).fetchone()
+            if row:
+                span = _record(row)
+                found[(span.trace_id, span.span_id)] = span
+        return list(found.values())
+
+    def _consume(self, consume: SpanRecord) -> None:
+        producers = self._producers(consume)
+        batch = consume.batch_count is not None
+        if not producers and not batch:
+            self._insert(None, consume, count=True, latency=False)
+        for producer in producers[:1] if not batch else producers:
+            key = f"{producer.trace_id}:{producer.span_id}|{consume.service}"
+            if not batch:
+                # A per-message span replaces a hop seen only through a batch span's link.
+                upgraded = self.db.execute(
+                    "DELETE FROM hops WHERE hop_key=? AND consumer_is_batch=1", (key,)).rowcount
+                self._insert(producer, consume, count=not upgraded, latency=not upgraded)
+            else:
+                self._insert(producer, consume, count=True, latency=True)
+
+    def _late_producer(self, producer: SpanRecord) -> None:
+        waiting = self.db.execute(
+            "SELECT h.hop_key, h.consumer_trace_id, h.consumer_span_id FROM hops h JOIN spans s "
+            "ON s.trace_id = h.consumer_trace_id AND s.span_id = h.consumer_span_id "
+            "WHERE h.producer_span_id IS NULL AND ((s.trace_id = ? AND s.parent_span_id = ?) "
+            "OR (h.message_id IS NOT NULL AND h.message_id = ?))",
+            (producer.trace_id, producer.span_id, producer.message_id)).fetchall()
+        linked = self.db.execute(
+            "SELECT trace_id, span_id FROM span_links WHERE linked_trace_id=? AND "
+            "linked_span_id=?", (producer.trace_id, producer.span_id)).fetchall()
+        for hop_key, trace_id, span_id in waiting:
+            consume = self._span(trace_id, span_id)
+            if consume is not None:
+                self.db.execute("DELETE FROM hops WHERE hop_key=?", (hop_key,))
+                self._insert(producer, consume, count=False, latency=True)
+        for trace_id, span_id in linked:
+            consume = self._span(trace_id, span_id)
+            if consume is None or (trace_id, span_id) in self.by_id:
+                continue  # consume spans of this batch were matched already
+            placeholder = f"?{trace_id}:{span_id}"
+            had = self.db.execute("DELETE FROM hops WHERE hop_key=?", (placeholder,)).rowcount
+            self._insert(producer, consume, count=not had, latency=True)
+
+    def _insert(self, producer: SpanRecord | None, consume: SpanRecord, *, count: bool,
+                latency: bool) -> None:
+        batch = consume.batch_count is not None
+        key = (f"{producer.trace_id}:{producer.span_id}|{consume.service}" if producer
+               else f"?{consume.trace_id}:{consume.span_id}")
+        flow_id = (producer.flow_id if producer else None) or self.flow_of.get(
+            consume.trace_id) or consume.flow_id
+        source = producer or consume
+        inserted = self.db.execute(HOP_INSERT, (
+            key, producer.trace_id if producer else None, producer.span_id if producer else None,
+            consume.trace_id, consume.span_id, int(batch), flow_id,
+            source.topic or consume.topic, source.partition, source.offset, source.message_id,
+            producer.service if producer else None, consume.service, consume.consumer_group,
+            producer.start_ns if producer else None, producer.end_ns if producer else None,
+            consume.start_ns, consume.end_ns, consume.retry_attempt, int(consume.error),
+        )).rowcount
+        if not inserted:
+            return
+        edge = self.edges.setdefault((bucket_start(consume.start_ns, self.bucket_s),
+                                      str(consume.topic), "topic", consume.service, "service"),
+                                     EdgeDelta())
+        if producer is not None and latency:
+            edge.latency.add(max(0.0, (consume.start_ns - producer.end_ns) / 1e6))
+        if not count:
+            return
+        self.created += 1
+        retried = int((consume.retry_attempt or 1) > 1)
+        edge.count += 1
+        edge.errors += int(consume.error)
+        edge.retries += retried
+        edge.processing.add((consume.end_ns - consume.start_ns) / 1e6)
+        flow = self.flows.setdefault(flow_id, FlowDelta(consume.start_ns, consume.end_ns))
+        flow.hops += 1
+        flow.retries += retried
+
+
+def _record(row: Sequence[object]) -> SpanRecord:
+    values = dict(zip(SPAN_COLUMNS, row, strict=True))
+    values["links"] = tuple(tuple(link) for link in json.loads(values["links"])) \
+        if values["links"] else ()
+    values["error"] = bool(values["error"])
+    return SpanRecord(**values)  # type: ignore[arg-type]
+
+
+def now_ns() -> int:
+    """The current time in ns (one place, so that tests can reason about it)."""
+    return time.time_ns()

@@ -1,0 +1,217 @@
+"""The store contract: every backend must pass these (SQLite is the embedded one)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from collectors.flows.assembler import FlowRules
+from collectors.normalize import NormalizeReport, normalize_request
+from collectors.record import SpanRecord
+from collectors.store.interface import Store
+from collectors.store.sqlite import SqliteStore, StoreError
+from tests.otlp_factory import BASE_NS, new_span_id, new_trace_id, request, span
+
+RULES = FlowRules(completed=("*done",), dead_letter=("*.dlq",), compensated=("*cancelled",),
+                  stuck_after_s=60)
+NOW = BASE_NS + 10_000_000_000  # 10 s after the spans
+
+
+@pytest.fixture(params=["sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    backend = SqliteStore(tmp_path / "store.db", RULES)
+    yield backend
+    backend.close()
+
+
+def _records(service: str, *spans: object) -> list[SpanRecord]:
+    return list(normalize_request(request({service: spans}), NormalizeReport()))  # type: ignore[dict-item]
+
+
+def _send(topic: str, *, trace: str, span_id: str | None = None, start: float = 0,
+          correlation: str | None = "flow-1", **extra: object) -> object:
+    attributes = {"messaging.system": "kafka", "messaging.operation.type": "send",
+                  "messaging.destination.name": topic, **extra}
+    if correlation:
+        attributes["messaging.message.conversation_id"] = correlation
+    return span(name=f"send {topic}", kind="producer", trace_id=trace, span_id=span_id,
+                attributes=attributes, start_ms=start, duration_ms=2)
+
+
+def _process(topic: str, *, trace: str, parent: str | None = None, start: float = 10,
+             links: tuple[tuple[str, str], ...] = (), correlation: str | None = "flow-1",
+             error: bool = False, **extra: object) -> object:
+    attributes = {"messaging.system": "kafka", "messaging.operation.type": "process",
+                  "messaging.destination.name": topic, **extra}
+    if correlation:
+        attributes["messaging.message.conversation_id"] = correlation
+    return span(name=f"process {topic}", kind="consumer", trace_id=trace, parent=parent,
+                links=links, attributes=attributes, start_ms=start, duration_ms=5, error=error)
+
+
+def _edges(store: Store) -> dict[tuple[str, str], tuple[int, int, int]]:
+    return {(e.source, e.target): (e.count, e.errors, e.retries)
+            for e in store.topology(BASE_NS - 10**12).edges}
+
+
+def test_produce_and_consume_in_one_batch_make_one_hop_with_queue_time(store: Store) -> None:
+    trace, producer = new_trace_id(), new_span_id()
+    store.write_spans(_records("orders", _send("t", trace=trace, span_id=producer)))
+    result = store.write_spans(_records("payments", _process("t", trace=trace, parent=producer)))
+    assert result.hops == 1
+    topology = store.topology(BASE_NS - 10**12)
+    assert topology.nodes == {"orders": "service", "payments": "service", "t": "topic"}
+    assert _edges(store) == {("orders", "t"): (1, 0, 0), ("t", "payments"): (1, 0, 0)}
+    queue = next(e for e in topology.edges if e.source == "t")
+    assert queue.p50_ms is not None
+    assert 7.0 <= queue.p50_ms <= 10.0  # consume at 10 ms, produce ended at 2 ms
+
+
+def test_consumer_before_producer_is_matched_later_and_counted_once(store: Store) -> None:
+    trace, producer = new_trace_id(), new_span_id()
+    first = store.write_spans(_records("payments", _process("t", trace=trace, parent=producer)))
+    assert first.hops == 1
+    assert _edges(store) == {("t", "payments"): (1, 0, 0)}
+    store.write_spans(_records("orders", _send("t", trace=trace, span_id=producer)))
+    assert _edges(store) == {("orders", "t"): (1, 0, 0), ("t", "payments"): (1, 0, 0)}
+    flow, hops = store.flow("flow-1", NOW)  # type: ignore[misc]
+    assert [(h.producer_service, h.consumer_service) for h in hops] == [("orders", "payments")]
+    assert hops[0].queue_ms == pytest.approx(8.0)
+    assert flow.hops == 1
+
+
+def test_writing_the_same_spans_again_changes_nothing(store: Store) -> None:
+    trace, producer = new_trace_id(), new_span_id()
+    batch = _records("orders", _send("t", trace=trace, span_id=producer)) + \
+        _records("payments", _process("t", trace=trace, parent=producer))
+    store.write_spans(batch)
+    again = store.write_spans(batch)
+    assert (again.written, again.duplicates, again.hops) == (0, 2, 0)
+    assert _edges(store) == {("orders", "t"): (1, 0, 0), ("t", "payments"): (1, 0, 0)}
+    assert store.flow("flow-1", NOW)[0].hops == 1  # type: ignore[index]
+
+
+def test_link_only_consumer_matches_its_producer(store: Store) -> None:
+    producer_trace, producer = new_trace_id(), new_span_id()
+    store.write_spans(_records("orders", _send("t", trace=producer_trace, span_id=producer)))
+    store.write_spans(_records("payments", _process(
+        "t", trace=new_trace_id(), links=((producer_trace, producer),), correlation=None)))
+    _, hops = store.flow("flow-1", NOW)  # type: ignore[misc]
+    assert [(h.producer_service, h.consumer_service) for h in hops] == [("orders", "payments")]
+
+
+def test_message_id_matches_spans_in_different_traces(store: Store) -> None:
+    ids = {"messaging.destination.partition.id": "1", "messaging.kafka.offset": 7}
+    store.write_spans(_records("orders", _send("t", trace=new_trace_id(), **ids)))
+    store.write_spans(_records("payments", _process("t", trace=new_trace_id(), **ids)))
+    _, hops = store.flow("flow-1", NOW)  # type: ignore[misc]
+    assert [(h.producer_service, h.offset) for h in hops] == [("orders", 7)]
+
+
+def test_batch_receive_links_make_hops_and_per_message_spans_do_not_double_them(
+        store: Store) -> None:
+    producers = [(new_trace_id(), new_span_id()) for _ in range(3)]
+    store.write_spans([r for t, s in producers
+                       for r in _records("orders", _send("t", trace=t, span_id=s))])
+    batch = span(name="receive t", kind="consumer", links=producers, attributes={
+        "messaging.system": "kafka", "messaging.operation.type": "receive",
+        "messaging.destination.name": "t", "messaging.batch.message_count": 3})
+    assert store.write_spans(_records("payments", batch)).hops == 3
+    for trace, producer in producers:
+        store.write_spans(_records("payments", _process("t", trace=trace, parent=producer)))
+    assert _edges(store)[("t", "payments")] == (3, 0, 0)
+
+
+def test_fan_out_gives_one_hop_per_consuming_service(store: Store) -> None:
+    trace, producer = new_trace_id(), new_span_id()
+    store.write_spans(_records("payments", _send("charged", trace=trace, span_id=producer)))
+    store.write_spans(_records("inventory", _process("charged", trace=trace, parent=producer)))
+    store.write_spans(_records("orders", _process("charged", trace=trace, parent=producer)))
+    assert _edges(store) == {("payments", "charged"): (1, 0, 0),
+                             ("charged", "inventory"): (1, 0, 0),
+                             ("charged", "orders"): (1, 0, 0)}
+
+
+def test_retries_and_errors_are_counted_on_edges_and_flows(store: Store) -> None:
+    trace = new_trace_id()
+    store.write_spans(_records("processor",
+                               _process("t", trace=trace, error=True),
+                               _process("t", trace=trace, start=20,
+                                        **{"messaging.message.retry_attempt": 2})))
+    assert _edges(store) == {("t", "processor"): (2, 1, 1)}
+    flow = store.flow("flow-1", NOW)[0]  # type: ignore[index]
+    assert (flow.hops, flow.retries, flow.errors) == (2, 1, 1)
+
+
+@pytest.mark.parametrize(("topic", "error", "now", "status"), [
+    ("x.dlq", False, NOW, "dead-lettered"),
+    ("orders.cancelled", False, NOW, "compensated"),
+    ("files.done", False, NOW, "completed"),
+    ("work", True, NOW, "failed"),
+    ("work", False, NOW, "in flight"),
+    ("work", False, NOW + 120 * 10**9, "stuck"),
+])
+def test_flow_status_follows_the_topics_it_reached(store: Store, topic: str, error: bool,
+                                                   now: int, status: str) -> None:
+    trace = new_trace_id()
+    records = _records("svc", _send(topic, trace=trace, correlation="c-1"))
+    if error:
+        records += _records("svc", _process("in", trace=trace, correlation="c-1", error=True))
+    store.write_spans(records)
+    assert store.flow("c-1", now)[0].status == status  # type: ignore[index]
+    assert [f.status for f in store.flows(BASE_NS - 10**12, now)] == [status]
+
+
+def test_flow_is_found_by_any_of_its_trace_ids(store: Store) -> None:
+    trace = new_trace_id()
+    store.write_spans(_records("svc", _send("t", trace=trace, correlation="c-9")))
+    flow, hops = store.flow(trace, NOW)  # type: ignore[misc]
+    assert flow.id == "c-9"
+    assert [(h.topic, h.consumer_service) for h in hops] == [("t", None)]
+    assert store.flow("nothing-like-it", NOW) is None
+
+
+def test_spans_without_correlation_id_form_a_flow_per_trace(store: Store) -> None:
+    trace = new_trace_id()
+    store.write_spans(_records("svc", _send("t", trace=trace, correlation=None)))
+    assert store.flow(trace, NOW)[0].id == trace  # type: ignore[index]
+
+
+def test_counters_add_up(store: Store) -> None:
+    store.add_counters({"rejected_bodies": 2, "unplaced": 0})
+    store.add_counters({"rejected_bodies": 3})
+    assert store.counters() == {"rejected_bodies": 5}
+
+
+def test_retention_deletes_raw_rows_but_keeps_aggregates(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "r.db", RULES, raw_retention_s=60,
+                        aggregate_retention_s=86400)
+    trace, producer = new_trace_id(), new_span_id()
+    store.write_spans(_records("a", _send("t", trace=trace, span_id=producer)) +
+                      _records("b", _process("t", trace=trace, parent=producer)))
+    assert store.apply_retention(BASE_NS + 3600 * 10**9) >= 4
+    assert store.flow("flow-1", NOW) is None
+    assert _edges(store) == {("a", "t"): (1, 0, 0), ("t", "b"): (1, 0, 0)}
+    store.close()
+
+
+def test_a_reader_in_another_connection_sees_committed_writes(tmp_path: Path) -> None:
+    writer = SqliteStore(tmp_path / "s.db", RULES)
+    reader = SqliteStore(tmp_path / "s.db", RULES, readonly=True)
+    writer.write_spans(_records("a", _send("t", trace=new_trace_id())))
+    assert [e.source for e in reader.topology(BASE_NS - 10**12).edges] == ["a"]
+    writer.close()
+    reader.close()
+
+
+def test_opening_a_missing_or_foreign_store_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no store at"):
+        SqliteStore(tmp_path / "missing.db", RULES, readonly=True)
+    foreign = tmp_path / "foreign.db"
+    sqlite3.connect(foreign).execute("CREATE TABLE meta (key TEXT, value TEXT)").connection \
+        .commit()
+    with pytest.raises(StoreError, match="schema version none"):
+        SqliteStore(foreign, RULES, readonly=True)
