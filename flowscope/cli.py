@@ -128,6 +128,88 @@ def _loadgen(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if not report.errors else 1
 
 
+def _collect(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+    import logging  # noqa: PLC0415
+    from dataclasses import replace  # noqa: PLC0415
+
+    from collectors.collect import run_collector  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s collect %(levelname)s %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    collector = settings.collect
+    if args.otlp_address:
+        host, _, port = args.otlp_address.rpartition(":")
+        if not host or not port.isdigit():
+            raise FlowscopeError("collect",
+                                 f"--otlp-address {args.otlp_address!r} is not host:port")
+        collector = replace(collector, otlp_host=host, otlp_port=int(port))
+    settings = replace(settings, collector=collector)
+
+    def ready(url: str) -> None:
+        forward = settings.jaeger.external_otlp_endpoint or "off"
+        print(f"collect: ready; OTLP/HTTP on {url}/v1/traces, spans topic "
+              f"{collector.spans_topic} on {settings.kafka.bootstrap}, store {collector.store}, "
+              f"forwarding to Jaeger: {forward}", flush=True)
+
+    try:
+        asyncio.run(run_collector(settings, kafka_spans=not args.no_kafka, on_ready=ready))
+    except OSError as exc:
+        raise FlowscopeError("collect", f"cannot listen on {collector.otlp_host}:"
+                             f"{collector.otlp_port}: {exc.strerror or exc}",
+                             hint="another collector may be running; or set "
+                             "FLOWSCOPE_OTLP_ADDRESS") from None
+    return 0
+
+
+def _inspect(settings: Settings, args: argparse.Namespace) -> int:
+    from collectors.collect import open_store  # noqa: PLC0415
+    from collectors.store.sqlite import StoreError  # noqa: PLC0415
+    from flowscope import inspect  # noqa: PLC0415
+
+    try:
+        since = inspect.parse_duration(args.since)
+        store = open_store(settings, readonly=True)
+    except (ValueError, StoreError) as exc:
+        raise FlowscopeError("inspect", str(exc)) from None
+    try:
+        if args.what == "topology":
+            print(inspect.inspect_topology(store, since, args.json))
+        elif args.what == "flows":
+            print(inspect.inspect_flows(store, since, args.json, args.limit))
+        else:
+            if not args.id:
+                raise FlowscopeError("inspect", "`inspect flow` needs a correlation or trace id")
+            shown = inspect.inspect_flow(store, args.id, args.json)
+            if shown is None:
+                raise FlowscopeError("inspect", f"no flow {args.id!r} in {store.path}")
+            print(shown)
+    finally:
+        store.close()
+    return 0
+
+
+def _add_collector_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser]
+                            ) -> None:
+    collect = groups.add_parser("collect", help="receive spans and build flows in the store",
+                                description="Receive spans over OTLP/HTTP and from the spans "
+                                "topic, assemble hops and flows into the store, forward to "
+                                "Jaeger when FLOWSCOPE_JAEGER_OTLP_ENDPOINT is set.")
+    collect.add_argument("--otlp-address", help="host:port of the OTLP/HTTP receiver "
+                         "(default FLOWSCOPE_OTLP_ADDRESS or 127.0.0.1:4318)")
+    collect.add_argument("--no-kafka", action="store_true",
+                         help="do not consume the spans topic")
+    collect.set_defaults(handler=_collect)
+    inspect_parser = groups.add_parser("inspect", help="print topology, flows or one flow",
+                                       description="Read the store named by FLOWSCOPE_STORE.")
+    inspect_parser.add_argument("what", choices=["topology", "flows", "flow"])
+    inspect_parser.add_argument("id", nargs="?", help="correlation or trace id (for flow)")
+    inspect_parser.add_argument("--since", default="15m", help="window, e.g. 30s, 15m, 2h")
+    inspect_parser.add_argument("--limit", type=int, default=100, help="flows to list")
+    inspect_parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    inspect_parser.set_defaults(handler=_inspect)
+
+
 def _add_demo_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     services = groups.add_parser("services", help="run the demo services until Ctrl-C",
                                  description="Create the demo topics and run every demo "
@@ -179,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
             if verb == "status":
                 sub.add_argument("--json", action="store_true", help="print JSON for scripts")
             sub.set_defaults(handler=handler)
+    _add_collector_commands(groups)
     _add_demo_commands(groups)
     return parser
 

@@ -8,6 +8,7 @@ nothing ended it, stuck when nothing moved for a while, else in flight.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
@@ -81,10 +82,12 @@ class FlowDelta:
             self.flags |= rules.flag_of(record.topic)
 
 
-def flow_deltas(records: list[SpanRecord], rules: FlowRules) -> dict[str, FlowDelta]:
-    """Per flow, what these spans add. Spans outside messaging join their trace's flow only
-    when the batch names that trace's correlation ID."""
-    by_trace = {r.trace_id: r.correlation_id for r in records if r.correlation_id}
+def flow_deltas(records: list[SpanRecord], rules: FlowRules,
+                flow_of_trace: Mapping[str, str] | None = None) -> dict[str, FlowDelta]:
+    """Per flow, what these spans add. A span without a correlation ID joins the flow its
+    trace belongs to (flow_of_trace), else the flow of its trace ID."""
+    by_trace = dict(flow_of_trace or {})
+    by_trace.update({r.trace_id: r.correlation_id for r in records if r.correlation_id})
     deltas: dict[str, FlowDelta] = {}
     for record in records:
         flow_id = record.correlation_id or by_trace.get(record.trace_id) or record.trace_id

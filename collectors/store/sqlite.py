@@ -76,6 +76,7 @@ class SqliteStore:
         self.raw_retention_s = raw_retention_s
         self.aggregate_retention_s = aggregate_retention_s
         self.db = connect(path, readonly=readonly)
+        self._pending_adopted: list[tuple[str, Sequence]] = []  # type: ignore[type-arg]
         if readonly:
             self._check_version()
         else:
@@ -106,9 +107,8 @@ class SqliteStore:
     def write_spans(self, records: Sequence[SpanRecord]) -> WriteResult:
         """Write spans and what derives from them, in one transaction."""
         with self.db:
-            new = self._insert_new(records)
-            flows = flow_deltas(new, self.rules)
-            flow_of = {r.trace_id: r.flow_id for r in new}
+            new, flow_of = self._insert_new(records)
+            flows = flow_deltas(new, self.rules, flow_of)
             edges = edge_deltas([r for r in new if r.is_send], self.bucket_s)
             hops = _HopMatcher(self.db, new, self.bucket_s, flows=flows, edges=edges,
                                flow_of=flow_of).run()
@@ -116,7 +116,8 @@ class SqliteStore:
             self._merge_edges(edges)
         return WriteResult(len(new), len(records) - len(new), hops)
 
-    def _insert_new(self, records: Sequence[SpanRecord]) -> list[SpanRecord]:
+    def _insert_new(self, records: Sequence[SpanRecord]
+                    ) -> tuple[list[SpanRecord], dict[str, str]]:
         unique = list({(r.trace_id, r.span_id): r for r in records}.values())
         existing: set[tuple[str, str]] = set()
         for chunk in _chunks(unique, 300):
@@ -127,6 +128,8 @@ class SqliteStore:
                 f"(VALUES {values})", params).fetchall())
         new = [r for r in unique if (r.trace_id, r.span_id) not in existing]
         by_trace = {r.trace_id: r.correlation_id for r in new if r.correlation_id}
+        by_trace.update(self._known_flows({r.trace_id for r in new} - set(by_trace)))
+        self._adopt_trace_flows(by_trace)
         rows = []
         for r in new:
             values = [getattr(r, c) for c in SPAN_COLUMNS]
@@ -136,24 +139,46 @@ class SqliteStore:
         self.db.executemany("INSERT OR IGNORE INTO span_links VALUES (?,?,?,?)",
                             [(lt, ls, r.trace_id, r.span_id) for r in new if r.is_consume
                              for lt, ls in r.links])
-        return new
+        return new, by_trace
+
+    def _known_flows(self, trace_ids: set[str]) -> dict[str, str]:
+        """The correlation ID already known for each of these traces."""
+        known: dict[str, str] = {}
+        for chunk in _chunks(sorted(trace_ids), 300):
+            marks = ",".join("?" * len(chunk))
+            known.update(self.db.execute(
+                f"SELECT trace_id, flow_id FROM spans WHERE trace_id IN ({marks}) "
+                "AND flow_id != trace_id GROUP BY trace_id", chunk).fetchall())
+        return known
+
+    def _adopt_trace_flows(self, by_trace: Mapping[str, str]) -> None:
+        """Spans stored under their trace ID before the trace's correlation ID was known
+        (an HTTP span ahead of the first message) move into the correlated flow."""
+        for chunk in _chunks(sorted(by_trace), 300):
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.execute(
+                    f"SELECT flow_id, started_ns, last_ns, hops, retries, errors, flags, "
+                    f"services, topics, trace_ids FROM flows WHERE flow_id IN ({marks})",
+                    chunk).fetchall():
+                trace_id, correlation_id = row[0], by_trace[row[0]]
+                self.db.execute("UPDATE spans SET flow_id=? WHERE flow_id=?",
+                                (correlation_id, trace_id))
+                self.db.execute("UPDATE hops SET flow_id=? WHERE flow_id=?",
+                                (correlation_id, trace_id))
+                self.db.execute("DELETE FROM flows WHERE flow_id=?", (trace_id,))
+                self._pending_adopted.append((correlation_id, row))
 
     def _merge_flows(self, deltas: Mapping[str, FlowDelta]) -> None:
+        adopted, self._pending_adopted = self._pending_adopted, []
+        for correlation_id, row in adopted:
+            delta = deltas.setdefault(correlation_id, FlowDelta(row[1], row[2]))
+            _fold_flow_row(delta, row)
         for chunk in _chunks(list(deltas), 300):
             marks = ",".join("?" * len(chunk))
             for row in self.db.execute(
                     f"SELECT flow_id, started_ns, last_ns, hops, retries, errors, flags, "
                     f"services, topics, trace_ids FROM flows WHERE flow_id IN ({marks})", chunk):
-                delta = deltas[row[0]]
-                delta.started_ns = min(delta.started_ns, row[1])
-                delta.last_ns = max(delta.last_ns, row[2])
-                delta.hops += row[3]
-                delta.retries += row[4]
-                delta.errors += row[5]
-                delta.flags |= row[6]
-                delta.services.update(json.loads(row[7]))
-                delta.topics.update(json.loads(row[8]))
-                delta.trace_ids.update(json.loads(row[9]))
+                _fold_flow_row(deltas[row[0]], row)
         self.db.executemany("INSERT OR REPLACE INTO flows VALUES (?,?,?,?,?,?,?,?,?,?)", [
             (flow_id, d.started_ns, d.last_ns, d.hops, d.retries, d.errors, d.flags,
              json.dumps(sorted(d.services)), json.dumps(sorted(d.topics)),
@@ -352,6 +377,19 @@ class _HopMatcher:
         flow = self.flows.setdefault(flow_id, FlowDelta(consume.start_ns, consume.end_ns))
         flow.hops += 1
         flow.retries += retried
+
+
+def _fold_flow_row(delta: FlowDelta, row: Sequence) -> None:  # type: ignore[type-arg]
+    """Add a stored flow row into a delta."""
+    delta.started_ns = min(delta.started_ns, row[1])
+    delta.last_ns = max(delta.last_ns, row[2])
+    delta.hops += row[3]
+    delta.retries += row[4]
+    delta.errors += row[5]
+    delta.flags |= row[6]
+    delta.services.update(json.loads(row[7]))
+    delta.topics.update(json.loads(row[8]))
+    delta.trace_ids.update(json.loads(row[9]))
 
 
 def _record(row: Sequence[object]) -> SpanRecord:

@@ -215,3 +215,17 @@ def test_opening_a_missing_or_foreign_store_is_a_clear_error(tmp_path: Path) -> 
         .commit()
     with pytest.raises(StoreError, match="schema version none"):
         SqliteStore(foreign, RULES, readonly=True)
+
+
+def test_spans_without_correlation_join_their_traces_flow_in_any_order(store: Store) -> None:
+    trace = new_trace_id()
+    early = span(name="POST /files", kind="server", trace_id=trace, start_ms=0)
+    late = span(name="POST /callbacks/{name}", kind="server", trace_id=trace, start_ms=50)
+    store.write_spans(_records("uploads", early))
+    assert store.flow(trace, NOW)[0].id == trace  # type: ignore[index]
+    store.write_spans(_records("uploads", _send("t", trace=trace, correlation="c-7", start=1)))
+    store.write_spans(_records("webhook", late))
+    flow = store.flow("c-7", NOW)[0]  # type: ignore[index]
+    assert flow.services == ["uploads", "webhook"]
+    assert flow.ended_ns > flow.started_ns
+    assert [f.id for f in store.flows(BASE_NS - 10**12, NOW)] == ["c-7"]

@@ -1,0 +1,110 @@
+"""`flowscope collect`: span ingest (OTLP/HTTP and the spans topic), the store, forwarding
+to Jaeger and retention, in one asyncio process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from collectors.flows.assembler import FlowRules
+from collectors.forward import JaegerForwarder
+from collectors.ingest import otlp_http
+from collectors.ingest.kafka_spans import consume_spans_topic
+from collectors.ingest.pipeline import Pipeline
+from collectors.store.sqlite import SqliteStore
+from flowscope.settings import CollectorSettings, Settings
+
+log = logging.getLogger(__name__)
+RETENTION_EVERY_S = 60.0
+
+
+def flow_rules(collector: CollectorSettings) -> FlowRules:
+    """The flow rules the settings describe."""
+    return FlowRules(collector.completed_topics, collector.dead_letter_topics,
+                     collector.compensated_topics, collector.stuck_after_s)
+
+
+def open_store(settings: Settings, *, readonly: bool = False) -> SqliteStore:
+    """The store named by FLOWSCOPE_STORE (default under FLOWSCOPE_HOME)."""
+    collector = settings.collect
+    return SqliteStore(collector.store, flow_rules(collector), bucket_s=collector.bucket_s,
+                       raw_retention_s=collector.raw_retention_s,
+                       aggregate_retention_s=collector.aggregate_retention_s, readonly=readonly)
+
+
+async def ensure_spans_topic(bootstrap: str, topic: str) -> None:
+    """Create the spans topic when it is missing (best effort: the consumer retries)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    try:
+        await asyncio.wait_for(admin.start(), 10)
+        if topic not in await asyncio.wait_for(admin.list_topics(), 10):
+            await asyncio.wait_for(admin.create_topics([NewTopic(topic, 3, 1)]), 10)
+    except (KafkaError, TimeoutError, OSError) as exc:
+        if not isinstance(exc, TopicAlreadyExistsError):
+            log.warning("could not check the spans topic %s on %s: %s", topic, bootstrap, exc)
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
+async def run_collector(settings: Settings, *, kafka_spans: bool = True,
+                        on_ready: Callable[[str], None] | None = None) -> None:
+    """Run until SIGINT/SIGTERM."""
+    collector = settings.collect
+    store = open_store(settings)
+    forwarder = None
+    if settings.jaeger.external_otlp_endpoint:
+        forwarder = JaegerForwarder(settings.jaeger.external_otlp_endpoint)
+    pipeline = Pipeline(store, forwarder)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    runner = web.AppRunner(otlp_http.build_app(pipeline, collector.max_body_bytes),
+                           access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, collector.otlp_host, collector.otlp_port)
+    tasks = []
+    try:
+        await site.start()
+        if forwarder is not None:
+            tasks.append(asyncio.ensure_future(forwarder.run(stopping)))
+        if kafka_spans:
+            await ensure_spans_topic(settings.kafka.bootstrap, collector.spans_topic)
+            tasks.append(asyncio.ensure_future(consume_spans_topic(
+                settings.kafka.bootstrap, collector.spans_topic, pipeline, stopping)))
+        tasks.append(asyncio.ensure_future(_maintain(pipeline, store, stopping)))
+        if on_ready is not None:
+            on_ready(f"http://{collector.otlp_host}:{collector.otlp_port}")
+        await stopping.wait()
+    finally:
+        stopping.set()
+        await runner.cleanup()
+        if tasks:
+            await asyncio.wait(tasks, timeout=15)
+        for task in tasks:
+            task.cancel()
+        await pipeline.flush_counters()
+        store.close()
+
+
+async def _maintain(pipeline: Pipeline, store: SqliteStore, stopping: asyncio.Event) -> None:
+    """Flush counters every second; apply retention every minute."""
+    next_retention = 0.0
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), 1.0)
+        await pipeline.flush_counters()
+        if time.monotonic() >= next_retention:
+            deleted = await pipeline.exclusive(store.apply_retention, time.time_ns())
+            if deleted:
+                log.info("retention removed %d rows", deleted)
+            next_retention = time.monotonic() + RETENTION_EVERY_S

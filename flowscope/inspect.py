@@ -1,0 +1,112 @@
+"""`flowscope inspect`: read the store and print it, as a table for people or JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from collectors.store.interface import FlowRow, HopRow, Store, Topology
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in '90s', '15m', '2h', '1d' (a bare number is seconds)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration like 30s, 15m, 2h or 1d")
+    return float(match[1]) * UNITS[match[2] or "s"]
+
+
+def _time(ns: int | None) -> str:
+    if ns is None:
+        return "-"
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
+def _iso(ns: int | None) -> str | None:
+    return None if ns is None else datetime.fromtimestamp(ns / 1e9, UTC).isoformat()
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Rows under a header, columns aligned."""
+    cells = [list(header)] + [["-" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in cells)
+
+
+def topology_json(topology: Topology) -> dict[str, object]:
+    """nodes (id, kind) and edges (source, target, count, errors, retries, p50_ms, p95_ms)."""
+    return {"nodes": [{"id": n, "kind": k} for n, k in topology.nodes.items()],
+            "edges": [{"source": e.source, "target": e.target, "count": e.count,
+                       "errors": e.errors, "retries": e.retries, "p50_ms": e.p50_ms,
+                       "p95_ms": e.p95_ms, "processing_p50_ms": e.processing_p50_ms,
+                       "processing_p95_ms": e.processing_p95_ms} for e in topology.edges]}
+
+
+def flow_json(flow: FlowRow) -> dict[str, object]:
+    """id, status, started, ended, hops, retries (and what else a flow knows)."""
+    return {"id": flow.id, "status": flow.status, "started": _iso(flow.started_ns),
+            "ended": _iso(flow.ended_ns), "hops": flow.hops, "retries": flow.retries,
+            "errors": flow.errors, "services": flow.services, "topics": flow.topics,
+            "trace_ids": flow.trace_ids}
+
+
+def hop_json(hop: HopRow) -> dict[str, object]:
+    """One hop with its timings."""
+    return {"topic": hop.topic, "partition": hop.partition, "offset": hop.offset,
+            "producer": hop.producer_service, "consumer": hop.consumer_service,
+            "consumer_group": hop.consumer_group, "produced": _iso(hop.produce_end_ns),
+            "consumed": _iso(hop.consume_start_ns), "queue_ms": hop.queue_ms,
+            "processing_ms": hop.processing_ms, "retry_attempt": hop.retry_attempt,
+            "error": hop.error, "trace_id": hop.trace_id}
+
+
+def inspect_topology(store: Store, since_s: float, as_json: bool) -> str:
+    """The topology over the last since_s seconds."""
+    topology = store.topology(time.time_ns() - int(since_s * 1e9))
+    if as_json:
+        return json.dumps(topology_json(topology))
+    if not topology.edges:
+        return "no messages in this window (is `flowscope collect` receiving spans?)"
+    return table(["SOURCE", "TARGET", "COUNT", "ERRORS", "RETRIES", "P50_MS", "P95_MS"],
+                 [(e.source, e.target, e.count, e.errors, e.retries, _ms(e.p50_ms),
+                   _ms(e.p95_ms)) for e in topology.edges])
+
+
+def inspect_flows(store: Store, since_s: float, as_json: bool, limit: int) -> str:
+    """The flows active over the last since_s seconds, newest first."""
+    now = time.time_ns()
+    flows = store.flows(now - int(since_s * 1e9), now, limit)
+    if as_json:
+        return json.dumps({"flows": [flow_json(f) for f in flows]})
+    if not flows:
+        return "no flows in this window"
+    return table(["ID", "STATUS", "STARTED", "ENDED", "HOPS", "RETRIES"],
+                 [(f.id, f.status, _time(f.started_ns), _time(f.ended_ns), f.hops, f.retries)
+                  for f in flows])
+
+
+def inspect_flow(store: Store, flow_id: str, as_json: bool) -> str | None:
+    """One flow and its hops in time order; None when it is not in the store."""
+    found = store.flow(flow_id, time.time_ns())
+    if found is None:
+        return None
+    flow, hops = found
+    if as_json:
+        return json.dumps({**flow_json(flow), "hop_list": [hop_json(h) for h in hops]})
+    head = (f"flow {flow.id}: {flow.status}, {flow.hops} hops, {flow.retries} retries, "
+            f"{_time(flow.started_ns)} -> {_time(flow.ended_ns)}")
+    rows = [(_time(h.produce_end_ns or h.consume_start_ns), h.producer_service, h.topic,
+             h.consumer_service or "(waiting)", _ms(h.queue_ms), _ms(h.processing_ms),
+             h.retry_attempt, "error" if h.error else "") for h in hops]
+    return head + "\n" + table(["AT", "PRODUCER", "TOPIC", "CONSUMER", "QUEUE_MS",
+                                "PROCESS_MS", "ATTEMPT", ""], rows)
