@@ -177,6 +177,8 @@ def _inspect(settings: Settings, args: argparse.Namespace) -> int:
             print(inspect.inspect_topology(store, since, args.json))
         elif args.what == "flows":
             print(inspect.inspect_flows(store, since, args.json, args.limit))
+        elif args.what == "counters":
+            print(inspect.inspect_counters(store, args.json))
         else:
             if not args.id:
                 raise FlowscopeError("inspect", "`inspect flow` needs a correlation or trace id")
@@ -200,9 +202,10 @@ def _add_collector_commands(groups: argparse._SubParsersAction[argparse.Argument
     collect.add_argument("--no-kafka", action="store_true",
                          help="do not consume the spans topic")
     collect.set_defaults(handler=_collect)
-    inspect_parser = groups.add_parser("inspect", help="print topology, flows or one flow",
-                                       description="Read the store named by FLOWSCOPE_STORE.")
-    inspect_parser.add_argument("what", choices=["topology", "flows", "flow"])
+    inspect_parser = groups.add_parser(
+        "inspect", help="print topology, flows, one flow or counters",
+        description="Read the store named by FLOWSCOPE_STORE.")
+    inspect_parser.add_argument("what", choices=["topology", "flows", "flow", "counters"])
     inspect_parser.add_argument("id", nargs="?", help="correlation or trace id (for flow)")
     inspect_parser.add_argument("--since", default="15m", help="window, e.g. 30s, 15m, 2h")
     inspect_parser.add_argument("--limit", type=int, default=100, help="flows to list")

@@ -110,3 +110,11 @@ def inspect_flow(store: Store, flow_id: str, as_json: bool) -> str | None:
              h.retry_attempt, "error" if h.error else "") for h in hops]
     return head + "\n" + table(["AT", "PRODUCER", "TOPIC", "CONSUMER", "QUEUE_MS",
                                 "PROCESS_MS", "ATTEMPT", ""], rows)
+
+
+def inspect_counters(store: Store, as_json: bool) -> str:
+    """What the collector counted: spans received and written, rejected, not placed."""
+    counters = store.counters()
+    if as_json:
+        return json.dumps({"counters": counters})
+    return table(["COUNTER", "VALUE"], sorted(counters.items())) if counters else "no counters"

@@ -47,7 +47,9 @@ def build_app(pipeline: Pipeline, max_body_bytes: int) -> web.Application:
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    app = web.Application(client_max_size=max_body_bytes + 1024)
+    # auto_decompress off: gzip is inflated here, with the size limit applied to the result.
+    app = web.Application(client_max_size=max_body_bytes + 1024,
+                          handler_args={"auto_decompress": False})
     app.router.add_post("/v1/traces", post_traces)
     app.router.add_get("/health", health)
     return app

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,7 +50,7 @@ LOAD = ["--rate", "20", "--duration", str(FLOWS / 20), "--seed", str(SEED),
 def stack(kafka_bootstrap: str, jaeger_endpoints: JaegerStatus,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStack]:
     home = tmp_path_factory.mktemp("demo")
-    prefix = f"t{home.name[-6:]}-{id(home) % 10_000}."
+    prefix = f"t{uuid.uuid4().hex[:8]}."
     running = DemoStack.create(home, kafka_bootstrap, jaeger_endpoints.otlp_http, prefix, **KNOBS)
     running.start()
     yield running

@@ -1,0 +1,93 @@
+"""Run `flowscope collect` for tests, and read the store through `flowscope inspect`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.integration.demo_stack import free_port
+
+
+@dataclass
+class Collector:
+    """A `flowscope collect` with its own home, store, port and spans topic."""
+
+    env: dict[str, str]
+    proc: subprocess.Popen[str] | None = None
+    output: list[str] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, home: Path, bootstrap: str, jaeger_otlp: str, jaeger_query: str,
+               spans_topic: str) -> Collector:
+        """Settings isolated from any other run."""
+        env = dict(os.environ)
+        env.update(FLOWSCOPE_HOME=str(home), KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+                   FLOWSCOPE_OTLP_ADDRESS=f"127.0.0.1:{free_port()}",
+                   FLOWSCOPE_SPANS_TOPIC=spans_topic,
+                   FLOWSCOPE_JAEGER_OTLP_ENDPOINT=jaeger_otlp,
+                   FLOWSCOPE_JAEGER_QUERY_URL=jaeger_query,
+                   FLOWSCOPE_MAX_BODY_BYTES=str(256 * 1024))
+        return cls(env)
+
+    @property
+    def otlp_url(self) -> str:
+        """Base URL of its OTLP/HTTP receiver."""
+        return f"http://{self.env['FLOWSCOPE_OTLP_ADDRESS']}"
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        """Start it and wait (bounded) for its ready line."""
+        self.proc = subprocess.Popen([sys.executable, "-m", "flowscope", "collect"],
+                                     env=self.env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        assert self.proc.stdout is not None
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if line:
+                self.output.append(line)
+                if "collect: ready" in line:
+                    return
+            elif self.proc.poll() is not None:
+                break
+            else:
+                time.sleep(0.05)
+        raise AssertionError(f"collector not ready in {timeout_s}s: {''.join(self.output)}")
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM; its exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def inspect(self, *args: str) -> dict[str, object]:
+        """`flowscope inspect ... --json` against its store."""
+        done = subprocess.run([sys.executable, "-m", "flowscope", "inspect", *args, "--json"],
+                              env=self.env, capture_output=True, text=True, timeout=60,
+                              check=False)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def wait_for(self, predicate, *args: str, timeout_s: float = 60.0  # type: ignore[no-untyped-def]
+                 ) -> dict[str, object]:
+        """Poll inspect until predicate(result) holds (bounded)."""
+        deadline = time.monotonic() + timeout_s
+        result: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            result = self.inspect(*args)
+            if predicate(result):
+                return result
+            time.sleep(0.5)
+        raise AssertionError(f"inspect {' '.join(args)} never satisfied the test: {result}")
