@@ -14,30 +14,16 @@ from aiohttp import web
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from collectors.flows.assembler import FlowRules
 from collectors.forward import JaegerForwarder
 from collectors.ingest import otlp_http
 from collectors.ingest.kafka_spans import consume_spans_topic
 from collectors.ingest.pipeline import Pipeline
+from collectors.store.factory import open_store
 from collectors.store.sqlite import SqliteStore
-from flowscope.settings import CollectorSettings, Settings
+from flowscope.settings import Settings
 
 log = logging.getLogger(__name__)
 RETENTION_EVERY_S = 60.0
-
-
-def flow_rules(collector: CollectorSettings) -> FlowRules:
-    """The flow rules the settings describe."""
-    return FlowRules(collector.completed_topics, collector.dead_letter_topics,
-                     collector.compensated_topics, collector.stuck_after_s)
-
-
-def open_store(settings: Settings, *, readonly: bool = False) -> SqliteStore:
-    """The store named by FLOWSCOPE_STORE (default under FLOWSCOPE_HOME)."""
-    collector = settings.collect
-    return SqliteStore(collector.store, flow_rules(collector), bucket_s=collector.bucket_s,
-                       raw_retention_s=collector.raw_retention_s,
-                       aggregate_retention_s=collector.aggregate_retention_s, readonly=readonly)
 
 
 async def ensure_spans_topic(bootstrap: str, topic: str) -> None:

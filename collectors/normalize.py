@@ -43,6 +43,16 @@ NAME_PATTERNS = (re.compile(r"^(?P<op>[a-z]+) (?P<topic>\S+)$"),
                  re.compile(r"^(?P<topic>\S+) (?P<op>[a-z]+)$"))
 MESSAGE_ID_PATTERN = re.compile(r"^(?P<topic>.+)\.(?P<partition>\d+)\.(?P<offset>\d+)$")
 MAX_TEXT = 512
+# attribute name -> (role, rank): one pass over a span's attributes finds, for each role, the
+# value under its newest name, and never decodes attributes that play no role.
+ROLES: dict[str, tuple[str, int]] = {
+    name: (role, rank)
+    for role, names in (("topic", TOPIC), ("partition", PARTITION), ("offset", OFFSET),
+                        ("message_id", MESSAGE_ID), ("group", GROUP),
+                        ("conversation", CONVERSATION), ("key", KEY), ("operation", OPERATION),
+                        ("retry", RETRY), ("batch", BATCH), ("system", ("messaging.system",)),
+                        ("error_type", ("error.type",)))
+    for rank, name in enumerate(names)}
 
 
 @dataclass
@@ -57,9 +67,13 @@ class NormalizeReport:
         self.problems[reason] = self.problems.get(reason, 0) + 1
 
 
-def any_value(value: AnyValue) -> Any:
-    """The Python value of an OTLP AnyValue."""
+def any_value(value: AnyValue) -> Any:  # noqa: PLR0911
+    """The Python value of an OTLP AnyValue (strings and ints first: most attributes are)."""
     kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "int_value":
+        return value.int_value
     if kind is None:
         return None
     if kind == "array_value":
@@ -76,12 +90,21 @@ def attribute_map(attributes: Iterable[KeyValue]) -> dict[str, Any]:
     return {kv.key: any_value(kv.value) for kv in attributes}
 
 
-def _first(attributes: Mapping[str, Any], names: tuple[str, ...]) -> Any:
-    for name in names:
-        value = attributes.get(name)
-        if value not in (None, ""):
-            return value
-    return None
+def role_values(attributes: Iterable[KeyValue]) -> dict[str, Any]:
+    """For each role, the value of the newest attribute name present (empty values skipped)."""
+    found: dict[str, tuple[int, Any]] = {}
+    for kv in attributes:
+        hit = ROLES.get(kv.key)
+        if hit is None:
+            continue
+        role, rank = hit
+        value = any_value(kv.value)
+        if value is None or value == "":
+            continue
+        current = found.get(role)
+        if current is None or rank < current[0]:
+            found[role] = (rank, value)
+    return {role: value for role, (_, value) in found.items()}
 
 
 def _as_int(value: Any) -> int | None:
@@ -102,8 +125,8 @@ def _as_text(value: Any) -> str | None:
     return str(value)[:MAX_TEXT]
 
 
-def _operation(attributes: Mapping[str, Any], kind: str, name: str) -> str | None:
-    word = _first(attributes, OPERATION)
+def _operation(roles: Mapping[str, Any], kind: str, name: str) -> str | None:
+    word = roles.get("operation")
     if isinstance(word, str) and word.lower() in OPERATIONS:
         return OPERATIONS[word.lower()]
     for pattern in NAME_PATTERNS:
@@ -126,10 +149,9 @@ def normalize_span(span: Span, service: str, report: NormalizeReport) -> SpanRec
     if len(span.trace_id) != 16 or len(span.span_id) != 8:
         report.count("invalid trace or span id")
         return None
-    attributes = attribute_map(span.attributes)
+    roles = role_values(span.attributes)
     kind = KINDS.get(span.kind, "internal")
-    messaging = "messaging.system" in attributes or kind in ("producer", "consumer")
-    error = span.status.code == Status.STATUS_CODE_ERROR or "error.type" in attributes
+    error_type = roles.get("error_type")
     base = {
         "trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(),
         "parent_span_id": span.parent_span_id.hex() if len(span.parent_span_id) == 8 else None,
@@ -138,19 +160,20 @@ def normalize_span(span: Span, service: str, report: NormalizeReport) -> SpanRec
         "service": service, "name": span.name[:MAX_TEXT], "kind": kind,
         "start_ns": span.start_time_unix_nano,
         "end_ns": max(span.end_time_unix_nano, span.start_time_unix_nano),
-        "error": error, "error_type": _as_text(attributes.get("error.type")),
+        "error": span.status.code == Status.STATUS_CODE_ERROR or error_type is not None,
+        "error_type": _as_text(error_type),
     }
-    if not messaging:
+    if "system" not in roles and kind not in ("producer", "consumer"):
         return SpanRecord(**base)
-    return SpanRecord(**base, **_messaging_fields(attributes, kind, span.name, report))
+    return SpanRecord(**base, **_messaging_fields(roles, kind, span.name, report))
 
 
-def _messaging_fields(attributes: Mapping[str, Any], kind: str, name: str,
+def _messaging_fields(roles: Mapping[str, Any], kind: str, name: str,
                       report: NormalizeReport) -> dict[str, Any]:
-    topic = _as_text(_first(attributes, TOPIC)) or _topic_from_name(name)
-    partition = _as_int(_first(attributes, PARTITION))
-    offset = _as_int(_first(attributes, OFFSET))
-    message_id = _as_text(_first(attributes, MESSAGE_ID))
+    topic = _as_text(roles.get("topic")) or _topic_from_name(name)
+    partition = _as_int(roles.get("partition"))
+    offset = _as_int(roles.get("offset"))
+    message_id = _as_text(roles.get("message_id"))
     parsed = MESSAGE_ID_PATTERN.match(message_id) if message_id else None
     if parsed:
         topic = topic or parsed["topic"]
@@ -161,14 +184,14 @@ def _messaging_fields(attributes: Mapping[str, Any], kind: str, name: str,
     if topic is None:
         report.count("messaging span without a destination")
     return {
-        "operation": _operation(attributes, kind, name),
-        "system": _as_text(attributes.get("messaging.system")),
+        "operation": _operation(roles, kind, name),
+        "system": _as_text(roles.get("system")),
         "topic": topic, "partition": partition, "offset": offset, "message_id": message_id,
-        "consumer_group": _as_text(_first(attributes, GROUP)),
-        "correlation_id": _as_text(_first(attributes, CONVERSATION)),
-        "message_key": _as_text(_first(attributes, KEY)),
-        "retry_attempt": _as_int(_first(attributes, RETRY)),
-        "batch_count": _as_int(_first(attributes, BATCH)),
+        "consumer_group": _as_text(roles.get("group")),
+        "correlation_id": _as_text(roles.get("conversation")),
+        "message_key": _as_text(roles.get("key")),
+        "retry_attempt": _as_int(roles.get("retry")),
+        "batch_count": _as_int(roles.get("batch")),
     }
 
 

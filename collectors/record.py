@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class SpanRecord:
     """A span as Flowscope keeps it: identity, timing, outcome, and the message it handled.
+
+    Treated as immutable; not frozen, because a frozen dataclass's __init__ costs a third of
+    normalising a span, and ingest runs it for every span.
 
     The messaging fields are None for spans that did not send or handle a message (HTTP
     requests, internal work); they still belong to their trace.

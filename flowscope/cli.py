@@ -163,7 +163,7 @@ def _collect(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _inspect(settings: Settings, args: argparse.Namespace) -> int:
-    from collectors.collect import open_store  # noqa: PLC0415
+    from collectors.store.factory import open_store  # noqa: PLC0415
     from collectors.store.sqlite import StoreError  # noqa: PLC0415
     from flowscope import inspect  # noqa: PLC0415
 

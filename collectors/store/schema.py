@@ -6,7 +6,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 CREATE TABLE IF NOT EXISTS spans (
-    trace_id TEXT NOT NULL, span_id TEXT NOT NULL, parent_span_id TEXT, links TEXT,
+    trace_id TEXT NOT NULL, span_id TEXT NOT NULL, parent_span_id TEXT,
+    links TEXT,  -- 'trace:span' pairs, comma-separated
     service TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
     start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL, error INTEGER NOT NULL, error_type TEXT,
     operation TEXT, system TEXT, topic TEXT, partition INTEGER, "offset" INTEGER,
@@ -15,7 +16,6 @@ CREATE TABLE IF NOT EXISTS spans (
     PRIMARY KEY (trace_id, span_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS spans_by_flow ON spans (flow_id);
-CREATE INDEX IF NOT EXISTS spans_by_end ON spans (end_ns);
 CREATE INDEX IF NOT EXISTS spans_by_message ON spans (message_id) WHERE message_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS spans_by_parent ON spans (trace_id, parent_span_id)
     WHERE parent_span_id IS NOT NULL;
@@ -40,9 +40,9 @@ CREATE TABLE IF NOT EXISTS hops (
     retry_attempt INTEGER, error INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS hops_by_flow ON hops (flow_id);
-CREATE INDEX IF NOT EXISTS hops_by_consume ON hops (consume_start_ns);
 CREATE INDEX IF NOT EXISTS hops_by_message ON hops (message_id) WHERE message_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS hops_by_consumer_span ON hops (consumer_trace_id, consumer_span_id);
+CREATE INDEX IF NOT EXISTS hops_waiting ON hops (message_id) WHERE producer_span_id IS NULL;
 
 -- Per edge and time bucket: counts and mergeable latency histograms (JSON).
 CREATE TABLE IF NOT EXISTS edge_buckets (

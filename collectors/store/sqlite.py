@@ -119,27 +119,44 @@ class SqliteStore:
     def _insert_new(self, records: Sequence[SpanRecord]
                     ) -> tuple[list[SpanRecord], dict[str, str]]:
         unique = list({(r.trace_id, r.span_id): r for r in records}.values())
+        # Replays are rare: insert everything at once, and only when a span turns out to be
+        # stored already, roll back and keep the new ones.
+        self.db.execute("SAVEPOINT fresh")
+        try:
+            by_trace = self._insert_rows(unique)
+            self.db.execute("RELEASE fresh")
+            new = unique
+        except sqlite3.IntegrityError:
+            self.db.execute("ROLLBACK TO fresh")
+            self.db.execute("RELEASE fresh")
+            existing = self._stored_keys(unique)
+            new = [r for r in unique if (r.trace_id, r.span_id) not in existing]
+            by_trace = self._insert_rows(new)
+        return new, by_trace
+
+    def _stored_keys(self, records: list[SpanRecord]) -> set[tuple[str, str]]:
         existing: set[tuple[str, str]] = set()
-        for chunk in _chunks(unique, 300):
+        for chunk in _chunks(records, 300):
             values = ",".join("(?,?)" for _ in chunk)
             params = [v for r in chunk for v in (r.trace_id, r.span_id)]
             existing.update(self.db.execute(
                 f"SELECT trace_id, span_id FROM spans WHERE (trace_id, span_id) IN "
                 f"(VALUES {values})", params).fetchall())
-        new = [r for r in unique if (r.trace_id, r.span_id) not in existing]
+        return existing
+
+    def _insert_rows(self, new: list[SpanRecord]) -> dict[str, str]:
+        """Insert spans (IntegrityError if one is stored already); their traces' flows."""
         by_trace = {r.trace_id: r.correlation_id for r in new if r.correlation_id}
         by_trace.update(self._known_flows({r.trace_id for r in new} - set(by_trace)))
         self._adopt_trace_flows(by_trace)
+        links = SPAN_COLUMNS.index("links")
         rows = []
         for r in new:
             values = [getattr(r, c) for c in SPAN_COLUMNS]
-            values[SPAN_COLUMNS.index("links")] = json.dumps(r.links) if r.links else None
+            values[links] = encode_links(r.links)
             rows.append((*values, r.correlation_id or by_trace.get(r.trace_id) or r.trace_id))
         self.db.executemany(SPAN_INSERT, rows)
-        self.db.executemany("INSERT OR IGNORE INTO span_links VALUES (?,?,?,?)",
-                            [(lt, ls, r.trace_id, r.span_id) for r in new if r.is_consume
-                             for lt, ls in r.links])
-        return new, by_trace
+        return by_trace
 
     def _known_flows(self, trace_ids: set[str]) -> dict[str, str]:
         """The correlation ID already known for each of these traces."""
@@ -268,11 +285,23 @@ class _HopMatcher:
         self.flows, self.edges, self.flow_of = flows, edges, flow_of
         self.by_id = {(r.trace_id, r.span_id): r for r in new}
         self.created = 0
+        self.waiting = self.batch_hops = self.links_waiting = False
 
     def run(self) -> int:
+        self.batch_hops = any(r.is_consume and r.batch_count is not None for r in self.new) \
+            or bool(self.db.execute("SELECT EXISTS (SELECT 1 FROM hops WHERE "
+                                    "consumer_is_batch = 1)").fetchone()[0])
+        self.links_waiting = bool(self.db.execute(
+            "SELECT EXISTS (SELECT 1 FROM span_links)").fetchone()[0])
         for record in self.new:
             if record.is_consume:
                 self._consume(record)
+        self.links_waiting = self.links_waiting or bool(self.db.execute(
+            "SELECT EXISTS (SELECT 1 FROM span_links)").fetchone()[0])
+        # Late producers only matter while consume spans wait for theirs: one cheap check
+        # saves two lookups per send span in the common case (producer first).
+        self.waiting = bool(self.db.execute(
+            "SELECT EXISTS (SELECT 1 FROM hops WHERE producer_span_id IS NULL)").fetchone()[0])
         for record in self.new:
             if record.is_send:
                 self._late_producer(record)
@@ -296,6 +325,13 @@ class _HopMatcher:
             span = self._span(trace_id, span_id)
             if span is not None and span.is_send:
                 found[(trace_id, span_id)] = span
+        # Links whose span is not known yet wait in span_links for a late producer.
+        unresolved = [(t, s, consume.trace_id, consume.span_id) for t, s in consume.links
+                      if (t, s) not in found and (t, s) != (consume.trace_id,
+                                                          consume.parent_span_id)]
+        if unresolved and not (found and consume.batch_count is None):
+            self.db.executemany("INSERT OR IGNORE INTO span_links VALUES (?,?,?,?)",
+                                unresolved)
         if not found and consume.message_id and consume.batch_count is None:
             row = self.db.execute(
                 f"{SPAN_SELECT} WHERE message_id=? AND operation IN ('send', 'create') LIMIT 1",
@@ -314,33 +350,40 @@ class _HopMatcher:
             key = f"{producer.trace_id}:{producer.span_id}|{consume.service}"
             if not batch:
                 # A per-message span replaces a hop seen only through a batch span's link.
-                upgraded = self.db.execute(
+                upgraded = self.batch_hops and self.db.execute(
                     "DELETE FROM hops WHERE hop_key=? AND consumer_is_batch=1", (key,)).rowcount
                 self._insert(producer, consume, count=not upgraded, latency=not upgraded)
             else:
                 self._insert(producer, consume, count=True, latency=True)
 
     def _late_producer(self, producer: SpanRecord) -> None:
-        waiting = self.db.execute(
-            "SELECT h.hop_key, h.consumer_trace_id, h.consumer_span_id FROM hops h JOIN spans s "
-            "ON s.trace_id = h.consumer_trace_id AND s.span_id = h.consumer_span_id "
-            "WHERE h.producer_span_id IS NULL AND ((s.trace_id = ? AND s.parent_span_id = ?) "
-            "OR (h.message_id IS NOT NULL AND h.message_id = ?))",
-            (producer.trace_id, producer.span_id, producer.message_id)).fetchall()
-        linked = self.db.execute(
-            "SELECT trace_id, span_id FROM span_links WHERE linked_trace_id=? AND "
-            "linked_span_id=?", (producer.trace_id, producer.span_id)).fetchall()
-        for hop_key, trace_id, span_id in waiting:
-            consume = self._span(trace_id, span_id)
-            if consume is not None:
-                self.db.execute("DELETE FROM hops WHERE hop_key=?", (hop_key,))
-                self._insert(producer, consume, count=False, latency=True)
-        for trace_id, span_id in linked:
+        if self.waiting:
+            candidates = self.db.execute(
+                "SELECT trace_id, span_id FROM spans WHERE trace_id = ? AND parent_span_id = ?",
+                (producer.trace_id, producer.span_id)).fetchall()
+            if producer.message_id:
+                candidates += self.db.execute(
+                    "SELECT consumer_trace_id, consumer_span_id FROM hops WHERE message_id = ? "
+                    "AND producer_span_id IS NULL", (producer.message_id,)).fetchall()
+            for trace_id, span_id in candidates:
+                if (trace_id, span_id) in self.by_id:
+                    continue  # consume spans of this batch were matched already
+                had = self.db.execute("DELETE FROM hops WHERE hop_key = ?",
+                                      (f"?{trace_id}:{span_id}",)).rowcount
+                consume = self._span(trace_id, span_id) if had else None
+                if consume is not None:
+                    self._insert(producer, consume, count=False, latency=True)
+        if not self.links_waiting:
+            return
+        for trace_id, span_id in self.db.execute(
+                "DELETE FROM span_links WHERE linked_trace_id = ? AND linked_span_id = ? "
+                "RETURNING trace_id, span_id", (producer.trace_id, producer.span_id)
+                ).fetchall():
             consume = self._span(trace_id, span_id)
             if consume is None or (trace_id, span_id) in self.by_id:
                 continue  # consume spans of this batch were matched already
-            placeholder = f"?{trace_id}:{span_id}"
-            had = self.db.execute("DELETE FROM hops WHERE hop_key=?", (placeholder,)).rowcount
+            had = self.db.execute("DELETE FROM hops WHERE hop_key = ?",
+                                  (f"?{trace_id}:{span_id}",)).rowcount
             self._insert(producer, consume, count=not had, latency=True)
 
     def _insert(self, producer: SpanRecord | None, consume: SpanRecord, *, count: bool,
@@ -392,10 +435,21 @@ def _fold_flow_row(delta: FlowDelta, row: Sequence) -> None:  # type: ignore[typ
     delta.trace_ids.update(json.loads(row[9]))
 
 
+def encode_links(links: tuple[tuple[str, str], ...]) -> str | None:
+    """Links as stored: 'trace:span' pairs separated by commas."""
+    return ",".join(f"{t}:{s}" for t, s in links) if links else None
+
+
+def decode_links(text: str | None) -> tuple[tuple[str, str], ...]:
+    """The links stored by encode_links."""
+    if not text:
+        return ()
+    return tuple((part[:32], part[33:]) for part in text.split(","))
+
+
 def _record(row: Sequence[object]) -> SpanRecord:
     values = dict(zip(SPAN_COLUMNS, row, strict=True))
-    values["links"] = tuple(tuple(link) for link in json.loads(values["links"])) \
-        if values["links"] else ()
+    values["links"] = decode_links(values["links"])  # type: ignore[arg-type]
     values["error"] = bool(values["error"])
     return SpanRecord(**values)  # type: ignore[arg-type]
 

@@ -7,9 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from tests.integration.demo_stack import free_port
 
@@ -40,24 +42,29 @@ class Collector:
         """Base URL of its OTLP/HTTP receiver."""
         return f"http://{self.env['FLOWSCOPE_OTLP_ADDRESS']}"
 
-    def start(self, timeout_s: float = 60.0) -> None:
-        """Start it and wait (bounded) for its ready line."""
-        self.proc = subprocess.Popen([sys.executable, "-m", "flowscope", "collect"],
+    def start(self, *args: str, timeout_s: float = 60.0) -> None:
+        """Start it (with extra `collect` options) and wait (bounded) for its ready line.
+
+        Its output is read by a thread all along, so that a chatty collector never blocks on
+        a full pipe.
+        """
+        self.proc = subprocess.Popen([sys.executable, "-m", "flowscope", "collect", *args],
                                      env=self.env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
-        assert self.proc.stdout is not None
-        os.set_blocking(self.proc.stdout.fileno(), False)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if line:
+        ready = threading.Event()
+
+        def read(stream: IO[str]) -> None:
+            for line in stream:
                 self.output.append(line)
                 if "collect: ready" in line:
-                    return
-            elif self.proc.poll() is not None:
-                break
-            else:
-                time.sleep(0.05)
+                    ready.set()
+
+        assert self.proc.stdout is not None
+        threading.Thread(target=read, args=(self.proc.stdout,), daemon=True).start()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if ready.wait(0.1):
+                return
         raise AssertionError(f"collector not ready in {timeout_s}s: {''.join(self.output)}")
 
     def stop(self, timeout_s: float = 30.0) -> int:
