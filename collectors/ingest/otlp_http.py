@@ -29,8 +29,8 @@ def build_app(pipeline: Pipeline, max_body_bytes: int) -> web.Application:
             return _reject(pipeline, 413, f"body of {request.content_length} bytes exceeds "
                            f"the limit of {max_body_bytes}", content_type)
         try:
-            raw = await request.content.read(max_body_bytes + 1)
-            if len(raw) > max_body_bytes:
+            raw = await _read_body(request, max_body_bytes)
+            if raw is None:
                 return _reject(pipeline, 413, f"body exceeds the limit of {max_body_bytes} "
                                "bytes", content_type)
             body = decompress(raw, request.headers.get("Content-Encoding", ""), max_body_bytes)
@@ -53,6 +53,17 @@ def build_app(pipeline: Pipeline, max_body_bytes: int) -> web.Application:
     app.router.add_post("/v1/traces", post_traces)
     app.router.add_get("/health", health)
     return app
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes | None:
+    """The whole body, however it was chunked on the wire; None past limit bytes."""
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _answer(content_type: str, rejected: int, problems: dict[str, int]) -> web.Response:

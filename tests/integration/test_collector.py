@@ -231,6 +231,13 @@ def test_bad_bodies_get_400_or_413_and_are_counted(collector: Collector) -> None
                     item[key] = base64.b64decode(item[key]).hex()
     assert _post(url, json.dumps(document).encode(), "application/json")[0] == 200
     collector.wait_for(lambda f: f["id"] == "json-flow", "flow", "json-flow")
+    large = request({"bulk-client": [span(name="send bulk", kind="producer", attributes={
+        "messaging.system": "kafka", "messaging.destination.name": "bulk",
+        "messaging.message.conversation_id": "bulk-flow", "padding": "x" * 400})
+        for _ in range(420)]}).SerializeToString()
+    assert 200 * 1024 < len(large) < 256 * 1024
+    assert _post(url, large, "application/x-protobuf")[0] == 200
+    collector.wait_for(lambda f: f["id"] == "bulk-flow", "flow", "bulk-flow")
     after = collector.wait_for(
         lambda c: c["counters"].get("rejected_bodies_malformed", 0)
         >= before.get("rejected_bodies_malformed", 0) + 3, "counters")["counters"]
