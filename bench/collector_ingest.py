@@ -7,7 +7,7 @@ hops, flows and aggregates) and the same payloads to the native Jaeger, then kee
 the collector up to --total spans and reports its resident memory and the time of
 `flowscope inspect topology --since 15m`.
 
-    .venv/bin/python bench/collector_ingest.py [--batches 200] [--total 1000000]
+    .venv/bin/python bench/collector_ingest.py [--batches 200] [--total 1000000] [--connections 4]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -69,6 +70,14 @@ def shift_base_to_now() -> float:
     return (time.time_ns() - otlp_factory.BASE_NS) / 1e6
 
 
+def post_concurrently(url: str, bodies: list[bytes], connections: int) -> float:
+    """Post the bodies over several keep-alive connections at once; seconds taken."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(connections) as pool:
+        list(pool.map(lambda i: post_all(url, bodies[i::connections]), range(connections)))
+    return time.perf_counter() - started
+
+
 def post_all(url: str, bodies: list[bytes]) -> float:
     """Post every body on one keep-alive connection; seconds taken."""
     parsed = urllib.parse.urlparse(url)
@@ -104,6 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=200, help="batches for the rate test")
     parser.add_argument("--total", type=int, default=1_000_000, help="spans for the scale test")
+    parser.add_argument("--connections", type=int, default=4, help="concurrent senders")
     args = parser.parse_args()
     offset_ms = shift_base_to_now()
     print(f"building {args.batches} batches of {BATCH} spans", flush=True)
@@ -124,13 +134,15 @@ def main() -> None:
         half = len(bodies) // 2
         for part in (bodies[:half], bodies[half:]):
             before = cpu_seconds(pid)
-            seconds = post_all(collector.otlp_url, part)
+            seconds = post_concurrently(collector.otlp_url, part, args.connections)
             cpu.append(len(part) * BATCH / (cpu_seconds(pid) - before))
             rates["flowscope"].append(len(part) * BATCH / seconds)
-            rates["jaeger"].append(len(part) * BATCH / post_all(jaeger_otlp, part))
+            rates["jaeger"].append(len(part) * BATCH / post_concurrently(
+                jaeger_otlp, part, args.connections))
         flow, jaeger = statistics.median(rates["flowscope"]), statistics.median(rates["jaeger"])
-        print(f"ingest, {spans} spans in batches of {BATCH}: flowscope {flow:,.0f} spans/s "
-              f"(wall), {statistics.median(cpu):,.0f} spans per CPU-second of the collector; "
+        print(f"ingest, {spans} spans in batches of {BATCH} over {args.connections} "
+              f"connections: flowscope {flow:,.0f} spans/s (wall), "
+              f"{statistics.median(cpu):,.0f} spans per CPU-second of the collector; "
               f"jaeger {jaeger:,.0f} spans/s; ratio flowscope/jaeger {flow / jaeger:.2f}",
               flush=True)
         stored = spans

@@ -16,9 +16,11 @@ CREATE TABLE IF NOT EXISTS spans (
     PRIMARY KEY (trace_id, span_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS spans_by_flow ON spans (flow_id);
-CREATE INDEX IF NOT EXISTS spans_by_message ON spans (message_id) WHERE message_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS spans_by_parent ON spans (trace_id, parent_span_id)
-    WHERE parent_span_id IS NOT NULL;
+-- Partial indexes: only sends are looked up by message id, only consumes by parent.
+CREATE INDEX IF NOT EXISTS sends_by_message ON spans (message_id)
+    WHERE message_id IS NOT NULL AND operation IN ('send', 'create');
+CREATE INDEX IF NOT EXISTS consumes_by_parent ON spans (trace_id, parent_span_id)
+    WHERE parent_span_id IS NOT NULL AND operation IN ('process', 'receive');
 
 -- Links of consume spans, so that a producer span arriving late finds its consumers.
 CREATE TABLE IF NOT EXISTS span_links (
@@ -40,8 +42,6 @@ CREATE TABLE IF NOT EXISTS hops (
     retry_attempt INTEGER, error INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS hops_by_flow ON hops (flow_id);
-CREATE INDEX IF NOT EXISTS hops_by_message ON hops (message_id) WHERE message_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS hops_by_consumer_span ON hops (consumer_trace_id, consumer_span_id);
 CREATE INDEX IF NOT EXISTS hops_waiting ON hops (message_id) WHERE producer_span_id IS NULL;
 
 -- Per edge and time bucket: counts and mergeable latency histograms (JSON).

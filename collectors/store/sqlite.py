@@ -9,6 +9,7 @@ known yet is kept as a placeholder hop and completed when the producer span arri
 from __future__ import annotations
 
 import json
+import operator
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,6 +35,7 @@ SPAN_FIELDS = ", ".join(f'"{c}"' for c in SPAN_COLUMNS)
 SPAN_INSERT = (f"INSERT INTO spans ({SPAN_FIELDS}, flow_id) "
                f"VALUES ({', '.join('?' * (len(SPAN_COLUMNS) + 1))})")
 SPAN_SELECT = f"SELECT {SPAN_FIELDS} FROM spans"
+SPAN_VALUES = operator.attrgetter(*SPAN_COLUMNS)
 HOP_COLUMNS = ("hop_key", "producer_trace_id", "producer_span_id", "consumer_trace_id",
                "consumer_span_id", "consumer_is_batch", "flow_id", "topic", "partition",
                "offset", "message_id", "producer_service", "consumer_service", "consumer_group",
@@ -152,9 +154,10 @@ class SqliteStore:
         links = SPAN_COLUMNS.index("links")
         rows = []
         for r in new:
-            values = [getattr(r, c) for c in SPAN_COLUMNS]
+            values = list(SPAN_VALUES(r))
             values[links] = encode_links(r.links)
-            rows.append((*values, r.correlation_id or by_trace.get(r.trace_id) or r.trace_id))
+            values.append(r.correlation_id or by_trace.get(r.trace_id) or r.trace_id)
+            rows.append(values)
         self.db.executemany(SPAN_INSERT, rows)
         return by_trace
 
@@ -359,7 +362,8 @@ class _HopMatcher:
     def _late_producer(self, producer: SpanRecord) -> None:
         if self.waiting:
             candidates = self.db.execute(
-                "SELECT trace_id, span_id FROM spans WHERE trace_id = ? AND parent_span_id = ?",
+                "SELECT trace_id, span_id FROM spans WHERE trace_id = ? AND parent_span_id = ? "
+                "AND operation IN ('process', 'receive')",
                 (producer.trace_id, producer.span_id)).fetchall()
             if producer.message_id:
                 candidates += self.db.execute(
