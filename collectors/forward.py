@@ -43,7 +43,8 @@ class JaegerForwarder:
         return taken
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Post queued batches until stopping is set (then try to drain for a moment)."""
+        """Post queued batches until stopping is set, then drain what is queued (one try
+        each; what fails then is counted and logged once)."""
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s)
                                          ) as session:
             while not (stopping.is_set() and not self.queue):
@@ -56,6 +57,9 @@ class JaegerForwarder:
                     stop.cancel()
                     continue
                 await self._post(session, self.queue.popleft(), stopping)
+        if self.counters["forward_failed_batches"]:
+            log.warning("%d batches could not be forwarded to Jaeger at %s",
+                        self.counters["forward_failed_batches"], self.url)
 
     async def _post(self, session: aiohttp.ClientSession, body: bytes,
                     stopping: asyncio.Event) -> None:
@@ -77,4 +81,5 @@ class JaegerForwarder:
                 await asyncio.sleep(delay)
                 delay *= 2
         self.counters["forward_failed_batches"] += 1
-        log.warning("forwarding to Jaeger at %s failed: %s", self.url, problem)
+        if not stopping.is_set():
+            log.warning("forwarding to Jaeger at %s failed: %s", self.url, problem)

@@ -14,22 +14,32 @@ from collectors.ingest.decode import BadPayload, decode_request
 from collectors.ingest.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
-GROUP = "flowscope-collector"
+
+
+def group_for(topic: str) -> str:
+    """The consumer group of the collectors reading topic: collectors reading the same topic
+    share its partitions; collectors reading different topics never share a group."""
+    return f"flowscope-collector.{topic}"
 
 
 async def consume_spans_topic(bootstrap: str, topic: str, pipeline: Pipeline,
-                              stopping: asyncio.Event, group: str = GROUP) -> None:
+                              stopping: asyncio.Event, group: str | None = None) -> None:
     """Consume the spans topic until stopping; reconnect through broker outages."""
+    group = group or group_for(topic)
     delay = 1.0
     while not stopping.is_set():
+        # A short poll interval bounds the rebalance timeout: a collector restarted after a
+        # crash in the middle of a rebalance waits a minute for its partitions, not five.
         consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group,
                                     enable_auto_commit=False, auto_offset_reset="earliest",
-                                    fetch_max_wait_ms=100, max_partition_fetch_bytes=16 << 20)
+                                    fetch_max_wait_ms=100, max_partition_fetch_bytes=16 << 20,
+                                    max_poll_interval_ms=60_000, session_timeout_ms=10_000,
+                                    heartbeat_interval_ms=3_000)
         try:
             await consumer.start()
             delay = 1.0
             while not stopping.is_set():
-                batch = await consumer.getmany(timeout_ms=500, max_records=200)
+                batch = await consumer.getmany(timeout_ms=500, max_records=50)
                 for tp, records in batch.items():
                     for record in records:
                         await _ingest_one(pipeline, record.value, record.topic,

@@ -80,10 +80,12 @@ class Collector:
         self.proc.wait(timeout=30)
 
     def inspect(self, *args: str) -> dict[str, object]:
-        """`flowscope inspect ... --json` against its store."""
+        """`flowscope inspect ... --json` against its store ({} for a flow not there yet)."""
         done = subprocess.run([sys.executable, "-m", "flowscope", "inspect", *args, "--json"],
                               env=self.env, capture_output=True, text=True, timeout=60,
                               check=False)
+        if done.returncode != 0 and "inspect: no flow" in done.stderr:
+            return {}
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
@@ -94,7 +96,7 @@ class Collector:
         result: dict[str, object] = {}
         while time.monotonic() < deadline:
             result = self.inspect(*args)
-            if predicate(result):
+            if result and predicate(result):
                 return result
             time.sleep(0.5)
         raise AssertionError(f"inspect {' '.join(args)} never satisfied the test: {result}")

@@ -7,9 +7,13 @@ left alone. A component that cannot be started is an error, never a skip.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -76,3 +80,23 @@ async def create_topic(bootstrap: str, name: str, partitions: int = 1,
                 await asyncio.sleep(0.1)
     finally:
         await admin.close()
+
+
+def run_flowscope(env: dict[str, str], *args: str, timeout_s: float = 180
+                  ) -> subprocess.CompletedProcess[str]:
+    """Run the `flowscope` command line in a child process."""
+    return subprocess.run([sys.executable, "-m", "flowscope", *args], env=env, text=True,
+                          capture_output=True, timeout=timeout_s, check=False)
+
+
+@pytest.fixture
+def own_broker_env(tmp_path: Path, settings: Settings) -> Iterator[dict[str, str]]:
+    """An environment for a second native broker: its own home and ports, the shared cache."""
+    from tests.integration.demo_stack import free_port  # noqa: PLC0415
+
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    env.update(FLOWSCOPE_HOME=str(tmp_path / "home"), FLOWSCOPE_CACHE_DIR=str(settings.cache_dir),
+               FLOWSCOPE_KAFKA_PORT=str(free_port()),
+               FLOWSCOPE_KAFKA_CONTROLLER_PORT=str(free_port()))
+    yield env
+    run_flowscope(env, "kafka", "stop")

@@ -24,7 +24,7 @@ from google.protobuf import json_format
 from demo_services import topics
 from flowscope.infra.jaeger import JaegerStatus
 from tests.integration.collector_process import Collector
-from tests.integration.conftest import create_topic
+from tests.integration.conftest import create_topic, run_flowscope
 from tests.integration.demo_stack import (
     FILE_TERMINALS,
     ORDER_TERMINALS,
@@ -56,10 +56,20 @@ def collector(kafka_bootstrap: str, jaeger_endpoints: JaegerStatus,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collector]:
     home = tmp_path_factory.mktemp("collector")
     running = Collector.create(home, kafka_bootstrap, jaeger_endpoints.otlp_http,
-                               jaeger_endpoints.query, f"spans-{home.name}")
+                               jaeger_endpoints.query, f"spans-{uuid.uuid4().hex[:8]}")
     running.start()
     yield running
     assert running.stop() == 0
+
+
+@pytest.fixture
+def spawned() -> Iterator[list[Collector]]:
+    """Collectors a test starts itself; whatever happens, none outlives the test."""
+    started: list[Collector] = []
+    yield started
+    for collector in started:
+        if collector.proc is not None and collector.proc.poll() is None:
+            collector.kill()
 
 
 @pytest.fixture(scope="module")
@@ -266,15 +276,19 @@ async def _produce_span_batches(bootstrap: str, topic: str, flows: list[str]) ->
 
 
 def test_collector_killed_mid_run_loses_and_duplicates_no_span_from_the_topic(
-        collector: Collector, kafka_bootstrap: str, tmp_path: Path,
-        jaeger_endpoints: JaegerStatus) -> None:
+        kafka_bootstrap: str, tmp_path: Path, jaeger_endpoints: JaegerStatus,
+        spawned: list[Collector]) -> None:
     own = Collector.create(tmp_path, kafka_bootstrap, jaeger_endpoints.otlp_http,
-                           jaeger_endpoints.query, f"spans-kill-{tmp_path.name}")
+                           jaeger_endpoints.query, f"spans-kill-{uuid.uuid4().hex[:8]}")
+    spawned.append(own)
     flows = [f"kill-flow-{i}" for i in range(400)]
     own.start()
     asyncio.run(_produce_span_batches(kafka_bootstrap, own.env["FLOWSCOPE_SPANS_TOPIC"], flows))
     own.wait_for(lambda r: len(r["flows"]) >= 50, "flows", "--since", "100000d",
                  "--limit", "1000")
+    counters = own.wait_for(lambda c: c["counters"].get("spans_topic_garbage", 0) >= 1,
+                            "counters")["counters"]
+    assert counters["spans_topic_garbage"] == 1
     own.kill()
     own.start()
     result = own.wait_for(lambda r: len(r["flows"]) == len(flows), "flows", "--since",
@@ -284,7 +298,37 @@ def test_collector_killed_mid_run_loses_and_duplicates_no_span_from_the_topic(
     topology = own.inspect("topology", "--since", "100000d")
     edges = {(e["source"], e["target"]): e["count"] for e in topology["edges"]}
     assert edges == {("kafka-svc", "kt"): len(flows), ("kt", "kafka-svc"): len(flows)}
-    counters = own.wait_for(lambda c: c["counters"].get("spans_topic_garbage", 0) >= 1,
-                            "counters")["counters"]
-    assert counters["spans_topic_garbage"] >= 1
+    assert own.stop() == 0
+
+
+def test_collector_keeps_running_through_a_broker_restart(
+        own_broker_env: dict[str, str], tmp_path: Path, jaeger_endpoints: JaegerStatus,
+        spawned: list[Collector]) -> None:
+    started = run_flowscope(own_broker_env, "kafka", "start")
+    assert started.returncode == 0, started.stderr
+    bootstrap = started.stdout.strip()
+    own = Collector.create(tmp_path / "c", bootstrap, jaeger_endpoints.otlp_http,
+                           jaeger_endpoints.query, f"spans-restart-{uuid.uuid4().hex[:8]}")
+    spawned.append(own)
+    own.start()
+    topic = own.env["FLOWSCOPE_SPANS_TOPIC"]
+    asyncio.run(_produce_span_batches(bootstrap, topic, ["before-restart"]))
+    own.wait_for(lambda f: f["hops"] == 1, "flow", "before-restart")
+
+    assert run_flowscope(own_broker_env, "kafka", "stop").returncode == 0
+    # While the broker is away, OTLP/HTTP ingest goes on.
+    trace = new_trace_id()
+    during = request({"http-svc": [span(name="send t", kind="producer", trace_id=trace,
+                                        attributes={"messaging.system": "kafka",
+                                                    "messaging.destination.name": "t",
+                                                    "messaging.message.conversation_id":
+                                                        "during-outage"})]})
+    assert _post(own.otlp_url, during.SerializeToString(), "application/x-protobuf")[0] == 200
+    own.wait_for(lambda f: f["id"] == "during-outage", "flow", "during-outage")
+
+    assert run_flowscope(own_broker_env, "kafka", "start").returncode == 0
+    asyncio.run(_produce_span_batches(bootstrap, topic, ["after-restart"]))
+    own.wait_for(lambda f: f["hops"] == 1, "flow", "after-restart", timeout_s=120)
+    assert own.proc is not None
+    assert own.proc.poll() is None
     assert own.stop() == 0

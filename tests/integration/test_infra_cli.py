@@ -6,46 +6,18 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from flowscope.infra import process
 from flowscope.infra.jaeger import JaegerStatus
-from flowscope.settings import Settings
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _flowscope(env: dict[str, str], *args: str, timeout_s: float = 180
-               ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "flowscope", *args], env=env, text=True,
-                          capture_output=True, timeout=timeout_s, check=False)
-
-
-@pytest.fixture
-def own_broker_env(tmp_path: Path, settings: Settings) -> Iterator[dict[str, str]]:
-    """An environment for a second native broker: its own home and ports, the shared cache."""
-    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
-    env.update(FLOWSCOPE_HOME=str(tmp_path / "home"), FLOWSCOPE_CACHE_DIR=str(settings.cache_dir),
-               FLOWSCOPE_KAFKA_PORT=str(_free_port()),
-               FLOWSCOPE_KAFKA_CONTROLLER_PORT=str(_free_port()))
-    yield env
-    _flowscope(env, "kafka", "stop")
+from tests.integration.conftest import run_flowscope
 
 
 def test_kafka_start_twice_gives_one_broker_and_stop_leaves_none(
         own_broker_env: dict[str, str], kafka_bootstrap: str) -> None:
     marker = str(Path(own_broker_env["FLOWSCOPE_HOME"]) / "kafka" / "server.properties")
-    first = _flowscope(own_broker_env, "kafka", "start")
-    second = _flowscope(own_broker_env, "kafka", "start")
+    first = run_flowscope(own_broker_env, "kafka", "start")
+    second = run_flowscope(own_broker_env, "kafka", "start")
     assert first.returncode == 0, first.stderr
     assert second.returncode == 0, second.stderr
     expected = f"127.0.0.1:{own_broker_env['FLOWSCOPE_KAFKA_PORT']}"
@@ -53,13 +25,13 @@ def test_kafka_start_twice_gives_one_broker_and_stop_leaves_none(
     jvms = process.find_processes(marker)
     assert len(jvms) == 1
 
-    status = json.loads(_flowscope(own_broker_env, "kafka", "status", "--json").stdout)
+    status = json.loads(run_flowscope(own_broker_env, "kafka", "status", "--json").stdout)
     assert status == {"running": True, "bootstrap": expected, "pid": jvms[0]}
 
-    stopped = _flowscope(own_broker_env, "kafka", "stop")
+    stopped = run_flowscope(own_broker_env, "kafka", "stop")
     assert stopped.returncode == 0, stopped.stderr
     assert process.find_processes(marker) == []
-    after = _flowscope(own_broker_env, "kafka", "status", "--json")
+    after = run_flowscope(own_broker_env, "kafka", "status", "--json")
     assert after.returncode == 3
     assert json.loads(after.stdout) == {"running": False, "bootstrap": expected, "pid": None}
 
@@ -71,7 +43,7 @@ def test_kafka_start_names_the_port_another_process_holds(
         squatter.listen()
         port = squatter.getsockname()[1]
         own_broker_env["FLOWSCOPE_KAFKA_PORT"] = str(port)
-        done = _flowscope(own_broker_env, "kafka", "start")
+        done = run_flowscope(own_broker_env, "kafka", "start")
     assert done.returncode == 1
     assert f"broker port {port} on 127.0.0.1 already in use" in done.stderr
     assert "FLOWSCOPE_KAFKA_PORT" in done.stderr
@@ -83,7 +55,7 @@ def test_kafka_start_without_java_is_a_clear_error(
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     own_broker_env["PATH"] = str(empty)
-    done = _flowscope(own_broker_env, "kafka", "start")
+    done = run_flowscope(own_broker_env, "kafka", "start")
     assert done.returncode == 1
     assert "kafka: java was not found on PATH" in done.stderr
     assert "Traceback" not in done.stderr
@@ -92,17 +64,17 @@ def test_kafka_start_without_java_is_a_clear_error(
 def test_kafka_start_with_external_cluster_starts_nothing(
         own_broker_env: dict[str, str], kafka_bootstrap: str) -> None:
     own_broker_env["KAFKA_BOOTSTRAP_SERVERS"] = kafka_bootstrap
-    done = _flowscope(own_broker_env, "kafka", "start")
+    done = run_flowscope(own_broker_env, "kafka", "start")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == kafka_bootstrap
     marker = str(Path(own_broker_env["FLOWSCOPE_HOME"]) / "kafka" / "server.properties")
     assert process.find_processes(marker) == []
-    status = json.loads(_flowscope(own_broker_env, "kafka", "status", "--json").stdout)
+    status = json.loads(run_flowscope(own_broker_env, "kafka", "status", "--json").stdout)
     assert status == {"running": True, "bootstrap": kafka_bootstrap, "pid": None}
 
 
 def test_jaeger_status_json_names_its_endpoints(jaeger_endpoints: JaegerStatus) -> None:
-    done = _flowscope(dict(os.environ), "jaeger", "status", "--json")
+    done = run_flowscope(dict(os.environ), "jaeger", "status", "--json")
     assert done.returncode == 0, done.stderr
     status = json.loads(done.stdout)
     assert set(status) == {"running", "pid", "otlp_http", "otlp_grpc", "query"}
@@ -128,7 +100,7 @@ def test_kafka_start_with_old_java_names_the_version_needed(
         own_broker_env: dict[str, str], tmp_path: Path) -> None:
     old_java = "#!/bin/sh\necho 'openjdk version \"11.0.2\" 2019-01-15' >&2\n"
     own_broker_env["PATH"] = _bin_with(tmp_path, java=old_java)
-    done = _flowscope(own_broker_env, "kafka", "start")
+    done = run_flowscope(own_broker_env, "kafka", "start")
     assert done.returncode == 1
     assert "kafka: Java 17 or newer is needed" in done.stderr
     assert 'openjdk version "11.0.2"' in done.stderr
@@ -140,7 +112,7 @@ def test_kafka_install_without_maven_is_a_clear_error(
     assert java is not None
     own_broker_env["PATH"] = _bin_with(tmp_path, java=os.path.realpath(java))
     own_broker_env["FLOWSCOPE_CACHE_DIR"] = str(tmp_path / "empty-cache")
-    done = _flowscope(own_broker_env, "kafka", "install")
+    done = run_flowscope(own_broker_env, "kafka", "install")
     assert done.returncode == 1
     assert "kafka: mvn (Apache Maven) was not found on PATH" in done.stderr
 
@@ -149,7 +121,7 @@ def test_kafka_not_ready_in_time_shows_its_log_and_leaves_no_process(
         own_broker_env: dict[str, str]) -> None:
     own_broker_env["FLOWSCOPE_KAFKA_START_TIMEOUT"] = "0.2"
     marker = str(Path(own_broker_env["FLOWSCOPE_HOME"]) / "kafka" / "server.properties")
-    done = _flowscope(own_broker_env, "kafka", "start")
+    done = run_flowscope(own_broker_env, "kafka", "start")
     assert done.returncode == 1
     assert "kafka: the broker did not answer a metadata request" in done.stderr
     assert "within 0.2s" in done.stderr
