@@ -65,6 +65,8 @@ class Collector:
         while time.monotonic() < deadline and self.proc.poll() is None:
             if ready.wait(0.1):
                 return
+        self.proc.kill()
+        self.proc.wait(timeout=30)
         raise AssertionError(f"collector not ready in {timeout_s}s: {''.join(self.output)}")
 
     def stop(self, timeout_s: float = 30.0) -> int:

@@ -71,6 +71,8 @@ class DemoStack:
                 break
             else:
                 time.sleep(0.05)
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
         raise AssertionError(f"services not ready in {timeout_s}s: {''.join(self.output)}")
 
     def pids(self) -> dict[str, int]:
