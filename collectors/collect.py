@@ -18,6 +18,7 @@ from collectors.forward import JaegerForwarder
 from collectors.ingest import otlp_http
 from collectors.ingest.kafka_spans import consume_spans_topic
 from collectors.ingest.pipeline import Pipeline
+from collectors.lag.poller import LagPoller
 from collectors.store.factory import open_store
 from collectors.store.sqlite import SqliteStore
 from flowscope.settings import Settings
@@ -67,6 +68,9 @@ async def run_collector(settings: Settings, *, kafka_spans: bool = True,
             await ensure_spans_topic(settings.kafka.bootstrap, collector.spans_topic)
             tasks.append(asyncio.ensure_future(consume_spans_topic(
                 settings.kafka.bootstrap, collector.spans_topic, pipeline, stopping)))
+            tasks.append(asyncio.ensure_future(poll_lag(
+                settings.kafka.bootstrap, pipeline, store, stopping,
+                interval_s=collector.lag_interval_s, window=collector.lag_window)))
         tasks.append(asyncio.ensure_future(_maintain(pipeline, store, stopping)))
         if on_ready is not None:
             on_ready(f"http://{collector.otlp_host}:{collector.otlp_port}")
@@ -80,6 +84,33 @@ async def run_collector(settings: Settings, *, kafka_spans: bool = True,
             task.cancel()
         await pipeline.flush_counters()
         store.close()
+
+
+async def poll_lag(bootstrap: str, pipeline: Pipeline, store: SqliteStore,
+                   stopping: asyncio.Event, *, interval_s: float, window: int) -> None:
+    """Poll consumer lag every interval_s into the store; reconnect after broker trouble."""
+    delay = 1.0
+    while not stopping.is_set():
+        poller = LagPoller(bootstrap, window=window)
+        try:
+            await poller.start()
+            delay = 1.0
+            while not stopping.is_set():
+                started = time.monotonic()
+                rows, groups = await poller.poll()
+                await pipeline.exclusive(store.write_lag, rows, groups)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(),
+                                           max(0.0, interval_s - (time.monotonic() - started)))
+        except (KafkaError, TimeoutError, OSError) as exc:
+            pipeline.count("lag_poll_failures")
+            log.warning("lag polling on %s failed (%s); again in %.0fs", bootstrap,
+                        type(exc).__name__, delay)
+        finally:
+            await poller.stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), delay)
+        delay = min(delay * 2, 30.0)
 
 
 async def _maintain(pipeline: Pipeline, store: SqliteStore, stopping: asyncio.Event) -> None:

@@ -56,3 +56,37 @@ class SpanRecord:
 
 
 SPAN_COLUMNS = tuple(f.name for f in fields(SpanRecord))
+
+
+@dataclass(frozen=True)
+class LagRow:
+    """One partition of one consumer group at one poll."""
+
+    group: str
+    topic: str
+    partition: int
+    committed: int | None
+    end: int | None
+    lag: int | None
+    lag_seconds: float | None
+    status: str  # OK | WARN | STOP | STALL | REWIND
+    at_s: float
+
+
+@dataclass(frozen=True)
+class GroupLag:
+    """A consumer group at one poll: status, worst partition, totals and trend."""
+
+    group: str
+    status: str  # OK | WARN | ERR
+    worst_partition: str | None
+    lag: int
+    lag_seconds: float | None
+    consume_rate: float | None  # messages/s committed
+    lag_rate: float | None  # change of lag, messages/s
+    catch_up_s: float | None  # None: not catching up
+    at_s: float
+
+
+LAG_COLUMNS = tuple(f.name for f in fields(LagRow))
+GROUP_LAG_COLUMNS = tuple(f.name for f in fields(GroupLag))

@@ -177,6 +177,8 @@ def _inspect(settings: Settings, args: argparse.Namespace) -> int:
             print(inspect.inspect_topology(store, since, args.json))
         elif args.what == "flows":
             print(inspect.inspect_flows(store, since, args.json, args.limit))
+        elif args.what == "lag":
+            print(inspect.inspect_lag(store, args.group, args.json))
         elif args.what == "counters":
             print(inspect.inspect_counters(store, args.json))
         else:
@@ -200,12 +202,14 @@ def _add_collector_commands(groups: argparse._SubParsersAction[argparse.Argument
     collect.add_argument("--otlp-address", help="host:port of the OTLP/HTTP receiver "
                          "(default FLOWSCOPE_OTLP_ADDRESS or 127.0.0.1:4318)")
     collect.add_argument("--no-kafka", action="store_true",
-                         help="do not consume the spans topic")
+                         help="leave Kafka alone: no spans topic, no lag polling")
     collect.set_defaults(handler=_collect)
     inspect_parser = groups.add_parser(
-        "inspect", help="print topology, flows, one flow or counters",
+        "inspect", help="print topology, flows, one flow, lag or counters",
         description="Read the store named by FLOWSCOPE_STORE.")
-    inspect_parser.add_argument("what", choices=["topology", "flows", "flow", "counters"])
+    inspect_parser.add_argument("what",
+                                choices=["topology", "flows", "flow", "lag", "counters"])
+    inspect_parser.add_argument("--group", help="only this consumer group (for lag)")
     inspect_parser.add_argument("id", nargs="?", help="correlation or trace id (for flow)")
     inspect_parser.add_argument("--since", default="15m", help="window, e.g. 30s, 15m, 2h")
     inspect_parser.add_argument("--limit", type=int, default=100, help="flows to list")

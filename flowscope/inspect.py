@@ -118,3 +118,35 @@ def inspect_counters(store: Store, as_json: bool) -> str:
     if as_json:
         return json.dumps({"counters": counters})
     return table(["COUNTER", "VALUE"], sorted(counters.items())) if counters else "no counters"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def inspect_lag(store: Store, group: str | None, as_json: bool) -> str:
+    """Lag per partition (group, topic, partition, committed, end, lag, lag_seconds, status)
+    and per group (status and worst partition, totals, trend)."""
+    rows, groups = store.lag(group)
+    if as_json:
+        return json.dumps({
+            "partitions": [{"group": r.group, "topic": r.topic, "partition": r.partition,
+                            "committed": r.committed, "end": r.end, "lag": r.lag,
+                            "lag_seconds": r.lag_seconds, "status": r.status,
+                            "at": r.at_s} for r in rows],
+            "groups": [{"group": g.group, "status": g.status,
+                        "worst_partition": g.worst_partition, "lag": g.lag,
+                        "lag_seconds": g.lag_seconds, "consume_rate": g.consume_rate,
+                        "lag_rate": g.lag_rate, "catch_up_s": g.catch_up_s, "at": g.at_s}
+                       for g in groups]})
+    if not rows:
+        return "no consumer groups seen yet (is `flowscope collect` running with Kafka?)"
+    partitions = table(["GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "LAG_S",
+                        "STATUS"],
+                       [(r.group, r.topic, r.partition, r.committed, r.end, r.lag,
+                         _seconds(r.lag_seconds), r.status) for r in rows])
+    summary = table(["GROUP", "STATUS", "WORST", "LAG", "LAG_S", "CATCH_UP_S"],
+                    [(g.group, g.status, g.worst_partition, g.lag, _seconds(g.lag_seconds),
+                      "never" if g.catch_up_s is None else _seconds(g.catch_up_s))
+                     for g in groups])
+    return partitions + "\n\n" + summary

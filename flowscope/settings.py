@@ -94,6 +94,8 @@ class CollectorSettings:
     dead_letter_topics: tuple[str, ...] = ("*.dlq", "*.DLT", "*dead-letter*", "*deadletter*")
     compensated_topics: tuple[str, ...] = ("*orders.cancelled",)
     stuck_after_s: float = 300.0
+    lag_interval_s: float = 5.0
+    lag_window: int = 10
     bucket_s: int = 10
     raw_retention_s: float = 24 * 3600.0
     aggregate_retention_s: float = 7 * 24 * 3600.0
@@ -197,6 +199,7 @@ def _collector_settings(reader: _EnvReader, home: Path) -> CollectorSettings:
         compensated_topics=reader.patterns("FLOWSCOPE_FLOW_COMPENSATED",
                                            defaults.compensated_topics),
         stuck_after_s=reader.seconds("FLOWSCOPE_FLOW_STUCK_AFTER", defaults.stuck_after_s),
+        lag_interval_s=reader.seconds("FLOWSCOPE_LAG_INTERVAL", defaults.lag_interval_s),
         raw_retention_s=reader.seconds("FLOWSCOPE_RETENTION_RAW", defaults.raw_retention_s),
         aggregate_retention_s=reader.seconds("FLOWSCOPE_RETENTION_AGGREGATES",
                                              defaults.aggregate_retention_s),

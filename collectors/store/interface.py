@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from collectors.record import SpanRecord
+from collectors.record import GroupLag, LagRow, SpanRecord
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,18 @@ class Store(Protocol):
 
     def flow(self, flow_or_trace_id: str, now_ns: int) -> tuple[FlowRow, list[HopRow]] | None:
         """One flow, by correlation ID or by any of its trace IDs, with its hops in time order."""
+        ...
+
+    def write_lag(self, rows: Sequence[LagRow], groups: Sequence[GroupLag]) -> None:
+        """Record one lag poll: the current figures and the history."""
+        ...
+
+    def lag(self, group: str | None = None) -> tuple[list[LagRow], list[GroupLag]]:
+        """The latest lag of every partition and group (or of one group)."""
+        ...
+
+    def lag_history(self, since_s: float, group: str | None = None) -> list[LagRow]:
+        """Partition lag over time since since_s, oldest first."""
         ...
 
     def apply_retention(self, now_ns: int) -> int:

@@ -60,6 +60,22 @@ CREATE TABLE IF NOT EXISTS flows (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS flows_by_last ON flows (last_ns);
 
+-- Consumer lag: the latest poll of every partition and group, and the history of partitions.
+CREATE TABLE IF NOT EXISTS lag_current (
+    "group" TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
+    committed INTEGER, "end" INTEGER, lag INTEGER, lag_seconds REAL, status TEXT NOT NULL,
+    at_s REAL NOT NULL, PRIMARY KEY ("group", topic, partition)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lag_samples (
+    "group" TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
+    committed INTEGER, "end" INTEGER, lag INTEGER, lag_seconds REAL, status TEXT NOT NULL,
+    at_s REAL NOT NULL, PRIMARY KEY ("group", at_s, topic, partition)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lag_groups (
+    "group" TEXT PRIMARY KEY, status TEXT NOT NULL, worst_partition TEXT, lag INTEGER NOT NULL,
+    lag_seconds REAL, consume_rate REAL, lag_rate REAL, catch_up_s REAL, at_s REAL NOT NULL
+) WITHOUT ROWID;
+
 -- What could not be placed, and other counters, by name.
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """

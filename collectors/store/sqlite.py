@@ -26,7 +26,14 @@ from collectors.flows.assembler import (
     flow_status,
 )
 from collectors.flows.histogram import Histogram
-from collectors.record import SPAN_COLUMNS, SpanRecord
+from collectors.record import (
+    GROUP_LAG_COLUMNS,
+    LAG_COLUMNS,
+    SPAN_COLUMNS,
+    GroupLag,
+    LagRow,
+    SpanRecord,
+)
 from collectors.store import readers
 from collectors.store.interface import FlowRow, HopRow, Topology, WriteResult
 from collectors.store.schema import SCHEMA, SCHEMA_VERSION
@@ -36,6 +43,8 @@ SPAN_INSERT = (f"INSERT INTO spans ({SPAN_FIELDS}, flow_id) "
                f"VALUES ({', '.join('?' * (len(SPAN_COLUMNS) + 1))})")
 SPAN_SELECT = f"SELECT {SPAN_FIELDS} FROM spans"
 SPAN_VALUES = operator.attrgetter(*SPAN_COLUMNS)
+LAG_MARKS = ",".join("?" * len(LAG_COLUMNS))
+GROUP_MARKS = ",".join("?" * len(GROUP_LAG_COLUMNS))
 HOP_COLUMNS = ("hop_key", "producer_trace_id", "producer_span_id", "consumer_trace_id",
                "consumer_span_id", "consumer_is_batch", "flow_id", "topic", "partition",
                "offset", "message_id", "producer_service", "consumer_service", "consumer_group",
@@ -220,6 +229,33 @@ class SqliteStore:
                             (bucket, source, source_kind, target, target_kind, d.count,
                              d.errors, d.retries, d.latency.to_json(), d.processing.to_json()))
 
+    def write_lag(self, rows: Sequence[LagRow], groups: Sequence[GroupLag]) -> None:
+        """Record one lag poll: the current figures and the history."""
+        lag_values = [tuple(getattr(r, c) for c in LAG_COLUMNS) for r in rows]
+        with self.db:
+            self.db.executemany(f"INSERT OR REPLACE INTO lag_current VALUES ({LAG_MARKS})",
+                                lag_values)
+            self.db.executemany(f"INSERT OR IGNORE INTO lag_samples VALUES ({LAG_MARKS})",
+                                lag_values)
+            self.db.executemany(
+                f"INSERT OR REPLACE INTO lag_groups VALUES ({GROUP_MARKS})",
+                [tuple(getattr(g, c) for c in GROUP_LAG_COLUMNS) for g in groups])
+
+    def lag(self, group: str | None = None) -> tuple[list[LagRow], list[GroupLag]]:
+        """The latest lag of every partition and group (or of one group)."""
+        where, params = ('WHERE "group" = ?', (group,)) if group else ("", ())
+        rows = [LagRow(*r) for r in self.db.execute(
+            f'SELECT * FROM lag_current {where} ORDER BY "group", topic, partition', params)]
+        groups = [GroupLag(*g) for g in self.db.execute(
+            f'SELECT * FROM lag_groups {where} ORDER BY "group"', params)]
+        return rows, groups
+
+    def lag_history(self, since_s: float, group: str | None = None) -> list[LagRow]:
+        """Partition lag over time since since_s, oldest first."""
+        extra, params = ('AND "group" = ?', (since_s, group)) if group else ("", (since_s,))
+        return [LagRow(*r) for r in self.db.execute(
+            f"SELECT * FROM lag_samples WHERE at_s >= ? {extra} ORDER BY at_s", params)]
+
     def add_counters(self, counts: Mapping[str, int]) -> None:
         """Add to named counters."""
         with self.db:
@@ -242,6 +278,8 @@ class SqliteStore:
                                        (raw_cut,)).rowcount
             deleted += self.db.execute("DELETE FROM edge_buckets WHERE bucket_start < ?",
                                        (agg_cut,)).rowcount
+            deleted += self.db.execute("DELETE FROM lag_samples WHERE at_s < ?",
+                                       (raw_cut / 1e9,)).rowcount
         return deleted
 
     # -- reading -------------------------------------------------------------------------------

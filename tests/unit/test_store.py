@@ -229,3 +229,19 @@ def test_spans_without_correlation_join_their_traces_flow_in_any_order(store: St
     assert flow.services == ["uploads", "webhook"]
     assert flow.ended_ns > flow.started_ns
     assert [f.id for f in store.flows(BASE_NS - 10**12, NOW)] == ["c-7"]
+
+
+def test_lag_polls_keep_the_latest_figures_and_the_history(store: Store) -> None:
+    from collectors.record import GroupLag, LagRow  # noqa: PLC0415
+
+    first = [LagRow("g", "t", 0, 5, 9, 4, 2.5, "OK", 100.0),
+             LagRow("g", "t", 1, None, 3, None, None, "OK", 100.0)]
+    second = [LagRow("g", "t", 0, 9, 9, 0, 0.0, "OK", 105.0)]
+    store.write_lag(first, [GroupLag("g", "OK", "OK", 4, 2.5, 1.0, -0.5, 8.0, 100.0)])
+    store.write_lag(second, [GroupLag("g", "OK", "OK", 0, 0.0, 0.8, -0.8, 0.0, 105.0)])
+    rows, groups = store.lag()
+    assert rows == [second[0], first[1]]
+    assert [g.catch_up_s for g in groups] == [0.0]
+    assert store.lag("other") == ([], [])
+    assert [(r.partition, r.at_s) for r in store.lag_history(0, "g")] == \
+        [(0, 100.0), (1, 100.0), (0, 105.0)]

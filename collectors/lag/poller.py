@@ -1,0 +1,200 @@
+"""Poll every consumer group: committed offsets, log-end offsets, lag, lag in seconds, status.
+
+Lag is computed as Kafka's ConsumerGroupCommand computes it (log-end offset minus committed
+offset, per partition the group has committed). A group whose coordinator is moving is asked
+again; one that still fails is logged and skipped this round (its last figures stay), never
+reported as zero lag. A failing group never stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from collectors.lag.offsets import compute_lag
+from collectors.lag.status import Observation, PartitionWindow, Trend, group_status, trend
+from collectors.lag.timelag import EndOffsetTable, lag_seconds
+from collectors.record import GroupLag, LagRow
+
+log = logging.getLogger(__name__)
+RETRIES = 3
+MAX_TIMESTAMP_LOOKUPS = 20  # per poll: reading a message's own time costs a fetch
+
+
+@dataclass
+class _PartitionState:
+    window: PartitionWindow
+    table: EndOffsetTable = field(default_factory=EndOffsetTable)
+
+
+class LagPoller:
+    """Keeps, per group and partition, the window and end-offset table the figures need."""
+
+    def __init__(self, bootstrap: str, *, window: int = 10, timeout_s: float = 10.0,
+                 skip_groups: tuple[str, ...] = ()) -> None:
+        self.bootstrap = bootstrap
+        self.window = window
+        self.timeout_s = timeout_s
+        self.skip_groups = skip_groups
+        self.state: dict[tuple[str, str, int], _PartitionState] = {}
+        self.tables: dict[TopicPartition, EndOffsetTable] = {}
+        self.admin: AIOKafkaAdminClient | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        """Connect (the admin client and an offsets-only consumer without a group)."""
+        timeout_ms = int(self.timeout_s * 1000)
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap,
+                                         request_timeout_ms=timeout_ms)
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+                                         enable_auto_commit=False,
+                                         request_timeout_ms=timeout_ms)
+        await asyncio.wait_for(self.admin.start(), self.timeout_s)
+        await asyncio.wait_for(self.consumer.start(), self.timeout_s)
+
+    async def stop(self) -> None:
+        """Disconnect."""
+        for client in (self.consumer, self.admin):
+            if client is not None:
+                try:
+                    await (client.stop() if isinstance(client, AIOKafkaConsumer)
+                           else client.close())
+                except KafkaError:
+                    log.debug("lag poller: close failed", exc_info=True)
+
+    async def poll(self, now_s: float | None = None) -> tuple[list[LagRow], list[GroupLag]]:
+        """One round over every group."""
+        assert self.admin is not None, "start() first"
+        assert self.consumer is not None, "start() first"
+        now_s = time.time() if now_s is None else now_s
+        listed = await asyncio.wait_for(self.admin.list_consumer_groups(), self.timeout_s)
+        groups = sorted({str(g[0]) for g in listed} - set(self.skip_groups))
+        committed: dict[str, dict[TopicPartition, int]] = {}
+        for group in groups:
+            offsets = await self._group_offsets(group)
+            if offsets is not None:
+                committed[group] = offsets
+        tps = sorted({tp for offsets in committed.values() for tp in offsets})
+        ends = await self._end_offsets(tps)
+        for tp, end in ends.items():
+            self.tables.setdefault(tp, EndOffsetTable()).add(end, now_s)
+        rows: list[LagRow] = []
+        lookups = 0
+        for group, offsets in committed.items():
+            for tp in sorted(offsets):
+                row, needed_lookup = await self._row(
+                    group, tp, offsets[tp], end=ends.get(tp), now_s=now_s,
+                    may_look_up=lookups < MAX_TIMESTAMP_LOOKUPS)
+                lookups += needed_lookup
+                rows.append(row)
+        return rows, self._groups(rows, now_s)
+
+    async def _group_offsets(self, group: str) -> dict[TopicPartition, int] | None:
+        assert self.admin is not None
+        delay = 0.2
+        for attempt in range(1, RETRIES + 1):
+            try:
+                fetched = await asyncio.wait_for(
+                    self.admin.list_consumer_group_offsets(group), self.timeout_s)
+                return {tp: meta.offset for tp, meta in fetched.items() if meta.offset >= 0}
+            except (KafkaError, TimeoutError) as exc:
+                if attempt == RETRIES:
+                    log.warning("lag: group %s skipped this round: %s", group,
+                                type(exc).__name__)
+                    return None
+                await asyncio.sleep(delay)
+                delay *= 2
+        return None
+
+    async def _end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        assert self.consumer is not None
+        if not tps:
+            return {}
+        try:
+            return await asyncio.wait_for(self.consumer.end_offsets(tps), self.timeout_s)
+        except (KafkaError, TimeoutError):
+            # One vanished topic must not hide the others: ask topic by topic.
+            ends: dict[TopicPartition, int] = {}
+            for topic in sorted({tp.topic for tp in tps}):
+                part = [tp for tp in tps if tp.topic == topic]
+                try:
+                    ends.update(await asyncio.wait_for(self.consumer.end_offsets(part),
+                                                       self.timeout_s))
+                except (KafkaError, TimeoutError) as exc:
+                    log.warning("lag: end offsets of %s unavailable: %s", topic,
+                                type(exc).__name__)
+            return ends
+
+    async def _row(self, group: str, tp: TopicPartition, committed: int, *, end: int | None,
+                   now_s: float, may_look_up: bool) -> tuple[LagRow, int]:
+        key = (group, tp.topic, tp.partition)
+        state = self.state.get(key)
+        if state is None:
+            state = self.state[key] = _PartitionState(PartitionWindow(self.window))
+        looked_up = 0
+        seconds = None
+        if end is not None:
+            state.window.add(Observation(now_s, committed, end))
+            table = self.tables[tp]
+            seconds = lag_seconds(table, committed, end, now_s)
+            if seconds is None and committed < end and may_look_up:
+                looked_up = 1
+                written = await self._message_time(tp, committed)
+                seconds = lag_seconds(table, committed, end, now_s, written)
+        status = state.window.status(now_s) if end is not None else "OK"
+        return LagRow(group, tp.topic, tp.partition, committed, end,
+                      compute_lag(committed, end), seconds, status, now_s), looked_up
+
+    async def _message_time(self, tp: TopicPartition, offset: int) -> float | None:
+        """The timestamp of the message at offset (None when it cannot be read quickly)."""
+        reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+                                  enable_auto_commit=False, fetch_max_bytes=1 << 20,
+                                  max_partition_fetch_bytes=1 << 20)
+        try:
+            await asyncio.wait_for(reader.start(), self.timeout_s)
+            reader.assign([tp])
+            reader.seek(tp, offset)
+            batch = await asyncio.wait_for(reader.getmany(tp, timeout_ms=2000, max_records=1),
+                                           self.timeout_s)
+            records = batch.get(tp, [])
+            return records[0].timestamp / 1000 if records else None
+        except (KafkaError, TimeoutError):
+            return None
+        finally:
+            try:
+                await reader.stop()
+            except KafkaError:
+                log.debug("lag: reader close failed", exc_info=True)
+
+    def _groups(self, rows: list[LagRow], now_s: float) -> list[GroupLag]:
+        by_group: dict[str, list[LagRow]] = {}
+        for row in rows:
+            by_group.setdefault(row.group, []).append(row)
+        groups = []
+        for group, members in sorted(by_group.items()):
+            status, worst = group_status(r.status for r in members)
+            trends = [t for r in members if (t := self._trend(r)) is not None]
+            seconds = [r.lag_seconds for r in members if r.lag_seconds is not None]
+            total_lag = sum(r.lag or 0 for r in members)
+            consume = sum(t.consume_rate for t in trends) if trends else None
+            lag_rate = sum(t.lag_rate for t in trends) if trends else None
+            if total_lag == 0:
+                catch_up: float | None = 0.0
+            elif lag_rate is not None and lag_rate < 0:
+                catch_up = total_lag / -lag_rate
+            else:
+                catch_up = None
+            groups.append(GroupLag(group, status, worst, total_lag,
+                                   max(seconds) if seconds else None, consume, lag_rate,
+                                   catch_up, now_s))
+        return groups
+
+    def _trend(self, row: LagRow) -> Trend | None:
+        state = self.state.get((row.group, row.topic, row.partition))
+        return trend(list(state.window.entries)) if state else None
