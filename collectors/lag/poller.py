@@ -46,6 +46,9 @@ class LagPoller:
         self.tables: dict[TopicPartition, EndOffsetTable] = {}
         self.admin: AIOKafkaAdminClient | None = None
         self.consumer: AIOKafkaConsumer | None = None
+        self.reader: AIOKafkaConsumer | None = None
+        # The time a message was written never changes: read it once per committed offset.
+        self.message_times: dict[TopicPartition, tuple[int, float | None]] = {}
 
     async def start(self) -> None:
         """Connect (the admin client and an offsets-only consumer without a group)."""
@@ -55,12 +58,17 @@ class LagPoller:
         self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
                                          enable_auto_commit=False,
                                          request_timeout_ms=timeout_ms)
+        self.reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+                                       enable_auto_commit=False, fetch_max_bytes=1 << 20,
+                                       max_partition_fetch_bytes=1 << 20,
+                                       request_timeout_ms=timeout_ms)
         await asyncio.wait_for(self.admin.start(), self.timeout_s)
         await asyncio.wait_for(self.consumer.start(), self.timeout_s)
+        await asyncio.wait_for(self.reader.start(), self.timeout_s)
 
     async def stop(self) -> None:
         """Disconnect."""
-        for client in (self.consumer, self.admin):
+        for client in (self.reader, self.consumer, self.admin):
             if client is not None:
                 try:
                     await (client.stop() if isinstance(client, AIOKafkaConsumer)
@@ -144,7 +152,8 @@ class LagPoller:
             table = self.tables[tp]
             seconds = lag_seconds(table, committed, end, now_s)
             if seconds is None and committed < end and may_look_up:
-                looked_up = 1
+                cached = self.message_times.get(tp)
+                looked_up = int(cached is None or cached[0] != committed)
                 written = await self._message_time(tp, committed)
                 seconds = lag_seconds(table, committed, end, now_s, written)
         status = state.window.status(now_s) if end is not None else "OK"
@@ -153,24 +162,22 @@ class LagPoller:
 
     async def _message_time(self, tp: TopicPartition, offset: int) -> float | None:
         """The timestamp of the message at offset (None when it cannot be read quickly)."""
-        reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
-                                  enable_auto_commit=False, fetch_max_bytes=1 << 20,
-                                  max_partition_fetch_bytes=1 << 20)
+        cached = self.message_times.get(tp)
+        if cached is not None and cached[0] == offset:
+            return cached[1]
+        assert self.reader is not None
+        written = None
         try:
-            await asyncio.wait_for(reader.start(), self.timeout_s)
-            reader.assign([tp])
-            reader.seek(tp, offset)
-            batch = await asyncio.wait_for(reader.getmany(tp, timeout_ms=2000, max_records=1),
-                                           self.timeout_s)
+            self.reader.assign([tp])
+            self.reader.seek(tp, offset)
+            batch = await asyncio.wait_for(
+                self.reader.getmany(tp, timeout_ms=2000, max_records=1), self.timeout_s)
             records = batch.get(tp, [])
-            return records[0].timestamp / 1000 if records else None
-        except (KafkaError, TimeoutError):
-            return None
-        finally:
-            try:
-                await reader.stop()
-            except KafkaError:
-                log.debug("lag: reader close failed", exc_info=True)
+            written = records[0].timestamp / 1000 if records else None
+        except (KafkaError, TimeoutError) as exc:
+            log.debug("lag: cannot read %s@%d: %s", tp, offset, exc)
+        self.message_times[tp] = (offset, written)
+        return written
 
     def _groups(self, rows: list[LagRow], now_s: float) -> list[GroupLag]:
         by_group: dict[str, list[LagRow]] = {}

@@ -80,38 +80,57 @@ async def test_inspect_lag_equals_consumer_group_command_for_every_partition(
     assert {r[4] for r in reference} == {1}  # group c: 30 - 29
 
 
+class SteadyTraffic:
+    """A producer writing 5 messages a second and a consumer group that can be paused."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str) -> None:
+        self.bootstrap, self.topic, self.group = bootstrap, topic, group
+        self.consuming = asyncio.Event()
+        self.consuming.set()
+        self.producing_done = asyncio.Event()
+        self.consuming_done = asyncio.Event()
+        self.tasks: list[asyncio.Future[None]] = []
+
+    def start(self) -> None:
+        self.tasks = [asyncio.ensure_future(self._produce()),
+                      asyncio.ensure_future(self._consume())]
+
+    async def stop(self) -> None:
+        self.producing_done.set()
+        self.consuming_done.set()
+        self.consuming.set()
+        await asyncio.wait_for(asyncio.gather(*self.tasks), 30)
+
+    async def _produce(self) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
+        await producer.start()
+        try:
+            while not self.producing_done.is_set():
+                await producer.send_and_wait(self.topic, b"tick")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.producing_done.wait(), 0.2)
+        finally:
+            await producer.stop()
+
+    async def _consume(self) -> None:
+        consumer = AIOKafkaConsumer(self.topic, bootstrap_servers=self.bootstrap,
+                                    group_id=self.group, auto_offset_reset="earliest",
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            while not self.consuming_done.is_set():
+                await self.consuming.wait()
+                if await consumer.getmany(timeout_ms=200):
+                    await consumer.commit()
+        finally:
+            await consumer.stop()
+
+
 async def test_paused_group_goes_warn_or_err_then_ok_once_drained(
         lag_collector: Collector, kafka_bootstrap: str, unique_name: str) -> None:
     topic = await create_topic(kafka_bootstrap, unique_name, partitions=1)
     group = f"{unique_name}-g"
-    consuming = asyncio.Event()
-    consuming.set()
-    stop = asyncio.Event()  # stops the producer
-    done = asyncio.Event()  # stops the consumer
-
-    async def produce() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-        await producer.start()
-        try:
-            while not stop.is_set():
-                await producer.send_and_wait(topic, b"tick")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.2)
-        finally:
-            await producer.stop()
-
-    async def consume() -> None:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=group,
-                                    auto_offset_reset="earliest", enable_auto_commit=False)
-        await consumer.start()
-        try:
-            while not done.is_set():
-                await consuming.wait()
-                batch = await consumer.getmany(timeout_ms=200)
-                if batch:
-                    await consumer.commit()
-        finally:
-            await consumer.stop()
+    traffic = SteadyTraffic(kafka_bootstrap, topic, group)
 
     def group_of(result: dict) -> dict:  # type: ignore[type-arg]
         return next((g for g in result["groups"] if g["group"] == group), {})
@@ -121,25 +140,22 @@ async def test_paused_group_goes_warn_or_err_then_ok_once_drained(
                                        lambda r: bool(group_of(r)) and predicate(group_of(r)),
                                        "lag", "--group", group)
 
-    tasks = [asyncio.ensure_future(produce()), asyncio.ensure_future(consume())]
+    traffic.start()
     try:
         await wait(lambda g: g["status"] == "OK" and g["lag"] <= 5)
-        consuming.clear()
+        traffic.consuming.clear()
         behind = await wait(lambda g: g["status"] in ("WARN", "ERR") and g["lag"] > 10)
         first = group_of(behind)["lag_seconds"]
         later = await wait(lambda g: g["lag_seconds"] is not None and g["lag_seconds"] > first + 1)
         assert group_of(later)["lag"] > group_of(behind)["lag"]
         assert group_of(later)["catch_up_s"] is None
-        consuming.set()
-        stop.set()  # stop producing so that the group can drain completely
+        traffic.producing_done.set()  # so that the group can drain completely
+        traffic.consuming.set()
         drained = await wait(lambda g: g["status"] == "OK" and g["lag"] == 0)
         assert group_of(drained)["lag_seconds"] == 0
         assert [p["lag_seconds"] for p in drained["partitions"]] == [0]
     finally:
-        stop.set()
-        done.set()
-        consuming.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        await traffic.stop()
 
 
 async def test_offsets_reset_backwards_show_rewind(
