@@ -1,11 +1,12 @@
 """CPU cost of lag polling: every 1 s over 1,000 partitions.
 
-Creates 10 topics of 100 partitions, a few messages in each partition, and two consumer
-groups that commit on all of them (2,000 group-partitions in all, 1,000 of them per group),
-then runs the collector's LagPoller in this process once a second and reports the CPU time
-it used per second of wall time (the share of one core).
+Creates 10 topics of 100 partitions, a few messages in each partition, and consumer groups
+(--groups, 1 by default) that commit on all of them, then runs the collector's LagPoller in
+this process once a second and reports the CPU time it used per second of wall time (the share
+of one core).
 
     .venv/bin/python bench/lag_polling.py [--seconds 30] [--topics 10] [--partitions 100]
+                                          [--groups 1]
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from collectors.lag.poller import LagPoller
 from flowscope.settings import Settings
 
 
-async def prepare(bootstrap: str, topics: list[str], partitions: int) -> list[str]:
-    """Topics with a message in every partition, and two groups committed on all of them."""
+async def prepare(bootstrap: str, topics: list[str], partitions: int, group_count: int
+                  ) -> list[str]:
+    """Topics with messages in every partition, and groups committed on all of them."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=120_000)
     await admin.start()
     try:
@@ -46,7 +48,7 @@ async def prepare(bootstrap: str, topics: list[str], partitions: int) -> list[st
         await producer.flush()
     finally:
         await producer.stop()
-    groups = [f"bench-lag-{uuid.uuid4().hex[:6]}-{g}" for g in range(2)]
+    groups = [f"bench-lag-{uuid.uuid4().hex[:6]}-{g}" for g in range(group_count)]
     tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
     for n, group in enumerate(groups):
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
@@ -83,13 +85,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--topics", type=int, default=10)
     parser.add_argument("--partitions", type=int, default=100)
+    parser.add_argument("--groups", type=int, default=1)
     args = parser.parse_args()
     prefix = f"bench-lag-{uuid.uuid4().hex[:6]}"
     topics = [f"{prefix}-{i}" for i in range(args.topics)]
     with running_infra(Settings.from_env(), with_jaeger=False) as (bootstrap, _):
         started = time.monotonic()
-        asyncio.run(prepare(bootstrap, topics, args.partitions))
-        print(f"prepared {args.topics * args.partitions} partitions and 2 groups in "
+        asyncio.run(prepare(bootstrap, topics, args.partitions, args.groups))
+        print(f"prepared {args.topics * args.partitions} partitions and {args.groups} groups in "
               f"{time.monotonic() - started:.0f}s", flush=True)
         shares, rows = asyncio.run(measure(bootstrap, args.seconds))
     print(f"lag polling every 1 s, {rows} group-partitions per poll (all groups of the "
