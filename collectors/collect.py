@@ -14,12 +14,14 @@ from aiohttp import web
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from collectors.flows.assembler import DEAD_LETTERED
 from collectors.forward import JaegerForwarder
 from collectors.ingest import otlp_http
 from collectors.ingest.kafka_spans import consume_spans_topic
 from collectors.ingest.pipeline import Pipeline
+from collectors.ingest.tap import run_tap, topic_pattern
 from collectors.lag.poller import LagPoller
-from collectors.store.factory import open_store
+from collectors.store.factory import flow_rules, open_store
 from collectors.store.sqlite import SqliteStore
 from flowscope.settings import Settings
 
@@ -68,6 +70,13 @@ async def run_collector(settings: Settings, *, kafka_spans: bool = True,
             await ensure_spans_topic(settings.kafka.bootstrap, collector.spans_topic)
             tasks.append(asyncio.ensure_future(consume_spans_topic(
                 settings.kafka.bootstrap, collector.spans_topic, pipeline, stopping)))
+            if collector.tap:
+                rules = flow_rules(collector)
+                tasks.append(asyncio.ensure_future(run_tap(
+                    settings.kafka.bootstrap,
+                    topic_pattern(collector.tap_topics, (collector.spans_topic,)), pipeline,
+                    stopping, offset_reset=collector.tap_from,
+                    keep_headers_of=lambda topic: rules.flag_of(topic) == DEAD_LETTERED)))
             tasks.append(asyncio.ensure_future(poll_lag(
                 settings.kafka.bootstrap, pipeline, store, stopping,
                 interval_s=collector.lag_interval_s, window=collector.lag_window)))

@@ -90,3 +90,28 @@ class GroupLag:
 
 LAG_COLUMNS = tuple(f.name for f in fields(LagRow))
 GROUP_LAG_COLUMNS = tuple(f.name for f in fields(GroupLag))
+
+
+@dataclass(slots=True)
+class MessageRecord:
+    """One message as the tap saw it on a topic (header values are untrusted text)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: str | None
+    size: int
+    correlation_id: str | None
+    trace_id: str | None  # from a valid W3C traceparent, else None
+    retry_attempt: int | None
+    headers: str | None  # JSON [[name, value], ...], kept for dead-letter topics only
+    truncated: bool
+
+    @property
+    def message_id(self) -> str:
+        """topic.partition.offset, as spans name the same message."""
+        return f"{self.topic}.{self.partition}.{self.offset}"
+
+
+MESSAGE_COLUMNS = tuple(f.name for f in fields(MessageRecord))

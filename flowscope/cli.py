@@ -179,6 +179,8 @@ def _inspect(settings: Settings, args: argparse.Namespace) -> int:
             print(inspect.inspect_flows(store, since, args.json, args.limit))
         elif args.what == "lag":
             print(inspect.inspect_lag(store, args.group, args.json))
+        elif args.what == "propagation":
+            print(inspect.inspect_propagation(store, since, args.json))
         elif args.what == "counters":
             print(inspect.inspect_counters(store, args.json))
         else:
@@ -205,10 +207,11 @@ def _add_collector_commands(groups: argparse._SubParsersAction[argparse.Argument
                          help="leave Kafka alone: no spans topic, no lag polling")
     collect.set_defaults(handler=_collect)
     inspect_parser = groups.add_parser(
-        "inspect", help="print topology, flows, one flow, lag or counters",
+        "inspect", help="print topology, flows, one flow, lag, propagation or counters",
         description="Read the store named by FLOWSCOPE_STORE.")
     inspect_parser.add_argument("what",
-                                choices=["topology", "flows", "flow", "lag", "counters"])
+                                choices=["topology", "flows", "flow", "lag", "propagation",
+                                         "counters"])
     inspect_parser.add_argument("--group", help="only this consumer group (for lag)")
     inspect_parser.add_argument("id", nargs="?", help="correlation or trace id (for flow)")
     inspect_parser.add_argument("--since", default="15m", help="window, e.g. 30s, 15m, 2h")

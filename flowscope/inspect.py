@@ -150,3 +150,17 @@ def inspect_lag(store: Store, group: str | None, as_json: bool) -> str:
                       "never" if g.catch_up_s is None else _seconds(g.catch_up_s))
                      for g in groups])
     return partitions + "\n\n" + summary
+
+
+def inspect_propagation(store: Store, since_s: float, as_json: bool) -> str:
+    """Per topic and producer: messages, those with a valid traceparent, and the share."""
+    rows = store.propagation(int((time.time() - since_s) * 1000))
+    if as_json:
+        return json.dumps({"topics": [{"topic": r.topic, "producer": r.producer,
+                                       "messages": r.messages, "with_context": r.with_context,
+                                       "share": r.share} for r in rows]})
+    if not rows:
+        return "no messages tapped in this window"
+    return table(["TOPIC", "PRODUCER", "MESSAGES", "WITH_CONTEXT", "SHARE"],
+                 [(r.topic, r.producer, r.messages, r.with_context, f"{r.share:.0%}")
+                  for r in rows])

@@ -94,6 +94,9 @@ class CollectorSettings:
     dead_letter_topics: tuple[str, ...] = ("*.dlq", "*.DLT", "*dead-letter*", "*deadletter*")
     compensated_topics: tuple[str, ...] = ("*orders.cancelled",)
     stuck_after_s: float = 300.0
+    tap: bool = True
+    tap_topics: str | None = None  # a regular expression; default: every non-internal topic
+    tap_from: str = "earliest"
     lag_interval_s: float = 5.0
     lag_window: int = 10
     bucket_s: int = 10
@@ -200,6 +203,9 @@ def _collector_settings(reader: _EnvReader, home: Path) -> CollectorSettings:
                                            defaults.compensated_topics),
         stuck_after_s=reader.seconds("FLOWSCOPE_FLOW_STUCK_AFTER", defaults.stuck_after_s),
         lag_interval_s=reader.seconds("FLOWSCOPE_LAG_INTERVAL", defaults.lag_interval_s),
+        tap=reader.choice("FLOWSCOPE_TAP", ("on", "off"), "on") == "on",
+        tap_topics=reader.text("FLOWSCOPE_TAP_TOPICS"),
+        tap_from=reader.choice("FLOWSCOPE_TAP_FROM", ("earliest", "latest"), defaults.tap_from),
         raw_retention_s=reader.seconds("FLOWSCOPE_RETENTION_RAW", defaults.raw_retention_s),
         aggregate_retention_s=reader.seconds("FLOWSCOPE_RETENTION_AGGREGATES",
                                              defaults.aggregate_retention_s),
@@ -249,6 +255,15 @@ class _EnvReader:
             self.problems.append(f"{name}={value!r} is not a positive number of seconds")
             return default
         return seconds
+
+    def choice(self, name: str, options: tuple[str, ...], default: str) -> str:
+        value = self.text(name)
+        if value is None:
+            return default
+        if value.lower() not in options:
+            self.problems.append(f"{name}={value!r} is not one of {', '.join(options)}")
+            return default
+        return value.lower()
 
     def patterns(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
         value = self.text(name)

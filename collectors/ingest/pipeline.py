@@ -17,6 +17,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from collectors.forward import JaegerForwarder
 from collectors.normalize import NormalizeReport, normalize_request
+from collectors.record import MessageRecord
 from collectors.store.interface import Store, WriteResult
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,12 @@ class Pipeline:
         if self.forwarder is not None and report.spans:
             self.forwarder.submit(raw if raw is not None else request.SerializeToString())
         return result, report
+
+    async def write_messages(self, records: list[MessageRecord]) -> None:
+        """Store what the message tap saw."""
+        new = await self.exclusive(self.store.write_messages, records)
+        self.counters["messages_tapped"] += new
+        self.counters["messages_truncated"] += sum(r.truncated for r in records)
 
     async def exclusive(self, work: Callable[..., T], *args: object) -> T:
         """Run work(*args) in a worker thread while no write is in progress."""

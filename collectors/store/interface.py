@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from collectors.record import GroupLag, LagRow, SpanRecord
+from collectors.record import GroupLag, LagRow, MessageRecord, SpanRecord
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,21 @@ class HopRow:
         return (self.consume_end_ns - self.consume_start_ns) / 1e6
 
 
+@dataclass(frozen=True)
+class PropagationRow:
+    """How many messages on a topic, from one producer, carried a valid trace context."""
+
+    topic: str
+    producer: str  # the service whose send span names the message, or "unknown"
+    messages: int
+    with_context: int
+
+    @property
+    def share(self) -> float:
+        """Fraction of messages with a valid W3C traceparent."""
+        return self.with_context / self.messages if self.messages else 0.0
+
+
 class Store(Protocol):
     """Storage of spans, hops, flows and edge aggregates."""
 
@@ -122,6 +137,14 @@ class Store(Protocol):
 
     def flow(self, flow_or_trace_id: str, now_ns: int) -> tuple[FlowRow, list[HopRow]] | None:
         """One flow, by correlation ID or by any of its trace IDs, with its hops in time order."""
+        ...
+
+    def write_messages(self, records: Sequence[MessageRecord]) -> int:
+        """Record tapped messages (idempotent by coordinates); how many were new."""
+        ...
+
+    def propagation(self, since_ms: int) -> list[PropagationRow]:
+        """Per topic and producer, the messages since since_ms and those with trace context."""
         ...
 
     def write_lag(self, rows: Sequence[LagRow], groups: Sequence[GroupLag]) -> None:

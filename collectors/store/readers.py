@@ -80,6 +80,14 @@ def read_flow(db: sqlite3.Connection, flow_or_trace_id: str, status_of: StatusOf
         "AND s.operation IN ('send', 'create') AND NOT EXISTS (SELECT 1 FROM hops h "
         "WHERE h.producer_trace_id = s.trace_id AND h.producer_span_id = s.span_id)",
         (flow.id,))]
-    ordered = sorted(hops + pending, key=lambda h: (h.produce_start_ns or h.consume_start_ns
-                                                    or 0, h.consume_start_ns or 0))
+    known = {(h.topic, h.partition, h.offset) for h in hops + pending}
+    tapped = [HopRow(r[0], r[1], r[2], None, None, None, r[3] * 1_000_000, r[3] * 1_000_000,
+                     None, None, r[4], False, r[5] or "")
+              for r in db.execute(
+                  "SELECT topic, partition, \"offset\", timestamp_ms, retry_attempt, "
+                  "trace_id FROM messages WHERE flow_id = ?", (flow.id,))
+              if (r[0], r[1], r[2]) not in known]
+    ordered = sorted(hops + pending + tapped,
+                     key=lambda h: (h.produce_start_ns or h.consume_start_ns or 0,
+                                    h.consume_start_ns or 0))
     return flow, ordered

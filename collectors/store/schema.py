@@ -76,6 +76,17 @@ CREATE TABLE IF NOT EXISTS lag_groups (
     lag_seconds REAL, consume_rate REAL, lag_rate REAL, catch_up_s REAL, at_s REAL NOT NULL
 ) WITHOUT ROWID;
 
+-- Messages seen by the tap, by their coordinates; headers only for dead-letter topics.
+CREATE TABLE IF NOT EXISTS messages (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
+    timestamp_ms INTEGER NOT NULL, "key" TEXT, size INTEGER NOT NULL, correlation_id TEXT,
+    trace_id TEXT, retry_attempt INTEGER, headers TEXT, truncated INTEGER NOT NULL,
+    flow_id TEXT, message_id TEXT NOT NULL,
+    PRIMARY KEY (topic, partition, "offset")
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS messages_by_time ON messages (timestamp_ms);
+CREATE INDEX IF NOT EXISTS messages_by_flow ON messages (flow_id) WHERE flow_id IS NOT NULL;
+
 -- What could not be placed, and other counters, by name.
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """

@@ -29,13 +29,21 @@ from collectors.flows.histogram import Histogram
 from collectors.record import (
     GROUP_LAG_COLUMNS,
     LAG_COLUMNS,
+    MESSAGE_COLUMNS,
     SPAN_COLUMNS,
     GroupLag,
     LagRow,
+    MessageRecord,
     SpanRecord,
 )
 from collectors.store import readers
-from collectors.store.interface import FlowRow, HopRow, Topology, WriteResult
+from collectors.store.interface import (
+    FlowRow,
+    HopRow,
+    PropagationRow,
+    Topology,
+    WriteResult,
+)
 from collectors.store.schema import SCHEMA, SCHEMA_VERSION
 
 SPAN_FIELDS = ", ".join(f'"{c}"' for c in SPAN_COLUMNS)
@@ -44,6 +52,9 @@ SPAN_INSERT = (f"INSERT INTO spans ({SPAN_FIELDS}, flow_id) "
 SPAN_SELECT = f"SELECT {SPAN_FIELDS} FROM spans"
 SPAN_VALUES = operator.attrgetter(*SPAN_COLUMNS)
 LAG_MARKS = ",".join("?" * len(LAG_COLUMNS))
+MESSAGE_VALUES = operator.attrgetter(*MESSAGE_COLUMNS)
+MESSAGE_INSERT = (f"INSERT OR IGNORE INTO messages VALUES "
+                  f"({','.join('?' * (len(MESSAGE_COLUMNS) + 2))})")
 GROUP_MARKS = ",".join("?" * len(GROUP_LAG_COLUMNS))
 HOP_COLUMNS = ("hop_key", "producer_trace_id", "producer_span_id", "consumer_trace_id",
                "consumer_span_id", "consumer_is_batch", "flow_id", "topic", "partition",
@@ -229,6 +240,44 @@ class SqliteStore:
                             (bucket, source, source_kind, target, target_kind, d.count,
                              d.errors, d.retries, d.latency.to_json(), d.processing.to_json()))
 
+    def write_messages(self, records: Sequence[MessageRecord]) -> int:
+        """Record tapped messages (idempotent by coordinates) and fold them into their flows."""
+        with self.db:
+            by_trace = self._known_flows({r.trace_id for r in records
+                                          if r.trace_id and not r.correlation_id})
+            rows = []
+            deltas: dict[str, FlowDelta] = {}
+            for r in records:
+                flow_id = r.correlation_id or (by_trace.get(r.trace_id) if r.trace_id
+                                               else None) or r.trace_id
+                rows.append((*MESSAGE_VALUES(r), flow_id, r.message_id))
+            new = 0
+            for row, r in zip(rows, records, strict=True):
+                if not self.db.execute(MESSAGE_INSERT, row).rowcount:
+                    continue  # seen before: a replay
+                new += 1
+                flow_id = row[-2]
+                if flow_id is None:
+                    continue  # no correlation ID and no trace context: no flow to join
+                at_ns = r.timestamp_ms * 1_000_000
+                delta = deltas.setdefault(flow_id, FlowDelta(at_ns, at_ns))
+                delta.started_ns = min(delta.started_ns, at_ns)
+                delta.last_ns = max(delta.last_ns, at_ns)
+                delta.topics.add(r.topic)
+                delta.flags |= self.rules.flag_of(r.topic)
+                if r.trace_id:
+                    delta.trace_ids.add(r.trace_id)
+            self._merge_flows(deltas)
+        return new
+
+    def propagation(self, since_ms: int) -> list[PropagationRow]:
+        """Per topic and producer, the messages since since_ms and those with trace context."""
+        return [PropagationRow(*row) for row in self.db.execute(
+            "SELECT m.topic, COALESCE((SELECT s.service FROM spans s WHERE s.message_id = "
+            "m.message_id AND s.operation IN ('send', 'create') LIMIT 1), 'unknown') AS producer,"
+            " COUNT(*), SUM(m.trace_id IS NOT NULL) FROM messages m WHERE m.timestamp_ms >= ? "
+            "GROUP BY m.topic, producer ORDER BY m.topic, producer", (since_ms,))]
+
     def write_lag(self, rows: Sequence[LagRow], groups: Sequence[GroupLag]) -> None:
         """Record one lag poll: the current figures and the history."""
         lag_values = [tuple(getattr(r, c) for c in LAG_COLUMNS) for r in rows]
@@ -280,6 +329,8 @@ class SqliteStore:
                                        (agg_cut,)).rowcount
             deleted += self.db.execute("DELETE FROM lag_samples WHERE at_s < ?",
                                        (raw_cut / 1e9,)).rowcount
+            deleted += self.db.execute("DELETE FROM messages WHERE timestamp_ms < ?",
+                                       (raw_cut // 1_000_000,)).rowcount
         return deleted
 
     # -- reading -------------------------------------------------------------------------------

@@ -332,3 +332,48 @@ def test_collector_keeps_running_through_a_broker_restart(
     assert own.proc is not None
     assert own.proc.poll() is None
     assert own.stop() == 0
+
+
+async def test_tapped_messages_join_flows_even_where_no_span_was_sent(
+        collector: Collector, kafka_bootstrap: str, unique_name: str) -> None:
+    topic = await create_topic(kafka_bootstrap, unique_name)
+    flow = f"tap-only-{uuid.uuid4().hex[:8]}"
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"{}", headers=[("correlation-id", flow.encode())])
+    finally:
+        await producer.stop()
+    found = await asyncio.to_thread(collector.wait_for, lambda f: f["topics"] == [topic],
+                                    "flow", flow)
+    assert [(h["topic"], h["offset"], h["producer"]) for h in found["hop_list"]] == \
+        [(topic, 0, None)]
+
+
+async def test_propagation_health_is_zero_without_tracing_and_full_for_the_demo(
+        collector: Collector, demo: tuple[DemoStack, dict], kafka_bootstrap: str,  # type: ignore[type-arg]
+        unique_name: str) -> None:
+    stack, _ = demo
+    plain = await create_topic(kafka_bootstrap, unique_name)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for i in range(5):
+            await producer.send_and_wait(plain, f"m{i}".encode())
+    finally:
+        await producer.stop()
+    demo_topics = {stack.config.topic(t) for t in topics.ALL_TOPICS if t != topics.CONTROL}
+
+    def rows(result: dict) -> dict:  # type: ignore[type-arg]
+        return {(r["topic"], r["producer"]): r for r in result["topics"]}
+
+    result = await asyncio.to_thread(collector.wait_for, lambda r: any(
+        t == plain and row["messages"] == 5 for (t, _), row in rows(r).items())
+        and stack.config.topic(topics.FILES_UPLOADED) in {t for t, _ in rows(r)},
+        "propagation", "--since", "1h")
+    by_key = rows(result)
+    assert by_key[(plain, "unknown")]["share"] == 0.0
+    demo_rows = [r for (t, _), r in by_key.items() if t in demo_topics]
+    assert demo_rows
+    assert all(r["share"] == 1.0 for r in demo_rows)
+    assert by_key[(stack.config.topic(topics.FILES_UPLOADED), "uploads")]["messages"] > 0

@@ -1,0 +1,84 @@
+"""The message tap: reads the business topics with a group of its own (read-only: it never
+writes to them) and records, per message, its coordinates, key, size, correlation ID, trace ID
+and retry attempt, so that flows show messages even where no service sent spans, and so that
+propagation health (the share of messages with a valid traceparent) can be told per topic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka.errors import KafkaError
+
+from collectors.ingest import headers as hdr
+from collectors.ingest.pipeline import Pipeline
+from collectors.record import MessageRecord
+
+log = logging.getLogger(__name__)
+TAP_GROUP = "flowscope-tap"
+
+
+def topic_pattern(include: str | None, exclude: tuple[str, ...]) -> re.Pattern[str]:
+    """Every topic but Kafka's internal ones and the excluded, or those matching include."""
+    if include:
+        return re.compile(include)
+    excluded = "|".join(re.escape(t) for t in exclude)
+    return re.compile(rf"^(?!__)(?!(?:{excluded})$).+$" if excluded else r"^(?!__).+$")
+
+
+def tap_record(record: ConsumerRecord[bytes, bytes], *, keep_headers: bool) -> MessageRecord:
+    """What the tap keeps of one message; never raises on odd headers or keys."""
+    headers = list(record.headers or ())
+    correlation, cut_correlation = hdr.header_text(
+        hdr.first_header(headers, "correlation-id"), 128)
+    attempt_text, _ = hdr.header_text(hdr.first_header(headers, "retry-attempt"), 8)
+    key, cut_key = hdr.header_text(record.key, 256)
+    shown, cut_headers = hdr.bounded_headers(headers) if keep_headers else ([], False)
+    return MessageRecord(
+        topic=record.topic, partition=record.partition, offset=record.offset,
+        timestamp_ms=record.timestamp, key=key, size=len(record.value or b""),
+        correlation_id=correlation,
+        trace_id=hdr.trace_id_of(hdr.first_header(headers, "traceparent")),
+        retry_attempt=int(attempt_text) if attempt_text and attempt_text.isdigit() else None,
+        headers=json.dumps(shown) if keep_headers else None,
+        truncated=cut_correlation or cut_key or cut_headers)
+
+
+async def run_tap(bootstrap: str, pattern: re.Pattern[str], pipeline: Pipeline,
+                  stopping: asyncio.Event, *, keep_headers_of, offset_reset: str = "earliest",
+                  group: str = TAP_GROUP) -> None:  # type: ignore[no-untyped-def]
+    """Tap the matching topics until stopping; reconnect through broker outages."""
+    delay = 1.0
+    while not stopping.is_set():
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                    enable_auto_commit=False, auto_offset_reset=offset_reset,
+                                    metadata_max_age_ms=10_000, fetch_max_wait_ms=200,
+                                    max_poll_interval_ms=60_000)
+        try:
+            await consumer.start()
+            consumer.subscribe(pattern=pattern.pattern)
+            delay = 1.0
+            while not stopping.is_set():
+                batch = await consumer.getmany(timeout_ms=500, max_records=500)
+                if not batch:
+                    continue
+                records = [tap_record(r, keep_headers=keep_headers_of(r.topic))
+                           for rs in batch.values() for r in rs]
+                await pipeline.write_messages(records)
+                await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
+        except KafkaError as exc:
+            pipeline.count("tap_reconnects")
+            log.warning("message tap: %s; reconnecting in %.0fs", exc, delay)
+        finally:
+            try:
+                await consumer.stop()
+            except KafkaError:
+                log.debug("tap consumer stop failed", exc_info=True)
+        if not stopping.is_set():
+            try:
+                await asyncio.wait_for(stopping.wait(), delay)
+            except TimeoutError:
+                delay = min(delay * 2, 15.0)
