@@ -92,11 +92,11 @@ def run_flowscope(env: dict[str, str], *args: str, timeout_s: float = 180
 @pytest.fixture
 def own_broker_env(tmp_path: Path, settings: Settings) -> Iterator[dict[str, str]]:
     """An environment for a second native broker: its own home and ports, the shared cache."""
-    from tests.integration.demo_stack import free_port  # noqa: PLC0415
+    from tests.integration.demo_stack import free_ports  # noqa: PLC0415
 
+    broker, controller = free_ports(2)
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
     env.update(FLOWSCOPE_HOME=str(tmp_path / "home"), FLOWSCOPE_CACHE_DIR=str(settings.cache_dir),
-               FLOWSCOPE_KAFKA_PORT=str(free_port()),
-               FLOWSCOPE_KAFKA_CONTROLLER_PORT=str(free_port()))
+               FLOWSCOPE_KAFKA_PORT=str(broker), FLOWSCOPE_KAFKA_CONTROLLER_PORT=str(controller))
     yield env
     run_flowscope(env, "kafka", "stop")

@@ -24,9 +24,19 @@ READY_LINE = "ready: "
 
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """count distinct free ports (all held open while choosing, so none is handed out twice)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 @dataclass
@@ -44,11 +54,12 @@ class DemoStack:
                **knobs: str) -> DemoStack:
         """Settings for a stack isolated from any other run."""
         env = dict(os.environ)
+        uploads, orders, webhook = free_ports(3)
         env.update(FLOWSCOPE_HOME=str(home), KAFKA_BOOTSTRAP_SERVERS=bootstrap,
                    FLOWSCOPE_DEMO_TOPIC_PREFIX=prefix,
-                   FLOWSCOPE_DEMO_UPLOADS_PORT=str(free_port()),
-                   FLOWSCOPE_DEMO_ORDERS_PORT=str(free_port()),
-                   FLOWSCOPE_DEMO_WEBHOOK_PORT=str(free_port()),
+                   FLOWSCOPE_DEMO_UPLOADS_PORT=str(uploads),
+                   FLOWSCOPE_DEMO_ORDERS_PORT=str(orders),
+                   FLOWSCOPE_DEMO_WEBHOOK_PORT=str(webhook),
                    OTEL_EXPORTER_OTLP_ENDPOINT=otlp_endpoint, OTEL_BSP_SCHEDULE_DELAY="200")
         env.update({f"FLOWSCOPE_DEMO_{k.upper()}": v for k, v in knobs.items()})
         return cls(env, DemoConfig.from_env(env), home)

@@ -10,6 +10,7 @@ import gzip
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -326,9 +327,14 @@ def test_collector_keeps_running_through_a_broker_restart(
     assert _post(own.otlp_url, during.SerializeToString(), "application/x-protobuf")[0] == 200
     own.wait_for(lambda f: f["id"] == "during-outage", "flow", "during-outage")
 
+    restarted_at = time.time()
     assert run_flowscope(own_broker_env, "kafka", "start").returncode == 0
     asyncio.run(_produce_span_batches(bootstrap, topic, ["after-restart"]))
     own.wait_for(lambda f: f["hops"] == 1, "flow", "after-restart", timeout_s=120)
+    # Lag polling came back too: the collector's own group is polled again, caught up.
+    own.wait_for(lambda r: any(p["at"] > restarted_at and p["lag"] == 0
+                               for p in r["partitions"]),
+                 "lag", "--group", f"flowscope-collector.{topic}", timeout_s=120)
     assert own.proc is not None
     assert own.proc.poll() is None
     assert own.stop() == 0
