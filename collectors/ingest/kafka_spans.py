@@ -8,8 +8,8 @@ import asyncio
 import logging
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
 
+from collectors.ingest.consuming import Batch, consume_until_stopped
 from collectors.ingest.decode import BadPayload, decode_request
 from collectors.ingest.pipeline import Pipeline
 
@@ -25,39 +25,27 @@ def group_for(topic: str) -> str:
 async def consume_spans_topic(bootstrap: str, topic: str, pipeline: Pipeline,
                               stopping: asyncio.Event, group: str | None = None) -> None:
     """Consume the spans topic until stopping; reconnect through broker outages."""
-    group = group or group_for(topic)
-    delay = 1.0
-    while not stopping.is_set():
+
+    async def make_consumer() -> AIOKafkaConsumer:
         # A short poll interval bounds the rebalance timeout: a collector restarted after a
         # crash in the middle of a rebalance waits a minute for its partitions, not five.
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group,
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
+                                    group_id=group or group_for(topic),
                                     enable_auto_commit=False, auto_offset_reset="earliest",
                                     fetch_max_wait_ms=100, max_partition_fetch_bytes=16 << 20,
                                     max_poll_interval_ms=60_000, session_timeout_ms=10_000,
                                     heartbeat_interval_ms=3_000)
-        try:
-            await consumer.start()
-            delay = 1.0
-            while not stopping.is_set():
-                batch = await consumer.getmany(timeout_ms=500, max_records=50)
-                for tp, records in batch.items():
-                    for record in records:
-                        await _ingest_one(pipeline, record.value, record.topic,
-                                          record.partition, record.offset)
-                    await consumer.commit({tp: records[-1].offset + 1})
-        except KafkaError as exc:
-            pipeline.count("spans_topic_reconnects")
-            log.warning("spans topic %s: %s; reconnecting in %.0fs", topic, exc, delay)
-        finally:
-            try:
-                await consumer.stop()
-            except KafkaError:
-                log.debug("consumer stop failed", exc_info=True)
-        if not stopping.is_set():
-            try:
-                await asyncio.wait_for(stopping.wait(), delay)
-            except TimeoutError:
-                delay = min(delay * 2, 15.0)
+        await consumer.start()
+        return consumer
+
+    async def handle(batch: Batch) -> None:
+        for records in batch.values():
+            for record in records:
+                await _ingest_one(pipeline, record.value, record.topic, record.partition,
+                                  record.offset)
+
+    await consume_until_stopped(make_consumer, handle, name="spans topic", pipeline=pipeline,
+                                stopping=stopping, max_records=50)
 
 
 async def _ingest_one(pipeline: Pipeline, value: bytes | None, topic: str, partition: int,

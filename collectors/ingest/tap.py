@@ -9,11 +9,12 @@ import asyncio
 import json
 import logging
 import re
+from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from aiokafka.errors import KafkaError
 
 from collectors.ingest import headers as hdr
+from collectors.ingest.consuming import Batch, consume_until_stopped
 from collectors.ingest.pipeline import Pipeline
 from collectors.record import MessageRecord
 
@@ -48,37 +49,22 @@ def tap_record(record: ConsumerRecord[bytes, bytes], *, keep_headers: bool) -> M
 
 
 async def run_tap(bootstrap: str, pattern: re.Pattern[str], pipeline: Pipeline,
-                  stopping: asyncio.Event, *, keep_headers_of, offset_reset: str = "earliest",
-                  group: str = TAP_GROUP) -> None:  # type: ignore[no-untyped-def]
+                  stopping: asyncio.Event, *, keep_headers_of: Callable[[str], bool],
+                  offset_reset: str = "earliest", group: str = TAP_GROUP) -> None:
     """Tap the matching topics until stopping; reconnect through broker outages."""
-    delay = 1.0
-    while not stopping.is_set():
+
+    async def make_consumer() -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
                                     enable_auto_commit=False, auto_offset_reset=offset_reset,
                                     metadata_max_age_ms=10_000, fetch_max_wait_ms=200,
                                     max_poll_interval_ms=60_000)
-        try:
-            await consumer.start()
-            consumer.subscribe(pattern=pattern.pattern)
-            delay = 1.0
-            while not stopping.is_set():
-                batch = await consumer.getmany(timeout_ms=500, max_records=500)
-                if not batch:
-                    continue
-                records = [tap_record(r, keep_headers=keep_headers_of(r.topic))
-                           for rs in batch.values() for r in rs]
-                await pipeline.write_messages(records)
-                await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
-        except KafkaError as exc:
-            pipeline.count("tap_reconnects")
-            log.warning("message tap: %s; reconnecting in %.0fs", exc, delay)
-        finally:
-            try:
-                await consumer.stop()
-            except KafkaError:
-                log.debug("tap consumer stop failed", exc_info=True)
-        if not stopping.is_set():
-            try:
-                await asyncio.wait_for(stopping.wait(), delay)
-            except TimeoutError:
-                delay = min(delay * 2, 15.0)
+        await consumer.start()
+        consumer.subscribe(pattern=pattern.pattern)
+        return consumer
+
+    async def handle(batch: Batch) -> None:
+        await pipeline.write_messages([tap_record(r, keep_headers=keep_headers_of(r.topic))
+                                       for records in batch.values() for r in records])
+
+    await consume_until_stopped(make_consumer, handle, name="message tap", pipeline=pipeline,
+                                stopping=stopping, max_records=500)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
 from flowscope.infra import kafka
 from flowscope.settings import Settings
 
@@ -49,3 +51,29 @@ def describe_group(settings: Settings, bootstrap: str, group: str) -> list[Descr
                           "--describe", "--group", group)
     assert done.returncode == 0, f"ConsumerGroupCommand failed: {done.stderr}"
     return parse_group_describe(done.stdout)
+
+
+async def produce_to_partitions(bootstrap: str, topic: str, per_partition: dict[int, int]
+                                ) -> None:
+    """Write count small messages to each given partition."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for partition, count in per_partition.items():
+            for i in range(count):
+                await producer.send(topic, f"m{i}".encode(), partition=partition)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def commit_offsets(bootstrap: str, group: str, offsets: dict[TopicPartition, int]) -> None:
+    """Commit offsets for group, as a consumer of that group would, without consuming."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(list(offsets))
+        await consumer.commit(offsets)
+    finally:
+        await consumer.stop()

@@ -16,7 +16,7 @@ from flowscope.infra.jaeger import JaegerStatus
 from flowscope.settings import Settings
 from tests.integration.collector_process import Collector
 from tests.integration.conftest import create_topic
-from tests.integration.kafka_tools import describe_group
+from tests.integration.kafka_tools import commit_offsets, describe_group, produce_to_partitions
 
 
 @pytest.fixture(scope="module")
@@ -31,27 +31,6 @@ def lag_collector(kafka_bootstrap: str, jaeger_endpoints: JaegerStatus,
     assert collector.stop() == 0
 
 
-async def _produce(bootstrap: str, topic: str, per_partition: dict[int, int]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
-    try:
-        for partition, count in per_partition.items():
-            for i in range(count):
-                await producer.send(topic, f"m{i}".encode(), partition=partition)
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
-async def _commit(bootstrap: str, group: str, offsets: dict[TopicPartition, int]) -> None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign(list(offsets))
-        await consumer.commit(offsets)
-    finally:
-        await consumer.stop()
 
 
 def _partitions(result: dict, group: str) -> list[tuple]:  # type: ignore[type-arg]
@@ -63,10 +42,10 @@ async def test_inspect_lag_equals_consumer_group_command_for_every_partition(
         lag_collector: Collector, kafka_bootstrap: str, unique_name: str,
         settings: Settings) -> None:
     topic = await create_topic(kafka_bootstrap, unique_name, partitions=3)
-    await _produce(kafka_bootstrap, topic, {0: 10, 1: 20, 2: 30})
+    await produce_to_partitions(kafka_bootstrap, topic, {0: 10, 1: 20, 2: 30})
     commits = {"a": {0: 3, 1: 20, 2: 0}, "b": {0: 10, 1: 5}, "c": {2: 29}}
     for suffix, offsets in commits.items():
-        await _commit(kafka_bootstrap, f"{unique_name}-{suffix}",
+        await commit_offsets(kafka_bootstrap, f"{unique_name}-{suffix}",
                       {TopicPartition(topic, p): o for p, o in offsets.items()})
     for suffix in commits:
         group = f"{unique_name}-{suffix}"
@@ -163,12 +142,12 @@ async def test_offsets_reset_backwards_show_rewind(
     topic = await create_topic(kafka_bootstrap, unique_name, partitions=1)
     group = f"{unique_name}-g"
     tp = TopicPartition(topic, 0)
-    await _produce(kafka_bootstrap, topic, {0: 40})
-    await _commit(kafka_bootstrap, group, {tp: 30})
+    await produce_to_partitions(kafka_bootstrap, topic, {0: 40})
+    await commit_offsets(kafka_bootstrap, group, {tp: 30})
     await asyncio.to_thread(lag_collector.wait_for,
                             lambda r: _partitions(r, group) == [(topic, 0, 30, 40, 10)],
                             "lag", "--group", group)
-    await _commit(kafka_bootstrap, group, {tp: 5})
+    await commit_offsets(kafka_bootstrap, group, {tp: 5})
     result = await asyncio.to_thread(
         lag_collector.wait_for,
         lambda r: [p["status"] for p in r["partitions"] if p["group"] == group] == ["REWIND"],

@@ -2,45 +2,22 @@
 
 from __future__ import annotations
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
 from collectors.lag.offsets import read_group_lag
 from flowscope.settings import Settings
 from tests.integration.conftest import create_topic
-from tests.integration.kafka_tools import describe_group
-
-
-async def _produce(bootstrap: str, topic: str, per_partition: dict[int, int]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
-    await producer.start()
-    try:
-        for partition, count in per_partition.items():
-            for i in range(count):
-                await producer.send(topic, f"m{i}".encode(), partition=partition)
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
-async def _commit(bootstrap: str, group: str, offsets: dict[TopicPartition, int]) -> None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign(list(offsets))
-        await consumer.commit(offsets)
-    finally:
-        await consumer.stop()
+from tests.integration.kafka_tools import commit_offsets, describe_group, produce_to_partitions
 
 
 async def test_group_lag_equals_consumer_group_command_for_every_partition(
         kafka_bootstrap: str, unique_name: str, settings: Settings) -> None:
     topic = await create_topic(kafka_bootstrap, unique_name, partitions=4)
     group = f"g-{unique_name}"
-    await _produce(kafka_bootstrap, topic, {0: 10, 1: 7, 2: 4, 3: 1})
+    await produce_to_partitions(kafka_bootstrap, topic, {0: 10, 1: 7, 2: 4, 3: 1})
     tps = [TopicPartition(topic, p) for p in range(4)]
-    await _commit(kafka_bootstrap, group, dict(zip(tps, [3, 7, 0, 1], strict=True)))
-    await _produce(kafka_bootstrap, topic, {0: 5, 3: 2})
+    await commit_offsets(kafka_bootstrap, group, dict(zip(tps, [3, 7, 0, 1], strict=True)))
+    await produce_to_partitions(kafka_bootstrap, topic, {0: 5, 3: 2})
 
     ours = await read_group_lag(kafka_bootstrap, group)
     reference = describe_group(settings, kafka_bootstrap, group)
