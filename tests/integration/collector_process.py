@@ -34,7 +34,10 @@ class Collector:
                    FLOWSCOPE_SPANS_TOPIC=spans_topic,
                    FLOWSCOPE_JAEGER_OTLP_ENDPOINT=jaeger_otlp,
                    FLOWSCOPE_JAEGER_QUERY_URL=jaeger_query,
-                   FLOWSCOPE_MAX_BODY_BYTES=str(256 * 1024))
+                   FLOWSCOPE_MAX_BODY_BYTES=str(256 * 1024),
+                   # The tap reads every topic of the broker unless told otherwise: tests
+                   # that need it switch it on for their own topics.
+                   FLOWSCOPE_TAP="off")
         return cls(env)
 
     @property

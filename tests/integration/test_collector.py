@@ -47,6 +47,8 @@ CONSUMERS = {
     topics.INVENTORY_RESERVED: ["shipping"], topics.INVENTORY_FAILED: ["payments"],
     topics.SHIPPING_DISPATCHED: ["orders"], topics.PAYMENTS_REFUNDED: ["orders"],
 }
+# The tap of the module's collector reads this run's demo topics and test topics only.
+DEMO_AND_TEST_TOPICS = r"^(demo[0-9a-f]{8}\.|test-)"
 SERVICES = {"uploads", "processor", "notifier", "orders", "payments", "inventory", "shipping"}
 LOAD = ["--rate", "20", "--duration", "3", "--seed", "5", "--transient-failure", "0.3",
         "--permanent-failure", "0.1", "--inventory-failure", "0.3"]
@@ -58,6 +60,7 @@ def collector(kafka_bootstrap: str, jaeger_endpoints: JaegerStatus,
     home = tmp_path_factory.mktemp("collector")
     running = Collector.create(home, kafka_bootstrap, jaeger_endpoints.otlp_http,
                                jaeger_endpoints.query, f"spans-{uuid.uuid4().hex[:8]}")
+    running.env.update(FLOWSCOPE_TAP="on", FLOWSCOPE_TAP_TOPICS=DEMO_AND_TEST_TOPICS)
     running.start()
     yield running
     assert running.stop() == 0
@@ -78,7 +81,7 @@ def demo(collector: Collector, kafka_bootstrap: str,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DemoStack, dict]]:  # type: ignore[type-arg]
     home = tmp_path_factory.mktemp("demo")
     stack = DemoStack.create(home, kafka_bootstrap, collector.otlp_url,
-                             f"c{uuid.uuid4().hex[:8]}.",
+                             f"demo{uuid.uuid4().hex[:8]}.",
                              callback_failure="0.2", max_attempts="3", backoff_base_ms="50",
                              backoff_max_ms="200", work_ms="5")
     stack.start()
