@@ -217,8 +217,12 @@ logger.request.level = warn
 
 
 def new_cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding, and, as Kafka's
+    own Uuid.randomUuid ensures, not starting with '-' (a command line would read an option)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def java_command(settings: Settings, main_class: str, *args: str, heap: str = "256m"
@@ -247,8 +251,8 @@ def _format_storage(settings: Settings, paths: KafkaPaths, progress: process.Pro
         return
     progress.say(f"formatting storage in {paths.data}")
     paths.data.mkdir(parents=True, exist_ok=True)
-    cmd = java_command(settings, "kafka.tools.StorageTool", "format", "-t", new_cluster_id(),
-                       "-c", str(paths.config), "-g")
+    cmd = java_command(settings, "kafka.tools.StorageTool", "format",
+                       f"--cluster-id={new_cluster_id()}", "-c", str(paths.config), "-g")
     process.run_step(cmd, component=COMPONENT, what="formatting the broker's storage",
                      log=paths.logs / "format.log", cwd=paths.data.parent, env=None,
                      timeout_s=120, progress=progress)

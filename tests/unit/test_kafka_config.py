@@ -50,9 +50,10 @@ def test_pom_pins_kafka_and_an_slf4j2_api_the_log4j_provider_works_with() -> Non
     assert "<artifactId>slf4j-api</artifactId><version>2." in pom
 
 
-def test_cluster_id_is_16_bytes_url_safe_base64() -> None:
-    ids = {new_cluster_id() for _ in range(50)}
-    assert len(ids) == 50
+def test_cluster_id_is_16_bytes_url_safe_base64_never_starting_with_a_dash() -> None:
+    ids = {new_cluster_id() for _ in range(2000)}  # about 31 would start with '-' unchecked
+    assert len(ids) == 2000
     for cluster_id in ids:
         assert len(cluster_id) == 22
         assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
+        assert not cluster_id.startswith("-")
