@@ -16,6 +16,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from collectors.ingest.decode import BadPayload, decode_request, decompress
 from collectors.ingest.pipeline import Pipeline
+from collectors.metrics import render_prometheus
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,19 @@ def build_app(pipeline: Pipeline, max_body_bytes: int) -> web.Application:
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def metrics(_: web.Request) -> web.Response:
+        rows, groups = await pipeline.exclusive(pipeline.store.lag)
+        counters = await pipeline.exclusive(pipeline.store.counters)
+        return web.Response(text=render_prometheus(rows, groups, counters),
+                            content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
     # auto_decompress off: gzip is inflated here, with the size limit applied to the result.
     app = web.Application(client_max_size=max_body_bytes + 1024,
                           handler_args={"auto_decompress": False})
     app.router.add_post("/v1/traces", post_traces)
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
     return app
 
 

@@ -166,3 +166,27 @@ def test_inspect_lag_prints_a_table_for_people(lag_collector: Collector, tmp_pat
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0].split() == ["GROUP", "TOPIC", "PARTITION", "COMMITTED",
                                                    "END", "LAG", "LAG_S", "STATUS"]
+
+
+async def test_lag_is_served_in_prometheus_format(
+        lag_collector: Collector, kafka_bootstrap: str, unique_name: str) -> None:
+    import urllib.request  # noqa: PLC0415
+
+    topic = await create_topic(kafka_bootstrap, unique_name, partitions=1)
+    group = f"{unique_name}-g"
+    await produce_to_partitions(kafka_bootstrap, topic, {0: 12})
+    await commit_offsets(kafka_bootstrap, group, {TopicPartition(topic, 0): 4})
+    await asyncio.to_thread(lag_collector.wait_for,
+                            lambda r: _partitions(r, group) == [(topic, 0, 4, 12, 8)],
+                            "lag", "--group", group)
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"{lag_collector.otlp_url}/metrics", timeout=10) as answer:
+            assert answer.headers["Content-Type"].startswith("text/plain")
+            return answer.read().decode()
+
+    lines = (await asyncio.to_thread(scrape)).splitlines()
+    labels = f'group="{group}",topic="{topic}",partition="0"'
+    assert f"flowscope_consumergroup_lag{{{labels}}} 8" in lines
+    assert f"flowscope_consumergroup_committed_offset{{{labels}}} 4" in lines
+    assert f"flowscope_partition_log_end_offset{{{labels}}} 12" in lines
