@@ -24,7 +24,10 @@ from collectors.record import GroupLag, LagRow
 
 log = logging.getLogger(__name__)
 RETRIES = 3
-MAX_TIMESTAMP_LOOKUPS = 20  # per poll: reading a message's own time costs a fetch
+# Reading a message's own time costs a fetch: a poll spends at most this long on them, and
+# the partitions it did not reach get theirs at the next polls.
+LOOKUP_BUDGET_S = 1.0
+TOPICS_PER_REQUEST = 20
 
 
 @dataclass
@@ -93,14 +96,12 @@ class LagPoller:
         for tp, end in ends.items():
             self.tables.setdefault(tp, EndOffsetTable()).add(end, now_s)
         rows: list[LagRow] = []
-        lookups = 0
+        lookup_deadline = time.monotonic() + LOOKUP_BUDGET_S
         for group, offsets in committed.items():
             for tp in sorted(offsets):
-                row, needed_lookup = await self._row(
+                rows.append(await self._row(
                     group, tp, offsets[tp], end=ends.get(tp), now_s=now_s,
-                    may_look_up=lookups < MAX_TIMESTAMP_LOOKUPS)
-                lookups += needed_lookup
-                rows.append(row)
+                    may_look_up=time.monotonic() < lookup_deadline))
         return rows, self._groups(rows, now_s)
 
     async def _group_offsets(self, group: str) -> dict[TopicPartition, int] | None:
@@ -121,44 +122,61 @@ class LagPoller:
         return None
 
     async def _end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Log-end offsets, asked a few topics at a time: one request for every partition of
+        a large cluster can outlast any timeout, and one vanished topic must not hide the
+        others."""
+        by_topic: dict[str, list[TopicPartition]] = {}
+        for tp in tps:
+            by_topic.setdefault(tp.topic, []).append(tp)
+        topics = sorted(by_topic)
+        await self._track_topics(topics)
+        ends: dict[TopicPartition, int] = {}
+        for start in range(0, len(topics), TOPICS_PER_REQUEST):
+            chunk = topics[start:start + TOPICS_PER_REQUEST]
+            try:
+                ends.update(await self._ends_of([tp for t in chunk for tp in by_topic[t]]))
+            except (KafkaError, TimeoutError):
+                for topic in chunk:
+                    try:
+                        ends.update(await self._ends_of(by_topic[topic]))
+                    except (KafkaError, TimeoutError) as exc:
+                        log.warning("lag: end offsets of %s unavailable: %s", topic,
+                                    type(exc).__name__)
+        return ends
+
+    async def _track_topics(self, topics: list[str]) -> None:
+        """Fetch metadata for all these topics in one request. Left to itself, aiokafka's
+        end_offsets learns of unknown topics one metadata refresh at a time (with a 100 ms
+        backoff each): a minute for the first poll of a cluster with 600 topics."""
         assert self.consumer is not None
-        if not tps:
-            return {}
-        try:
-            return await asyncio.wait_for(self.consumer.end_offsets(tps), self.timeout_s)
-        except (KafkaError, TimeoutError):
-            # One vanished topic must not hide the others: ask topic by topic.
-            ends: dict[TopicPartition, int] = {}
-            for topic in sorted({tp.topic for tp in tps}):
-                part = [tp for tp in tps if tp.topic == topic]
-                try:
-                    ends.update(await asyncio.wait_for(self.consumer.end_offsets(part),
-                                                       self.timeout_s))
-                except (KafkaError, TimeoutError) as exc:
-                    log.warning("lag: end offsets of %s unavailable: %s", topic,
-                                type(exc).__name__)
-            return ends
+        client = getattr(self.consumer, "_client", None)
+        if client is None or not hasattr(client, "set_topics"):
+            return  # another aiokafka: end_offsets still works, only slower the first time
+        known = getattr(client, "_topics", set())
+        if set(topics) - known:
+            await asyncio.wait_for(client.set_topics(set(known) | set(topics)), self.timeout_s)
+
+    async def _ends_of(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        assert self.consumer is not None
+        return await asyncio.wait_for(self.consumer.end_offsets(tps), self.timeout_s)
 
     async def _row(self, group: str, tp: TopicPartition, committed: int, *, end: int | None,
-                   now_s: float, may_look_up: bool) -> tuple[LagRow, int]:
+                   now_s: float, may_look_up: bool) -> LagRow:
         key = (group, tp.topic, tp.partition)
         state = self.state.get(key)
         if state is None:
             state = self.state[key] = _PartitionState(PartitionWindow(self.window))
-        looked_up = 0
         seconds = None
         if end is not None:
             state.window.add(Observation(now_s, committed, end))
             table = self.tables[tp]
             seconds = lag_seconds(table, committed, end, now_s)
             if seconds is None and committed < end and may_look_up:
-                cached = self.message_times.get(tp)
-                looked_up = int(cached is None or cached[0] != committed)
                 written = await self._message_time(tp, committed)
                 seconds = lag_seconds(table, committed, end, now_s, written)
         status = state.window.status(now_s) if end is not None else "OK"
         return LagRow(group, tp.topic, tp.partition, committed, end,
-                      compute_lag(committed, end), seconds, status, now_s), looked_up
+                      compute_lag(committed, end), seconds, status, now_s)
 
     async def _message_time(self, tp: TopicPartition, offset: int) -> float | None:
         """The timestamp of the message at offset (None when it cannot be read quickly)."""
@@ -171,7 +189,7 @@ class LagPoller:
             self.reader.assign([tp])
             self.reader.seek(tp, offset)
             batch = await asyncio.wait_for(
-                self.reader.getmany(tp, timeout_ms=2000, max_records=1), self.timeout_s)
+                self.reader.getmany(tp, timeout_ms=500, max_records=1), self.timeout_s)
             records = batch.get(tp, [])
             written = records[0].timestamp / 1000 if records else None
         except (KafkaError, TimeoutError) as exc:
