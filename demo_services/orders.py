@@ -19,7 +19,6 @@ from aiohttp import web
 from demo_services import topics
 from demo_services import web as http
 from demo_services.runtime import Handler, Incoming, Service, Worker, main
-from demo_services.uploads import correlation_id_of
 
 KEEP_ORDERS = 100_000
 
@@ -46,11 +45,7 @@ def build_app(service: Service) -> web.Application:
     app = http.traced_app(service)
 
     async def post_order(request: web.Request) -> web.Response:
-        body = await http.read_json_object(request)
-        problems = validate_order(body)
-        if problems:
-            raise http.json_error(400, "; ".join(problems))
-        correlation_id = correlation_id_of(request)
+        body, correlation_id = await http.accept_request(request, validate_order)
         order_id = str(uuid.uuid4())
         await service.send(topics.ORDERS_PLACED, {
             "type": "order.placed", "order_id": order_id, "customer": body["customer"],

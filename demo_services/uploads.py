@@ -17,9 +17,8 @@ from aiohttp import web
 
 from demo_services import topics
 from demo_services import web as http
-from demo_services.runtime import Service, main, new_correlation_id
+from demo_services.runtime import Service, main
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_NAME = 255
 
 
@@ -38,22 +37,12 @@ def validate_upload(body: dict[str, object]) -> list[str]:
     return problems
 
 
-def correlation_id_of(request: web.Request) -> str:
-    """The caller's X-Correlation-ID when it is a sensible ID, else a new one."""
-    given = request.headers.get("X-Correlation-ID", "")
-    return given if ID_PATTERN.match(given) else new_correlation_id()
-
-
 def build_app(service: Service) -> web.Application:
     """The uploads HTTP application."""
     app = http.traced_app(service)
 
     async def post_file(request: web.Request) -> web.Response:
-        body = await http.read_json_object(request)
-        problems = validate_upload(body)
-        if problems:
-            raise http.json_error(400, "; ".join(problems))
-        correlation_id = correlation_id_of(request)
+        body, correlation_id = await http.accept_request(request, validate_upload)
         file_id = str(uuid.uuid4())
         message = {"type": "file.uploaded", "file_id": file_id, "name": body["name"],
                    "size": body["size"], "callback_url": body["callback_url"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -11,9 +12,10 @@ import aiohttp
 from aiohttp import web
 
 from demo_services import instrumentation as inst
-from demo_services.runtime import Service
+from demo_services.runtime import Service, new_correlation_id
 
 log = logging.getLogger(__name__)
+ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def traced_app(service: Service) -> web.Application:
@@ -56,6 +58,24 @@ async def serve(service: Service, app: web.Application, port: int) -> None:
         await service.stopping.wait()
     finally:
         await runner.cleanup()
+
+
+def correlation_id_of(request: web.Request) -> str:
+    """The caller's X-Correlation-ID when it is a sensible ID, else a new one."""
+    given = request.headers.get("X-Correlation-ID", "")
+    return given if ID_PATTERN.match(given) else new_correlation_id()
+
+
+async def accept_request(request: web.Request,
+                         validate: Callable[[dict[str, Any]], list[str]]
+                         ) -> tuple[dict[str, Any], str]:
+    """The request's valid JSON body and the flow's correlation ID; a 400 naming every
+    problem otherwise."""
+    body = await read_json_object(request)
+    problems = validate(body)
+    if problems:
+        raise json_error(400, "; ".join(problems))
+    return body, correlation_id_of(request)
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
