@@ -252,9 +252,12 @@ def test_bad_bodies_get_400_or_413_and_are_counted(collector: Collector) -> None
     assert 200 * 1024 < len(large) < 256 * 1024
     assert _post(url, large, "application/x-protobuf")[0] == 200
     collector.wait_for(lambda f: f["id"] == "bulk-flow", "flow", "bulk-flow")
+    # Counters reach the store once a second: wait until both kinds have arrived.
     after = collector.wait_for(
         lambda c: c["counters"].get("rejected_bodies_malformed", 0)
-        >= before.get("rejected_bodies_malformed", 0) + 3, "counters")["counters"]
+        >= before.get("rejected_bodies_malformed", 0) + 3
+        and c["counters"].get("rejected_bodies_oversized", 0)
+        >= before.get("rejected_bodies_oversized", 0) + 2, "counters")["counters"]
     assert after["rejected_bodies_oversized"] >= before.get("rejected_bodies_oversized", 0) + 2
 
 
