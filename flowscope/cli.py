@@ -195,6 +195,33 @@ def _inspect(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboard(settings: Settings, args: argparse.Namespace) -> int:
+    import os  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from flowscope.infra.process import check_ports_free  # noqa: PLC0415
+
+    address = args.address or settings.dashboard.address
+    port = args.port or settings.dashboard.port
+    check_ports_free("dashboard", {"http": port},
+                     {"http": "FLOWSCOPE_DASHBOARD_PORT or --port"})
+    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    if not app.is_file():
+        raise FlowscopeError("dashboard", f"the dashboard app is missing at {app}",
+                             hint="reinstall flowscope from its source tree (pip install -e .)")
+    env = dict(os.environ, FLOWSCOPE_DASHBOARD_ADDRESS=address,
+               FLOWSCOPE_DASHBOARD_PORT=str(port))
+    print(f"dashboard: http://{address}:{port} (store {settings.collect.store})", flush=True)
+    # Become the Streamlit server: one process, so SIGTERM and Ctrl-C stop it directly.
+    os.execve(sys.executable, [
+        sys.executable, "-m", "streamlit", "run", str(app),
+        "--server.headless", "true", "--server.address", address, "--server.port", str(port),
+        "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+        "--server.runOnSave", "false", "--client.toolbarMode", "minimal",
+        "--theme.base", "light"], env)
+    return 0  # not reached
+
+
 def _add_collector_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser]
                             ) -> None:
     collect = groups.add_parser("collect", help="receive spans and build flows in the store",
@@ -218,6 +245,14 @@ def _add_collector_commands(groups: argparse._SubParsersAction[argparse.Argument
     inspect_parser.add_argument("--limit", type=int, default=100, help="flows to list")
     inspect_parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     inspect_parser.set_defaults(handler=_inspect)
+    board = groups.add_parser("dashboard", help="serve the live dashboard in the browser",
+                              description="Serve the Streamlit dashboard on the store named by "
+                              "FLOWSCOPE_STORE, on 127.0.0.1 unless told otherwise.")
+    board.add_argument("--port", type=int, help="HTTP port (default FLOWSCOPE_DASHBOARD_PORT "
+                       "or 8501)")
+    board.add_argument("--address", help="address to bind (default FLOWSCOPE_DASHBOARD_ADDRESS "
+                       "or 127.0.0.1)")
+    board.set_defaults(handler=_dashboard)
 
 
 def _add_demo_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

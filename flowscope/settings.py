@@ -105,6 +105,21 @@ class CollectorSettings:
 
 
 @dataclass(frozen=True)
+class DashboardSettings:
+    """The dashboard: where it listens, how often pages refresh, where Jaeger's UI is."""
+
+    address: str = LOOPBACK
+    port: int = 8501
+    refresh_s: float = 5.0
+    jaeger_ui_url: str | None = None  # links to traces are hidden when None
+
+    @property
+    def url(self) -> str:
+        """The address a browser opens."""
+        return f"http://{self.address}:{self.port}"
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything Flowscope reads from its environment, validated once."""
 
@@ -113,6 +128,7 @@ class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     jaeger: JaegerSettings = field(default_factory=JaegerSettings)
     collector: CollectorSettings | None = None
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
 
     @property
     def collect(self) -> CollectorSettings:
@@ -154,6 +170,12 @@ class Settings:
                 " to use an existing Jaeger"
             )
         collector = _collector_settings(reader, home)
+        dashboard = DashboardSettings(
+            address=reader.text("FLOWSCOPE_DASHBOARD_ADDRESS") or DashboardSettings.address,
+            port=reader.port("FLOWSCOPE_DASHBOARD_PORT", DashboardSettings.port),
+            refresh_s=reader.seconds("FLOWSCOPE_DASHBOARD_REFRESH", DashboardSettings.refresh_s),
+            jaeger_ui_url=reader.url("FLOWSCOPE_JAEGER_UI_URL"),
+        )
         _check_distinct_ports(reader.problems, kafka, jaeger)
         if reader.problems:
             raise SettingsError(reader.problems)
@@ -163,6 +185,7 @@ class Settings:
             kafka=kafka,
             jaeger=jaeger,
             collector=collector,
+            dashboard=dashboard,
         )
 
     def with_kafka(self, **changes: object) -> Settings:
