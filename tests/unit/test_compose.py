@@ -1,0 +1,607 @@
+"""docker-compose.yml against the code: no drift in commands, variables, ports or defaults.
+
+Docker is not needed: the compose file is read as YAML and every check asks the code itself
+(the argument parser, Settings, DemoConfig, the names the sources read) what it expects.
+Each check returns the problems it finds; the tests at the end prove each check can fail.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import copy
+import io
+import re
+import shlex
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from opentelemetry.sdk import environment_variables as otel_sdk_variables
+
+from demo_services.config import ConfigError, DemoConfig
+from flowscope.cli import build_parser
+from flowscope.errors import SettingsError
+from flowscope.settings import (
+    CollectorSettings,
+    DashboardSettings,
+    JaegerSettings,
+    KafkaSettings,
+    Settings,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+PROJECT_SERVICES = ("collector", "services", "loadgen", "dashboard")
+IMAGES = {"kafka": r"apache/kafka:4\.\d+\.\d+", "jaeger": r"jaegertracing/jaeger:2\.\d+\.\d+"}
+SOURCE_DIRS = ("flowscope", "collectors", "demo_services", "dashboard")
+VARIABLE = re.compile(r"^(FLOWSCOPE|KAFKA|OTEL)_[A-Z0-9_]*[A-Z0-9]$")
+LOOPBACK = "127.0.0.1"
+ANY_ADDRESS = "0.0.0.0"
+# Variables whose compose value says where things are in the compose network (service names
+# instead of 127.0.0.1, 0.0.0.0 binds, the browser's Jaeger URL); each is checked for pointing
+# at the right service. Every other variable compose sets must equal the code's default.
+WHERE_THINGS_ARE = frozenset({
+    "KAFKA_BOOTSTRAP_SERVERS", "FLOWSCOPE_OTLP_ADDRESS", "FLOWSCOPE_JAEGER_OTLP_ENDPOINT",
+    "FLOWSCOPE_JAEGER_QUERY_URL", "FLOWSCOPE_JAEGER_UI_URL", "FLOWSCOPE_DEMO_HOST",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+})
+
+Compose = dict[str, Any]
+
+
+# ---- reading the files ---------------------------------------------------------------------
+
+def load_compose() -> Compose:
+    """docker-compose.yml as a dict (anchors and merge keys resolved)."""
+    data = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(data, dict), f"{COMPOSE_FILE} is not a YAML mapping"
+    return data
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The ENV of the Dockerfile, which every project container starts with."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    env = {}
+    for line in text.splitlines():
+        words = line.split(None, 1)
+        if len(words) == 2 and words[0].upper() == "ENV":
+            for item in shlex.split(words[1]):
+                name, _, value = item.partition("=")
+                env[name] = value
+    return env
+
+
+def services_of(compose: Compose) -> dict[str, dict[str, Any]]:
+    """The services mapping ({} when missing)."""
+    services = compose.get("services")
+    return services if isinstance(services, dict) else {}
+
+
+def compose_env(service: Mapping[str, Any]) -> dict[str, object]:
+    """A service's `environment`, in either of compose's two spellings, values as written."""
+    raw = service.get("environment") or {}
+    if isinstance(raw, list):
+        pairs = (str(item).partition("=") for item in raw)
+        return {name: value if sep else None for name, sep, value in pairs}
+    return dict(raw)
+
+
+def container_env(service: Mapping[str, Any]) -> dict[str, str]:
+    """The environment the container's process sees: the Dockerfile's ENV, then compose's."""
+    env = dockerfile_env()
+    env.update({name: str(value) for name, value in compose_env(service).items()
+                if value is not None})
+    return env
+
+
+def command_argv(service: Mapping[str, Any]) -> list[str]:
+    """A service's command as an argument list."""
+    command = service.get("command") or []
+    return shlex.split(command) if isinstance(command, str) else [str(word) for word in command]
+
+
+def parse_command(service: Mapping[str, Any]) -> Any:
+    """The argparse namespace of a `flowscope ...` command; ValueError says why it fails."""
+    argv = command_argv(service)
+    if argv[:1] != ["flowscope"]:
+        raise ValueError(f"command {argv!r} does not start with `flowscope`")
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            return build_parser().parse_args(argv[1:])
+    except SystemExit:
+        message = stderr.getvalue().strip().splitlines()
+        raise ValueError(f"`{shlex.join(argv)}` does not parse: "
+                         f"{message[-1] if message else 'argparse exit'}") from None
+
+
+def published(service: Mapping[str, Any]) -> Iterator[tuple[str | None, int, int]]:
+    """(host address, host port, container port) of each published port."""
+    for entry in service.get("ports") or []:
+        if isinstance(entry, dict):
+            yield (entry.get("host_ip"), int(entry.get("published", 0)),
+                   int(entry.get("target", 0)))
+            continue
+        parts = str(entry).split("/")[0].split(":")
+        if len(parts) == 3:
+            yield parts[0], int(parts[1]), int(parts[2])
+        elif len(parts) == 2:
+            yield None, int(parts[0]), int(parts[1])
+        else:
+            yield None, 0, int(parts[0])
+
+
+# ---- what the code reads and where it listens -----------------------------------------------
+
+def _constants(path: Path) -> Iterator[str]:
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and VARIABLE.match(node.value):
+            yield node.value
+
+
+def _demo_variables() -> set[str]:
+    """FLOWSCOPE_DEMO_<FIELD> names (built at run time, so no constant in the source), kept
+    only when setting one really changes DemoConfig."""
+    names = set()
+    for spec in fields(DemoConfig):
+        name = f"FLOWSCOPE_DEMO_{spec.name.upper()}"
+        default = getattr(DemoConfig, spec.name)
+        other: object
+        if isinstance(default, str):
+            other = f"{default}x"
+        elif isinstance(default, float):
+            other = 0.5 if default != 0.5 else 0.25
+        else:
+            other = default + 1
+        with contextlib.suppress(ConfigError):
+            if getattr(DemoConfig.from_env({name: str(other)}), spec.name) == other:
+                names.add(name)
+    return names
+
+
+def names_the_code_reads() -> set[str]:
+    """Every FLOWSCOPE_*, KAFKA_* and OTEL_* name in the project's sources and in the
+    OpenTelemetry SDK's list of variables (the demo services configure the SDK from OTEL_*)."""
+    paths = [path for folder in SOURCE_DIRS for path in sorted((ROOT / folder).rglob("*.py"))]
+    paths.append(Path(otel_sdk_variables.__file__))
+    return {name for path in paths for name in _constants(path)} | _demo_variables()
+
+
+def listening(service: Mapping[str, Any]) -> dict[str, tuple[str, int]]:
+    """What a project service's servers bind, by role (empty for a client such as loadgen)."""
+    args = parse_command(service)
+    env = container_env(service)
+    settings = Settings.from_env(env)
+    if args.group == "collect":
+        collector = settings.collect
+        host, port = collector.otlp_host, collector.otlp_port
+        if args.otlp_address:
+            host, _, port_text = args.otlp_address.rpartition(":")
+            port = int(port_text)
+        return {"otlp": (host, port)}
+    if args.group == "dashboard":
+        return {"http": (args.address or settings.dashboard.address,
+                         args.port or settings.dashboard.port)}
+    if args.group == "services":
+        demo = DemoConfig.from_env(env)
+        return {role: (demo.host, getattr(demo, f"{role}_port"))
+                for role in ("uploads", "orders", "webhook")}
+    return {}
+
+
+def code_default_ports(name: str) -> set[int]:
+    """The ports the code listens on by default for what a compose service runs."""
+    demo = DemoConfig()
+    return {
+        "kafka": {KafkaSettings.port},
+        "jaeger": {JaegerSettings.query_port},
+        "collector": {CollectorSettings.otlp_port},
+        "dashboard": {DashboardSettings.port},
+        "services": {demo.uploads_port, demo.orders_port, demo.webhook_port},
+    }.get(name, set())
+
+
+def _settings_seen(env: Mapping[str, str]) -> tuple[Settings, DemoConfig]:
+    return Settings.from_env(env), DemoConfig.from_env(env)
+
+
+class _Recorder(dict[str, str]):
+    """An environment that remembers which names were looked up."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        super().__init__(env)
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> str:
+        self.asked.add(key)
+        return super().__getitem__(key)
+
+
+# ---- the checks ------------------------------------------------------------------------------
+
+def check_services_and_images(compose: Compose) -> list[str]:
+    services = services_of(compose)
+    problems = [f"service {name!r} is missing" for name in (*IMAGES, *PROJECT_SERVICES)
+                if name not in services]
+    for name, pattern in IMAGES.items():
+        image = str(services.get(name, {}).get("image", ""))
+        if not re.fullmatch(pattern, image):
+            problems.append(f"{name}: image {image!r} is not {pattern} (a concrete tag)")
+    kafka = str(services.get("kafka", {}).get("image", ""))
+    if kafka.partition(":")[2] != KafkaSettings.version:
+        problems.append(f"kafka: image {kafka!r} is not the native launcher's Kafka "
+                        f"{KafkaSettings.version} (KafkaSettings.version)")
+    heap = str(compose_env(services.get("kafka", {})).get("KAFKA_HEAP_OPTS", ""))
+    if f"-Xmx{KafkaSettings.heap}" not in heap.split():
+        problems.append(f"kafka: KAFKA_HEAP_OPTS={heap!r} lacks the native heap "
+                        f"-Xmx{KafkaSettings.heap}")
+    return problems
+
+
+def check_builds(compose: Compose) -> list[str]:
+    services = services_of(compose)
+    problems = []
+    images = set()
+    for name in PROJECT_SERVICES:
+        service = services.get(name, {})
+        build = service.get("build")
+        context, dockerfile = (build.get("context", "."), build.get("dockerfile", "Dockerfile")) \
+            if isinstance(build, dict) else (build, "Dockerfile")
+        if context is None:
+            problems.append(f"{name}: not built from the project's Dockerfile (no `build`)")
+            continue
+        if (ROOT / str(context)).resolve() != ROOT or not (ROOT / str(dockerfile)).is_file():
+            problems.append(f"{name}: build {build!r} is not the project's Dockerfile {DOCKERFILE}")
+        images.add(service.get("image"))
+    if len(images) > 1 or None in images:
+        problems.append("project services must share one image name, not "
+                        f"{sorted(map(str, images))}")
+    for name in IMAGES:
+        if "build" in services.get(name, {}):
+            problems.append(f"{name}: runs the official image, it must not be built")
+    text = DOCKERFILE.read_text()
+    if not re.search(r"^FROM python:3\.11-slim\b", text, re.M):
+        problems.append("Dockerfile: not FROM python:3.11-slim")
+    users = re.findall(r"^USER\s+(\S+)", text, re.M)
+    if not users or users[-1] in ("root", "0"):
+        problems.append("Dockerfile: the image must run as a non-root USER")
+    if not dockerfile_env().get("FLOWSCOPE_HOME"):
+        problems.append("Dockerfile: ENV FLOWSCOPE_HOME is not set")
+    return problems
+
+
+def check_commands(compose: Compose) -> list[str]:
+    problems = []
+    for name in PROJECT_SERVICES:
+        try:
+            parse_command(services_of(compose).get(name, {}))
+        except ValueError as exc:
+            problems.append(f"{name}: {exc}")
+    return problems
+
+
+def check_variables_are_read(compose: Compose) -> list[str]:
+    known = names_the_code_reads()
+    problems = []
+    for name in PROJECT_SERVICES:
+        for variable, value in compose_env(services_of(compose).get(name, {})).items():
+            if variable not in known:
+                problems.append(f"{name}: {variable} is read nowhere in "
+                                f"{', '.join(SOURCE_DIRS)} (misspelt or removed?)")
+            if value is None or isinstance(value, bool):
+                problems.append(f"{name}: {variable} needs a quoted string value, not {value!r}")
+    return problems
+
+
+def check_settings_load(compose: Compose) -> list[str]:
+    problems = []
+    for name in PROJECT_SERVICES:
+        try:
+            _settings_seen(container_env(services_of(compose).get(name, {})))
+        except (SettingsError, ConfigError) as exc:
+            problems.append(f"{name}: its environment does not load: {exc}")
+    return problems
+
+
+def check_defaults(compose: Compose) -> list[str]:
+    """Each variable not in WHERE_THINGS_ARE could be removed without changing anything."""
+    problems = []
+    for name in PROJECT_SERVICES:
+        service = services_of(compose).get(name, {})
+        env = container_env(service)
+        recorder = _Recorder(env)
+        try:
+            seen = _settings_seen(recorder)
+        except (SettingsError, ConfigError):
+            continue  # check_settings_load names it
+        for variable in sorted(compose_env(service).keys() - WHERE_THINGS_ARE):
+            if variable not in recorder.asked:
+                problems.append(f"{name}: {variable} is no setting of Settings or DemoConfig, "
+                                "so it cannot equal a code default; use the default or add it "
+                                "to WHERE_THINGS_ARE with a check")
+                continue
+            without = dockerfile_env() | {k: str(v) for k, v in compose_env(service).items()
+                                          if k != variable and v is not None}
+            if _settings_seen(without) != seen:
+                problems.append(f"{name}: {variable}={env[variable]!r} is not the code's default")
+    return problems
+
+
+def check_ports(compose: Compose) -> list[str]:
+    problems = []
+    for name, service in services_of(compose).items():
+        ports = list(published(service))
+        for host, host_port, port in ports:
+            if host != LOOPBACK:
+                problems.append(f"{name}: port {port} must be published on {LOOPBACK}, "
+                                f"not {host or 'every address'}")
+            if host_port != port:
+                problems.append(f"{name}: container port {port} is published as {host_port}; "
+                                "keep the native port so URLs stay the same")
+        expected = code_default_ports(name)
+        if {port for _, _, port in ports} != expected:
+            problems.append(f"{name}: publishes {sorted(p for _, _, p in ports)}, the code's "
+                            f"default ports are {sorted(expected)}")
+        if name in PROJECT_SERVICES:
+            problems += _check_binds(name, service, expected)
+    return problems
+
+
+def _check_binds(name: str, service: Mapping[str, Any], expected: set[int]) -> list[str]:
+    try:
+        servers = listening(service)
+    except (ValueError, SettingsError, ConfigError):
+        return []  # check_commands and check_settings_load name it
+    problems = []
+    for role, (host, port) in servers.items():
+        if host != ANY_ADDRESS:
+            problems.append(f"{name}: {role} binds {host}:{port}; inside a container it must "
+                            f"bind {ANY_ADDRESS} to be reachable")
+        if port not in expected:
+            problems.append(f"{name}: {role} listens on {port}, not the code's default "
+                            f"{sorted(expected)}")
+    return problems
+
+
+def _host_port(text: str) -> tuple[str, int | None]:
+    if ":" not in text:
+        return text, None
+    if "://" in text:
+        parts = urlsplit(text)
+        return parts.hostname or "", parts.port
+    host, _, port = text.rpartition(":")
+    return host, int(port) if port.isdigit() else None
+
+
+def _advertised(service: Mapping[str, Any]) -> set[tuple[str, int | None]]:
+    listeners = str(compose_env(service).get("KAFKA_ADVERTISED_LISTENERS", ""))
+    return {_host_port(item) for item in listeners.split(",") if item}
+
+
+def check_addresses(compose: Compose) -> list[str]:
+    """Addresses in WHERE_THINGS_ARE variables point at a service that listens there."""
+    services = services_of(compose)
+    problems = []
+    for name in PROJECT_SERVICES:
+        env = compose_env(services.get(name, {}))
+        for variable in sorted(env.keys() & WHERE_THINGS_ARE):
+            problems += [f"{name}: {variable}={env[variable]!r}: {why}"
+                         for why in _address_problems(variable, str(env[variable]), services)]
+    return problems
+
+
+def _address_problems(variable: str, value: str, services: dict[str, Any]) -> list[str]:
+    if variable == "KAFKA_BOOTSTRAP_SERVERS":
+        return [f"{server} is not an advertised listener of the kafka service"
+                for server in value.split(",")
+                if _host_port(server) not in _advertised(services.get("kafka", {}))]
+    host, port = _host_port(value)
+    if host == ANY_ADDRESS:
+        problems = []  # a bind address, checked by check_ports
+    elif host == LOOPBACK:
+        ours = {hp for service in services.values() for h, hp, _ in published(service)
+                if h == LOOPBACK}
+        problems = [] if port in ours else [f"nothing is published on {LOOPBACK}:{port}"]
+    elif host not in services:
+        problems = [f"{host!r} is not a service of this compose file"]
+    elif variable == "FLOWSCOPE_DEMO_HOST":
+        problems = [] if command_argv(services[host])[1:2] == ["services"] else \
+            [f"service {host!r} does not run `flowscope services`"]
+    elif host in PROJECT_SERVICES:
+        problems = _listens_on(host, services[host], port)
+    elif variable == "FLOWSCOPE_JAEGER_QUERY_URL" and port != JaegerSettings.query_port:
+        problems = [f"Jaeger's query port is {JaegerSettings.query_port}"]
+    else:
+        problems = []
+    return problems
+
+
+def _listens_on(host: str, service: Mapping[str, Any], port: int | None) -> list[str]:
+    try:
+        ports = {p for _, p in listening(service).values()}
+    except (ValueError, SettingsError, ConfigError):
+        return []  # check_commands and check_settings_load name it
+    return [] if port in ports else [f"{host} listens on {sorted(ports)}, not {port}"]
+
+
+def check_store_shared(compose: Compose) -> list[str]:
+    """The dashboard reads the collector's store, on a named volume mounted in both."""
+    services = services_of(compose)
+    named = set((compose.get("volumes") or {}).keys())
+    stores = {}
+    problems = []
+    for name in ("collector", "dashboard"):
+        service = services.get(name, {})
+        try:
+            store = Settings.from_env(container_env(service)).collect.store
+        except SettingsError:
+            continue
+        stores[name] = store
+        mounts = [str(v).split(":") for v in service.get("volumes") or []]
+        if not any(len(m) >= 2 and m[0] in named and store.is_relative_to(m[1]) for m in mounts):
+            problems.append(f"{name}: the store {store} is on no named volume of this file")
+    if len(set(stores.values())) > 1:
+        problems.append(f"collector and dashboard use different stores: {stores}")
+    return problems
+
+
+def _dependencies(services: dict[str, Any], name: str) -> dict[str, Any]:
+    depends = services.get(name, {}).get("depends_on") or {}
+    return {d: {} for d in depends} if isinstance(depends, list) else dict(depends)
+
+
+def check_depends_on(compose: Compose) -> list[str]:
+    services = services_of(compose)
+    problems = []
+    for name in services:
+        for target, spec in _dependencies(services, name).items():
+            if target not in services:
+                problems.append(f"{name}: depends on {target!r}, which is no service")
+            elif "healthcheck" in services[target] and \
+                    (spec or {}).get("condition") != "service_healthy":
+                problems.append(f"{name}: {target} has a healthcheck; depend on it with "
+                                "condition: service_healthy")
+    for name in PROJECT_SERVICES:
+        needed = {_host_port(str(value))[0] for variable, value in
+                  compose_env(services.get(name, {})).items() if variable in WHERE_THINGS_ARE}
+        needed = {host for host in needed if host in services and host != name}
+        if missing := needed - _closure(services, name):
+            problems.append(f"{name}: uses {sorted(missing)} but does not depend on it")
+    return problems
+
+
+def _closure(services: dict[str, Any], name: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        for target in _dependencies(services, todo.pop()):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+CHECKS: list[Callable[[Compose], list[str]]] = [
+    check_services_and_images, check_builds, check_commands, check_variables_are_read,
+    check_settings_load, check_defaults, check_ports, check_addresses, check_store_shared,
+    check_depends_on,
+]
+
+
+# ---- the tests -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def compose() -> Compose:
+    return load_compose()
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__)
+def test_compose_file_matches_the_code(compose: Compose, check: Callable[[Compose], list[str]]
+                                       ) -> None:
+    problems = check(compose)
+    assert not problems, f"{COMPOSE_FILE.name} drifted from the code:\n  " + "\n  ".join(problems)
+
+
+def test_the_variable_scan_finds_what_the_code_reads() -> None:
+    names = names_the_code_reads()
+    assert {"FLOWSCOPE_DASHBOARD_REFRESH", "KAFKA_BOOTSTRAP_SERVERS", "FLOWSCOPE_DEMO_HOST",
+            "OTEL_EXPORTER_OTLP_ENDPOINT"} <= names
+    assert "FLOWSCOPE_DEMO_BOOTSTRAP" not in names  # DemoConfig ignores it
+
+
+def _env(service: str, **changes: str) -> Callable[[Compose], None]:
+    def mutate(data: Compose) -> None:
+        environment = data["services"][service]["environment"]
+        for name, value in changes.items():
+            if value:
+                environment[name] = value
+            else:
+                del environment[name]
+    return mutate
+
+
+def _rename(service: str, old: str, new: str) -> Callable[[Compose], None]:
+    def mutate(data: Compose) -> None:
+        environment = data["services"][service]["environment"]
+        environment[new] = environment.pop(old)
+    return mutate
+
+
+def _set(service: str, key: str, value: object) -> Callable[[Compose], None]:
+    def mutate(data: Compose) -> None:
+        data["services"][service][key] = value
+    return mutate
+
+
+def _undepend(data: Compose) -> None:
+    data["services"]["loadgen"]["depends_on"] = ["services"]
+
+
+MUTATIONS = {
+    "misspelt variable": (_rename("collector", "KAFKA_BOOTSTRAP_SERVERS",
+                                  "KAFKA_BOOTSTRAP_SERVER"),
+                          check_variables_are_read, "KAFKA_BOOTSTRAP_SERVER is read nowhere"),
+    "ignored demo variable": (_env("loadgen", FLOWSCOPE_DEMO_BOOTSTRAP="kafka:19092"),
+                              check_variables_are_read, "FLOWSCOPE_DEMO_BOOTSTRAP"),
+    "old kafka": (_set("kafka", "image", "apache/kafka:3.9.0"), check_services_and_images,
+                  "apache/kafka:3.9.0"),
+    "missing service": (lambda data: data["services"].pop("loadgen"), check_services_and_images,
+                        "'loadgen' is missing"),
+    "no build": (lambda data: data["services"]["dashboard"].pop("build"), check_builds,
+                 "dashboard: not built"),
+    "renamed option": (_set("loadgen", "command", ["flowscope", "loadgen", "--rps", "5"]),
+                       check_commands, "--rps"),
+    "bad port value": (_env("dashboard", FLOWSCOPE_DASHBOARD_PORT="http"), check_settings_load,
+                       "FLOWSCOPE_DASHBOARD_PORT"),
+    "not the default refresh": (_env("dashboard", FLOWSCOPE_DASHBOARD_REFRESH="10"),
+                                check_defaults, "FLOWSCOPE_DASHBOARD_REFRESH='10'"),
+    "not the default topic": (_env("collector", FLOWSCOPE_SPANS_TOPIC="spans"), check_defaults,
+                              "FLOWSCOPE_SPANS_TOPIC"),
+    "no default to compare": (_env("services", OTEL_BSP_SCHEDULE_DELAY="500"), check_defaults,
+                              "OTEL_BSP_SCHEDULE_DELAY is no setting"),
+    "published everywhere": (_set("dashboard", "ports", ["8501:8501"]), check_ports,
+                             f"published on {LOOPBACK}"),
+    "other port": (_set("jaeger", "ports", ["127.0.0.1:16687:16687"]), check_ports,
+                   "default ports are [16686]"),
+    "loopback bind": (_set("dashboard", "command", ["flowscope", "dashboard"]), check_ports,
+                      "binds 127.0.0.1:8501"),
+    "wrong collector name": (_env("services", OTEL_EXPORTER_OTLP_ENDPOINT="http://colector:4318"),
+                             check_addresses, "'colector' is not a service"),
+    "wrong collector port": (_env("services", OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:4317"),
+                             check_addresses, "not 4317"),
+    "host listener": (_env("collector", KAFKA_BOOTSTRAP_SERVERS="kafka:9092"), check_addresses,
+                      "kafka:9092 is not an advertised listener"),
+    "loadgen aims at the collector": (_env("loadgen", FLOWSCOPE_DEMO_HOST="collector"),
+                                      check_addresses, "does not run `flowscope services`"),
+    "unpublished UI": (_env("dashboard", FLOWSCOPE_JAEGER_UI_URL="http://127.0.0.1:16687"),
+                       check_addresses, "nothing is published"),
+    "own store": (_env("dashboard", FLOWSCOPE_STORE="/tmp/flowscope.db"), check_store_shared,
+                  "different stores"),
+    "store off the volume": (_set("dashboard", "volumes", []), check_store_shared,
+                             "dashboard: the store"),
+    "started, not healthy": (_undepend, check_depends_on, "condition: service_healthy"),
+    "no dependency": (lambda data: data["services"]["services"].pop("depends_on"),
+                      check_depends_on, "does not depend"),
+}
+
+
+@pytest.mark.parametrize(("mutate", "check", "expected"), MUTATIONS.values(),
+                         ids=list(MUTATIONS))
+def test_each_check_reports_drift(compose: Compose, mutate: Callable[[Compose], object],
+                                  check: Callable[[Compose], list[str]], expected: str) -> None:
+    broken = copy.deepcopy(compose)
+    mutate(broken)
+    problems = check(broken)
+    assert any(expected in problem for problem in problems), \
+        f"{check.__name__} missed the drift {expected!r}; it said {problems}"
