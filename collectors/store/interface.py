@@ -112,6 +112,45 @@ class PropagationRow:
         return self.with_context / self.messages if self.messages else 0.0
 
 
+@dataclass(frozen=True)
+class EdgeBucket:
+    """One edge in one time bucket (bucket_start in seconds): counts and p95s in ms."""
+
+    bucket_start: int
+    source: str
+    target: str
+    count: int
+    errors: int
+    retries: int
+    p95_ms: float | None
+    processing_p95_ms: float | None
+
+
+@dataclass(frozen=True)
+class CompletedFlow:
+    """A flow that reached a completion topic: its span in time and the topics it crossed."""
+
+    id: str
+    started_ns: int
+    ended_ns: int
+    topics: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message on a dead-letter topic; key, correlation ID and headers are untrusted text."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: str | None
+    correlation_id: str | None
+    flow_id: str | None
+    headers: tuple[tuple[str, str], ...]
+    truncated: bool
+
+
 class Store(Protocol):
     """Storage of spans, hops, flows and edge aggregates."""
 
@@ -157,6 +196,31 @@ class Store(Protocol):
 
     def lag_history(self, since_s: float, group: str | None = None) -> list[LagRow]:
         """Partition lag over time since since_s, oldest first."""
+        ...
+
+    def flow_counts(self, since_ns: int, until_ns: int, now_ns: int
+                    ) -> tuple[dict[str, int], int]:
+        """Flows last active in [since_ns, until_ns) by status, and how many started in it."""
+        ...
+
+    def edge_buckets(self, since_ns: int) -> list[EdgeBucket]:
+        """Every edge per time bucket since since_ns, oldest first."""
+        ...
+
+    def completed_flows(self, since_ns: int, limit: int = 50_000) -> list[CompletedFlow]:
+        """Flows that reached a completion topic since since_ns, newest first."""
+        ...
+
+    def find_flows(self, text: str) -> list[str]:
+        """Flow ids named by a correlation ID, trace ID, message id or message key."""
+        ...
+
+    def retry_attempts(self, since_ms: int) -> list[tuple[str, int, int]]:
+        """(topic, attempt, messages) of tapped messages since since_ms."""
+        ...
+
+    def dead_letters(self, since_ms: int, limit: int = 200) -> list[DeadLetter]:
+        """Messages on dead-letter topics since since_ms, newest first."""
         ...
 
     def apply_retention(self, now_ns: int) -> int:

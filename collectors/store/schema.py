@@ -19,6 +19,8 @@ CREATE INDEX IF NOT EXISTS spans_by_flow ON spans (flow_id);
 -- Partial indexes: only sends are looked up by message id, only consumes by parent.
 CREATE INDEX IF NOT EXISTS sends_by_message ON spans (message_id)
     WHERE message_id IS NOT NULL AND operation IN ('send', 'create');
+CREATE INDEX IF NOT EXISTS sends_by_key ON spans (message_key)
+    WHERE message_key IS NOT NULL AND operation IN ('send', 'create');
 CREATE INDEX IF NOT EXISTS consumes_by_parent ON spans (trace_id, parent_span_id)
     WHERE parent_span_id IS NOT NULL AND operation IN ('process', 'receive');
 
@@ -85,6 +87,7 @@ CREATE TABLE IF NOT EXISTS messages (
     PRIMARY KEY (topic, partition, "offset")
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_by_time ON messages (timestamp_ms);
+CREATE INDEX IF NOT EXISTS messages_by_key ON messages ("key") WHERE "key" IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_by_flow ON messages (flow_id) WHERE flow_id IS NOT NULL;
 
 -- What could not be placed, and other counters, by name.

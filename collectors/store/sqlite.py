@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from collectors.flows.assembler import (
+    COMPLETED,
+    DEAD_LETTERED,
     EdgeDelta,
     EdgeKey,
     FlowDelta,
@@ -36,8 +38,11 @@ from collectors.record import (
     MessageRecord,
     SpanRecord,
 )
-from collectors.store import readers
+from collectors.store import readers, summaries
 from collectors.store.interface import (
+    CompletedFlow,
+    DeadLetter,
+    EdgeBucket,
     FlowRow,
     HopRow,
     PropagationRow,
@@ -355,6 +360,38 @@ class SqliteStore:
         return readers.read_flow(self.db, flow_or_trace_id,
                                  lambda flags, errors, last: flow_status(
                                      flags, errors, last, now_ns, self.rules.stuck_after_s))
+
+    def flow_counts(self, since_ns: int, until_ns: int, now_ns: int
+                    ) -> tuple[dict[str, int], int]:
+        """Flows last active in [since_ns, until_ns) by status, and how many started in it."""
+        statuses, started = summaries.count_flows(self.db, since_ns, until_ns, now_ns,
+                                                  self.rules.stuck_after_s)
+        return dict(statuses), started
+
+    def edge_buckets(self, since_ns: int) -> list[EdgeBucket]:
+        """Every edge per time bucket since since_ns, oldest first."""
+        return summaries.read_edge_buckets(
+            self.db, int(since_ns // 1_000_000_000) // self.bucket_s * self.bucket_s)
+
+    def completed_flows(self, since_ns: int, limit: int = 50_000) -> list[CompletedFlow]:
+        """Flows that reached a completion topic since since_ns, newest first."""
+        return summaries.read_completed(self.db, since_ns, COMPLETED, limit)
+
+    def find_flows(self, text: str) -> list[str]:
+        """Flow ids named by a correlation ID, trace ID, message id or message key."""
+        return summaries.find_flow_ids(self.db, text)
+
+    def retry_attempts(self, since_ms: int) -> list[tuple[str, int, int]]:
+        """(topic, attempt, messages) of tapped messages since since_ms."""
+        return summaries.read_retry_attempts(self.db, since_ms)
+
+    def dead_letters(self, since_ms: int, limit: int = 200) -> list[DeadLetter]:
+        """Messages on dead-letter topics since since_ms, newest first."""
+        topics = [t for (t,) in self.db.execute(
+            "SELECT DISTINCT target FROM edge_buckets WHERE target_kind = 'topic' AND "
+            "bucket_start >= ?", (since_ms // 1000 // self.bucket_s * self.bucket_s,))
+            if self.rules.flag_of(t) == DEAD_LETTERED]
+        return summaries.read_dead_letters(self.db, topics, since_ms, limit)
 
     def close(self) -> None:
         """Close the connection."""

@@ -1,0 +1,69 @@
+"""Flow map: the overview, then producer -> topic -> consumer as a graph, and its edges."""
+
+import streamlit as st
+
+from dashboard import charts, controls, queries, transforms
+
+st.title("Flow map")
+
+
+def render() -> None:
+    """The overview metrics, the graph and the edge table, narrowed to the focus."""
+    data = controls.load(queries.flow_map)
+    if data is None:
+        return
+    assert isinstance(data, queries.FlowMap)
+    focus = controls.focus()
+    columns = st.columns(len(data.metrics) + 1)
+    inverse = {"Failed", "Dead-lettered", "Stuck"}
+    for column, (label, value, delta) in zip(columns, data.metrics, strict=False):
+        column.metric(label, value, None if delta in ("+0", "+0.00") else delta,
+                      delta_color="inverse" if label in inverse else "normal")
+    worst = data.worst
+    columns[-1].metric("Worst lag", "-" if worst is None else
+                       f"{worst.lag_seconds or 0:.1f} s" if worst.lag_seconds is not None
+                       else f"{worst.lag:,} msgs")
+    if worst is not None:
+        columns[-1].text(f"{worst.group} ({worst.status}, {worst.lag:,} msgs)")
+    if data.edges.empty:
+        controls.empty("No flows in this window yet.")
+        return
+    event = st.plotly_chart(charts.flow_map(data.nodes, data.edges, data.statuses, focus),
+                            key="flow_map", on_select="rerun", selection_mode="points",
+                            width="stretch")
+    points = (event or {}).get("selection", {}).get("points", []) if event else []
+    clicked = [p.get("customdata") for p in points if p.get("customdata") in data.statuses]
+    if clicked and clicked[0] != st.session_state.get("map_clicked"):
+        st.session_state["map_clicked"] = clicked[0]
+        controls.request_focus(clicked[0])
+    st.caption("Circles are services, squares topics; colour: worst lag status of the "
+               "consumer groups (green OK, amber WARN, red ERR, grey none). Edge labels: "
+               "messages/s, p95 time in queue, error and retry shares. Click a node to focus.")
+    edges = transforms.focus_edges(data.edges, focus)
+    st.subheader("Edges" + (" (focused)" if focus else ""))
+    st.dataframe(edges[["source", "target", "rate", "count", "p50_ms", "p95_ms",
+                        "processing_p95_ms", "error_rate", "retry_rate"]],
+                 hide_index=True, width="stretch", column_config={
+                     "rate": st.column_config.NumberColumn("msg/s", format="%.2f"),
+                     "count": st.column_config.NumberColumn("messages"),
+                     "p50_ms": st.column_config.NumberColumn("p50 queue/send (ms)",
+                                                             format="%.1f"),
+                     "p95_ms": st.column_config.NumberColumn("p95 queue/send (ms)",
+                                                             format="%.1f"),
+                     "processing_p95_ms": st.column_config.NumberColumn(
+                         "p95 processing (ms)", format="%.1f"),
+                     "error_rate": st.column_config.NumberColumn("errors", format="percent"),
+                     "retry_rate": st.column_config.NumberColumn("retries",
+                                                                 format="percent")})
+    series = data.series
+    if focus:
+        series = series[(series["source"] == focus) | (series["target"] == focus)]
+    busiest = edges.nlargest(8, "count")["source"] + " → " + edges.nlargest(8, "count")["target"]
+    series = series[series["edge"].isin(set(busiest))]
+    if not series.empty:
+        st.subheader("Throughput")
+        st.plotly_chart(charts.lines(series, "time", "rate", "edge", x_title="time (UTC)",
+                                     y_title="messages/s"), width="stretch")
+
+
+controls.live(render)

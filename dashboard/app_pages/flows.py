@@ -1,0 +1,92 @@
+"""Flow explorer: find one flow by correlation ID, trace ID, message key or message id, and
+see its hops as a waterfall, with a link to its trace in Jaeger."""
+
+import re
+from datetime import UTC, datetime
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts, controls, queries, transforms
+
+st.title("Flow explorer")
+st.text_input("Search", key="flow", bind="query-params",
+              placeholder="correlation ID, trace ID, message key or topic.partition.offset")
+TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def render() -> None:
+    """One flow when the search names one, else the newest flows."""
+    text = (st.session_state.get("flow") or "").strip()
+    try:
+        if text:
+            show_search(text)
+        else:
+            show_recent()
+    except queries.StoreUnavailable as exc:
+        st.error("The store cannot be read.")
+        st.code(str(exc), language=None)
+
+
+def show_search(text: str) -> None:
+    """The flow a search names (and the others it also matched)."""
+    matches, found = queries.flow(text)
+    if found is None:
+        st.warning("No flow matches this search in the store.")
+        return
+    flow, hops = found
+    if len(matches) > 1:
+        st.caption(f"{len(matches)} flows match; showing the first. The others:")
+        st.dataframe(pd.DataFrame({"flow": matches[1:],
+                                   "open": [controls.flow_link(m) for m in matches[1:]]}),
+                     hide_index=True, column_config={"open": st.column_config.LinkColumn(
+                         "", display_text="open")})
+    started = datetime.fromtimestamp(flow.started_ns / 1e9, UTC)
+    columns = st.columns(5)
+    columns[0].metric("Status", flow.status)
+    columns[1].metric("Hops", flow.hops)
+    columns[2].metric("Retries", flow.retries)
+    columns[3].metric("Errors", flow.errors)
+    columns[4].metric("Duration", transforms.duration_text((flow.ended_ns - flow.started_ns)
+                                                           / 1e9))
+    st.text(f"Flow {flow.id}\nstarted {started:%Y-%m-%d %H:%M:%S.%f} UTC\n"
+            f"services: {', '.join(flow.services)}\ntopics: {', '.join(flow.topics)}")
+    jaeger = queries.settings().dashboard.jaeger_ui_url
+    traces = [t for t in flow.trace_ids if TRACE_ID.match(t)]
+    if jaeger and traces:
+        for column, trace_id in zip(st.columns(min(len(traces), 4)), traces[:4], strict=False):
+            column.link_button(f"Trace {trace_id[:8]}… in Jaeger", f"{jaeger}/trace/{trace_id}")
+    segments, breaks = transforms.waterfall(hops)
+    if segments.empty:
+        st.info("This flow has no timed hops yet (its spans may still be on their way).")
+        return
+    st.plotly_chart(charts.waterfall(segments, breaks), width="stretch", key="waterfall")
+    st.dataframe(pd.DataFrame([{
+        "topic": h.topic, "partition": h.partition, "offset": h.offset,
+        "producer": h.producer_service, "consumer": h.consumer_service,
+        "group": h.consumer_group, "attempt": h.retry_attempt, "queue_ms": h.queue_ms,
+        "processing_ms": h.processing_ms, "error": h.error, "trace_id": h.trace_id}
+        for h in hops]), hide_index=True, width="stretch", column_config={
+            "queue_ms": st.column_config.NumberColumn("queue (ms)", format="%.1f"),
+            "processing_ms": st.column_config.NumberColumn("processing (ms)", format="%.1f")})
+
+
+def show_recent() -> None:
+    """The newest flows of the window, each a link to itself."""
+    flows = queries.recent_flows(controls.window_seconds())
+    if not flows:
+        controls.empty("No flows in this window yet.")
+        return
+    st.subheader("Newest flows")
+    st.dataframe(pd.DataFrame([{
+        "open": controls.flow_link(f.id), "flow": f.id, "status": f.status,
+        "started": pd.Timestamp(f.started_ns, unit="ns", tz="UTC"),
+        "duration_ms": (f.ended_ns - f.started_ns) / 1e6, "hops": f.hops,
+        "retries": f.retries, "errors": f.errors} for f in flows]),
+        hide_index=True, width="stretch", column_config={
+            "open": st.column_config.LinkColumn("", display_text="open"),
+            "started": st.column_config.DatetimeColumn("started (UTC)", format="HH:mm:ss"),
+            "duration_ms": st.column_config.NumberColumn("duration (ms)", format="%.1f")})
+
+
+controls.live(render)

@@ -1,0 +1,68 @@
+"""Retries and dead letters: retry shares per topic and service, attempts, dead letters."""
+
+import json
+
+import streamlit as st
+
+from dashboard import charts, controls, queries
+
+st.title("Retries & dead letters")
+
+
+def render() -> None:
+    """Retry shares, the attempt distribution, retries over time and the dead letters."""
+    data = controls.load(queries.retries)
+    if data is None:
+        return
+    assert isinstance(data, queries.Retries)
+    focus = controls.focus()
+    rates = data.rates
+    if focus:
+        rates = rates[(rates["topic"] == focus) | (rates["service"] == focus)]
+    if rates.empty:
+        controls.empty("Nothing was consumed in this window yet.")
+        return
+    left, right = st.columns(2)
+    left.subheader("Retry rate per topic and service")
+    left.dataframe(rates, hide_index=True, width="stretch", column_config={
+        "count": st.column_config.NumberColumn("messages"),
+        "retry_rate": st.column_config.ProgressColumn("retried", format="percent",
+                                                      min_value=0.0, max_value=1.0),
+        "error_rate": st.column_config.NumberColumn("failed", format="percent")})
+    right.subheader("Attempts")
+    attempts = data.attempts[data.attempts["topic"] == focus] if focus else data.attempts
+    if attempts.empty:
+        right.info("No tapped messages in this window (the collector's tap is off or has "
+                   "not read any yet).")
+    else:
+        right.plotly_chart(charts.attempts(attempts), width="stretch")
+    series = data.series
+    if focus:
+        series = series[(series["source"] == focus) | (series["target"] == focus)]
+    if not series.empty:
+        st.subheader("Retries over time")
+        st.plotly_chart(charts.lines(series, "time", "retry_rate", "edge", x_title="time (UTC)",
+                                     y_title="retries/s"), width="stretch")
+    st.subheader("Dead letters")
+    letters = data.dead_letters
+    if focus:
+        letters = letters[letters["topic"] == focus]
+    if letters.empty:
+        st.success("No message was dead-lettered in this window.")
+        return
+    letters = letters.assign(open=[controls.flow_link(f) if f else None
+                                   for f in letters["flow"]])
+    st.dataframe(letters, hide_index=True, width="stretch", column_config={
+        "time": st.column_config.DatetimeColumn("time (UTC)", format="HH:mm:ss"),
+        "open": st.column_config.LinkColumn("flow", display_text="open flow"),
+        "flow": None})
+    chosen = st.selectbox("Dead letter", list(letters["message"]), key="dead_letter",
+                          help="topic.partition.offset of the message whose details to show")
+    row = letters[letters["message"] == chosen].iloc[0]
+    # Header values come from other systems: shown in a code block, as text, never markup.
+    st.code(json.dumps({"reason": row["reason"], "correlation_id": row["correlation_id"],
+                        "key": row["key"], "headers": row["headers"]}, indent=2,
+                       ensure_ascii=False), language="json")
+
+
+controls.live(render)

@@ -1,0 +1,191 @@
+"""Plotly figures from the frames in transforms.py; no Streamlit here.
+
+Names of services, topics and hops come from other people's systems. Plotly renders a few
+HTML tags inside text, so every such string goes through `safe` (HTML-escaped: shown as typed).
+"""
+
+from __future__ import annotations
+
+import html
+
+import pandas as pd
+import plotly.graph_objects as go
+
+# One palette for the whole dashboard.
+STATUS_COLORS = {"OK": "#2e7d32", "WARN": "#f9a825", "ERR": "#c62828", "STOP": "#c62828",
+                 "STALL": "#c62828", "REWIND": "#c62828", "none": "#90a4ae"}
+FLOW_COLORS = {"completed": "#2e7d32", "in flight": "#1e88e5", "failed": "#e53935",
+               "dead-lettered": "#6a1b9a", "compensated": "#fb8c00", "stuck": "#757575"}
+SEGMENT_COLORS = {"produce": "#5c6bc0", "wait": "#cfd8dc", "process": "#26a69a"}
+ERROR_COLOR = "#e53935"
+PERCENTILE_DASH = {"p50_ms": "dot", "p95_ms": "solid", "p99_ms": "dash"}
+HEIGHT = 360
+
+
+def safe(text: object) -> str:
+    """Untrusted text as Plotly shows it literally."""
+    return html.escape(str(text), quote=True)
+
+
+def _layout(fig: go.Figure, x_title: str, y_title: str, height: int = HEIGHT) -> go.Figure:
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
+                      template="plotly_white")
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(title_text=y_title)
+    return fig
+
+
+def flow_map(nodes: pd.DataFrame, edges: pd.DataFrame, statuses: dict[str, str],
+             focus: str | None) -> go.Figure:
+    """Services (circles) and topics (squares) left to right, coloured by consumer-group lag
+    status; each edge labelled with messages/s, p95 wait, error and retry shares."""
+    position = {n: (x, y) for n, x, y in zip(nodes["node"], nodes["x"], nodes["y"], strict=True)}
+    fig = go.Figure()
+    for edge in edges.itertuples():
+        (x0, y0), (x1, y1) = position[edge.source], position[edge.target]
+        dimmed = bool(focus) and focus not in (edge.source, edge.target)
+        color = ERROR_COLOR if edge.error_rate > 0.05 else "#78909c"
+        fig.add_annotation(x=x1, y=y1, ax=x0, ay=y0, xref="x", yref="y", axref="x", ayref="y",
+                           showarrow=True, arrowhead=2, arrowsize=1.2, standoff=14,
+                           startstandoff=14, arrowwidth=1 + min(3.0, edge.rate / 20),
+                           arrowcolor=color, opacity=0.25 if dimmed else 0.9, text="")
+    # Labels sit 40% of the way along: an edge and its reverse (a retry loop) stay apart.
+    labels = edges.assign(
+        mx=[0.6 * position[s][0] + 0.4 * position[t][0]
+            for s, t in zip(edges["source"], edges["target"], strict=True)],
+        my=[0.6 * position[s][1] + 0.4 * position[t][1] + 0.08
+            for s, t in zip(edges["source"], edges["target"], strict=True)])
+    fig.add_trace(go.Scatter(
+        x=labels["mx"], y=labels["my"], mode="text", name="edges", showlegend=False,
+        text=[_edge_label(e) for e in labels.itertuples()], textfont={"size": 10},
+        hovertext=[_edge_hover(e) for e in labels.itertuples()], hoverinfo="text",
+        customdata=[f"{s} → {t}" for s, t in zip(labels["source"], labels["target"],
+                                                 strict=True)]))
+    for kind, symbol in (("service", "circle"), ("topic", "square")):
+        part = nodes[nodes["kind"] == kind]
+        fig.add_trace(go.Scatter(
+            x=part["x"], y=part["y"], mode="markers+text", name=f"{kind}s", showlegend=False,
+            marker={"symbol": symbol, "size": 26 if kind == "service" else 20,
+                    "color": [STATUS_COLORS.get(statuses.get(n, "none"), "#90a4ae")
+                              for n in part["node"]],
+                    "line": {"width": [4 if n == focus else 1 for n in part["node"]],
+                             "color": "#263238"}},
+            text=[safe(n) for n in part["node"]], textposition="top center",
+            hovertext=[f"{kind} {safe(n)}<br>lag status: {statuses.get(n, 'none')}"
+                       for n in part["node"]], hoverinfo="text", customdata=list(part["node"])))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(height=max(HEIGHT, 90 * (int(nodes.groupby("layer").size().max())
+                                                 if not nodes.empty else 1)),
+                      margin={"l": 10, "r": 10, "t": 10, "b": 10}, template="plotly_white",
+                      clickmode="event+select")
+    return fig
+
+
+def _edge_label(edge) -> str:  # type: ignore[no-untyped-def]
+    parts = [f"{edge.rate:.1f}/s"]
+    if edge.kind == "consume" and edge.p95_ms is not None and not pd.isna(edge.p95_ms):
+        parts.append(f"p95 {edge.p95_ms:.0f} ms")
+    if edge.error_rate:
+        parts.append(f"err {edge.error_rate:.0%}")
+    if edge.retry_rate:
+        parts.append(f"retry {edge.retry_rate:.0%}")
+    return " · ".join(parts)
+
+
+def _edge_hover(edge) -> str:  # type: ignore[no-untyped-def]
+    wait = "" if edge.p95_ms is None or pd.isna(edge.p95_ms) else f"{edge.p95_ms:.1f} ms"
+    what = "p95 time in queue" if edge.kind == "consume" else "p95 send time"
+    return (f"{safe(edge.source)} → {safe(edge.target)}<br>{edge.count:,} messages "
+            f"({edge.rate:.2f}/s)<br>{what}: {wait or 'n/a'}<br>errors {edge.errors:,} "
+            f"({edge.error_rate:.1%}), retries {edge.retries:,} ({edge.retry_rate:.1%})")
+
+
+def lines(frame: pd.DataFrame, x: str, y: str, color: str, *, x_title: str, y_title: str
+          ) -> go.Figure:
+    """One line per value of `color` (a group, an edge, a flow type)."""
+    fig = go.Figure()
+    for name, part in frame.groupby(color, sort=True):
+        fig.add_trace(go.Scatter(x=part[x], y=part[y], mode="lines+markers", name=safe(name),
+                                 marker={"size": 4}))
+    fig.update_yaxes(rangemode="tozero")
+    return _layout(fig, x_title, y_title)
+
+
+def attempts(frame: pd.DataFrame) -> go.Figure:
+    """Messages per attempt number, one bar colour per topic."""
+    fig = go.Figure()
+    for topic, part in frame.groupby("topic", sort=True):
+        fig.add_trace(go.Bar(x=part["attempt"], y=part["messages"], name=safe(topic)))
+    fig.update_layout(barmode="group")
+    fig.update_xaxes(dtick=1)
+    return _layout(fig, "attempt (1 = first try)", "messages")
+
+
+def waterfall(segments: pd.DataFrame, breaks: list[tuple[float, float]]) -> go.Figure:
+    """A flow's hops in time order: producing, waiting in the topic (hatched) and processing;
+    long idle stretches collapsed and marked with their true length."""
+    fig = go.Figure()
+    for kind in ("produce", "wait", "process"):
+        part = segments[segments["kind"] == kind]
+        colors = [ERROR_COLOR if err else SEGMENT_COLORS[kind] for err in part["error"]]
+        fig.add_trace(go.Bar(
+            y=[safe(h) for h in part["hop"]], x=part["width_ms"], base=part["start_ms"],
+            orientation="h", name={"produce": "producing", "wait": "waiting in topic",
+                                   "process": "processing"}[kind],
+            marker={"color": colors, "pattern": {"shape": "/" if kind == "wait" else ""}},
+            hovertext=[f"{kind}: {ms:,.1f} ms" for ms in part["true_ms"]], hoverinfo="text"))
+    for position, true_ms in breaks:
+        fig.add_vline(x=position, line_dash="dot", line_color="#455a64")
+        fig.add_annotation(x=position, y=1.0, yref="paper", yanchor="bottom", showarrow=False,
+                           text=f"⋯ {_ms_text(true_ms)} collapsed", font={"size": 10})
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(barmode="overlay", legend={"y": 1.12})
+    rows = segments["row"].nunique() if not segments.empty else 1
+    return _layout(fig, "time since the flow started (ms; long idle stretches collapsed)", "hop",
+                   height=max(220, 60 + 38 * rows))
+
+
+def _ms_text(ms: float) -> str:
+    if ms < 60_000:
+        return f"{ms / 1000:.1f} s"
+    return f"{ms / 60_000:.1f} min"
+
+
+def latency(series: pd.DataFrame) -> go.Figure:
+    """End-to-end latency percentiles over time, one colour per flow type."""
+    fig = go.Figure()
+    for flow_type, part in series.groupby("flow_type", sort=True):
+        for column, dash in PERCENTILE_DASH.items():
+            fig.add_trace(go.Scatter(x=part["time"], y=part[column], mode="lines",
+                                     line={"dash": dash}, legendgroup=safe(flow_type),
+                                     name=f"{safe(flow_type)} {column.removesuffix('_ms')}"))
+    return _layout(fig, "time (UTC)", "end-to-end latency (ms)")
+
+
+def breakdown(hops: pd.DataFrame) -> go.Figure:
+    """Where the time goes per hop: p95 waiting in the topic against p95 processing."""
+    fig = go.Figure()
+    labels = [safe(h) for h in hops["hop"]]
+    fig.add_trace(go.Bar(y=labels, x=hops["queue_p95_ms"], orientation="h",
+                         name="waiting in topic (p95)",
+                         marker={"color": SEGMENT_COLORS["wait"], "pattern": {"shape": "/"}}))
+    fig.add_trace(go.Bar(y=labels, x=hops["processing_p95_ms"], orientation="h",
+                         name="processing (p95)", marker={"color": SEGMENT_COLORS["process"]}))
+    fig.update_layout(barmode="stack")
+    return _layout(fig, "time (ms)", "hop (topic → service)",
+                   height=max(HEIGHT, 40 + 30 * len(hops)))
+
+
+def propagation(frame: pd.DataFrame) -> go.Figure:
+    """Share of messages with a valid trace context per topic and producer."""
+    labels = [f"{safe(t)} ← {safe(p)}" for t, p in zip(frame["topic"], frame["producer"],
+                                                       strict=True)]
+    colors = [STATUS_COLORS["OK"] if s >= 0.99 else STATUS_COLORS["WARN"] if s >= 0.5
+              else STATUS_COLORS["ERR"] for s in frame["share"]]
+    fig = go.Figure(go.Bar(y=labels, x=frame["share"] * 100, orientation="h",
+                           marker={"color": colors}))
+    fig.update_xaxes(range=[0, 100])
+    return _layout(fig, "messages with a valid traceparent (%)", "topic ← producer",
+                   height=max(HEIGHT, 40 + 28 * len(frame)))

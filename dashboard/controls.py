@@ -1,0 +1,89 @@
+"""The controls every page shares: time window and focus (kept in the URL, so a view can be
+shared as a link), refresh interval and pause; and the helpers pages use to stay live."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import quote, urlsplit
+
+import streamlit as st
+
+from dashboard import queries, transforms
+
+ALL = "(everything)"
+REFRESH_CHOICES = (2, 5, 10, 30, 60)
+
+
+def render_sidebar() -> None:
+    """The shared controls, in the sidebar of every page."""
+    if "focus_request" in st.session_state:
+        st.session_state["focus"] = st.session_state.pop("focus_request")
+    with st.sidebar:
+        st.selectbox("Time window", list(transforms.WINDOWS),
+                     index=list(transforms.WINDOWS).index(transforms.DEFAULT_WINDOW),
+                     key="window", bind="query-params")
+        st.selectbox("Focus on", [ALL, *_nodes()], key="focus", bind="query-params",
+                     help="Narrow every page to one service or topic; or click a node of "
+                     "the flow map.")
+        default = queries.settings().dashboard.refresh_s
+        choices = sorted({*REFRESH_CHOICES, int(default)})
+        st.selectbox("Refresh every (s)", choices, index=choices.index(int(default)),
+                     key="refresh_s")
+        st.toggle("Pause live refresh", key="paused")
+        st.caption(f"Store: {queries.settings().collect.store}")
+
+
+def _nodes() -> list[str]:
+    try:
+        return sorted(queries.flow_map(window_seconds()).nodes["node"])
+    except queries.StoreUnavailable:
+        return []
+
+
+def window_seconds() -> int:
+    """The selected window in seconds."""
+    return transforms.window_seconds(st.session_state.get("window"))
+
+
+def focus() -> str | None:
+    """The focused node, or None."""
+    value = st.session_state.get("focus")
+    return None if value in (None, ALL) else str(value)
+
+
+def request_focus(node: str | None) -> None:
+    """Focus on a node (from a click on a page) and rerun so every control follows."""
+    if node != focus():
+        st.session_state["focus_request"] = node or ALL
+        st.rerun()
+
+
+def live(body: Callable[[], None]) -> None:
+    """Run a page's body as a fragment that reruns itself every refresh interval."""
+    interval = None if st.session_state.get("paused") else \
+        float(st.session_state.get("refresh_s") or queries.settings().dashboard.refresh_s)
+    st.fragment(run_every=interval)(body)()
+
+
+def load(loader: Callable[[float], object]) -> object | None:
+    """A page's data for the selected window; None (with the reason shown) when the store
+    cannot be read."""
+    try:
+        return loader(window_seconds())
+    except queries.StoreUnavailable as exc:
+        st.error("The store cannot be read.")
+        st.code(str(exc), language=None)
+        return None
+
+
+def flow_link(flow_id: str) -> str:
+    """A link to a flow in the flow explorer (the id URL-encoded, so it stays inert)."""
+    url = urlsplit(st.context.url or "http://127.0.0.1/")
+    window = quote(str(st.session_state.get("window") or transforms.DEFAULT_WINDOW))
+    return f"{url.scheme}://{url.netloc}/flows?flow={quote(flow_id, safe='')}&window={window}"
+
+
+def empty(what: str) -> None:
+    """An empty state that says what is missing and how to get data."""
+    st.info(f"{what} Start the demo with `make demo` (or `flowscope demo`), or point "
+            "`flowscope collect` at your own services, and this fills in within seconds.")
