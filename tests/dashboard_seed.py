@@ -94,7 +94,7 @@ def seed_store(path: Path, settings: Settings) -> Seeded:
         store.write_lag(history[:-2], [])
         store.write_lag(history[-2:], [GroupLag("processor", "WARN", "files.uploaded/1", 12,
                                                 3.5, 10.0, 2.0, None, now_s)])
-        tapped = [MessageRecord("files.uploaded", i % 2, i, now_ns // 1_000_000 - 50_000 + i,
+        tapped = [MessageRecord("files.uploaded", i % 2, i // 2, now_ns // 1_000_000 - 50_000 + i,
                                 f"file-{i}", 10, COMPLETED[i], secrets.token_hex(16) if i < 2
                                 else None, None, None, False) for i in range(3)]
         tapped.append(MessageRecord(

@@ -1,0 +1,133 @@
+"""The dashboard's pure transforms: layout, statuses, overview, waterfall, latency, series."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from collectors.record import GroupLag, LagRow
+from collectors.store.interface import CompletedFlow, EdgeBucket, EdgeRow, HopRow, Topology
+from dashboard import charts, transforms
+
+MS = 1_000_000
+
+
+def _topology() -> Topology:
+    nodes = {"api": "service", "jobs": "topic", "worker": "service", "jobs.retry": "topic",
+             "done": "topic"}
+    edges = [EdgeRow("api", "jobs", 100, 0, 0, 1.0, 2.0),
+             EdgeRow("jobs", "worker", 100, 10, 0, 5.0, 40.0, 1.0, 3.0),
+             EdgeRow("worker", "jobs.retry", 10, 0, 10, 1.0, 2.0),
+             EdgeRow("jobs.retry", "worker", 10, 0, 10, 900.0, 1000.0, 1.0, 2.0),
+             EdgeRow("worker", "done", 90, 0, 0, 1.0, 2.0)]
+    return Topology(nodes, edges)
+
+
+def test_edges_get_rates_and_shares_per_window() -> None:
+    edges = transforms.build_edges(_topology(), window_s=50)
+    consume = edges[(edges["source"] == "jobs")].iloc[0]
+    assert consume["kind"] == "consume"
+    assert consume["rate"] == 2.0
+    assert consume["error_rate"] == pytest.approx(0.1)
+    assert edges[edges["source"] == "jobs.retry"].iloc[0]["retry_rate"] == 1.0
+
+
+def test_layout_puts_each_node_right_of_its_producers_despite_a_retry_loop() -> None:
+    topology = _topology()
+    nodes = transforms.layout_nodes(topology.nodes, transforms.build_edges(topology, 60))
+    layer = dict(zip(nodes["node"], nodes["layer"], strict=True))
+    assert layer["api"] < layer["jobs"] < layer["worker"] < layer["done"]
+    assert layer["jobs.retry"] == layer["worker"] + 1
+    assert set(nodes["node"]) == set(topology.nodes)
+
+
+def test_node_status_follows_the_worst_group_of_the_topic_and_its_service() -> None:
+    topology = _topology()
+    edges = transforms.build_edges(topology, 60)
+    rows = [LagRow("worker-group", "jobs", 0, 1, 9, 8, 2.0, "WARN", 0.0)]
+    groups = [GroupLag("worker-group", "ERR", "jobs/0", 8, 2.0, 1.0, 0.5, None, 0.0)]
+    statuses = transforms.node_statuses(topology.nodes, edges, rows, groups)
+    assert statuses["jobs"] == "ERR"
+    assert statuses["worker"] == "ERR"  # the only consumer of jobs
+    assert statuses["api"] == "none"
+
+
+def test_overview_compares_with_the_window_before() -> None:
+    metrics = transforms.overview_metrics({"completed": 30, "stuck": 1}, {"completed": 10}, 60,
+                                          30, window_s=60)
+    shown = {label: (value, delta) for label, value, delta in metrics}
+    assert shown["Flows/s"] == ("1.00", "+0.50")
+    assert shown["Completed"] == ("30", "+20")
+    assert shown["Stuck"] == ("1", "+1")
+
+
+@pytest.mark.parametrize(("group", "words"), [
+    (GroupLag("g", "OK", None, 0, 0.0, 5.0, 0.0, None, 0.0), "caught up"),
+    (GroupLag("g", "WARN", None, 600, 30.0, 20.0, -10.0, 60.0, 0.0), "caught up in about 60 s"),
+    (GroupLag("g", "WARN", None, 600, 30.0, 5.0, 3.0, None, 0.0), "will not catch up"),
+    (GroupLag("g", "ERR", None, 600, 30.0, None, None, None, 0.0), "not draining"),
+])
+def test_catch_up_text_says_what_will_happen(group: GroupLag, words: str) -> None:
+    assert words in transforms.catch_up_text(group)
+
+
+def _hop(topic: str, start_ms: float, wait_ms: float, work_ms: float = 10.0) -> HopRow:
+    start = int(start_ms * MS)
+    produced = start + 2 * MS
+    consumed = produced + int(wait_ms * MS)
+    return HopRow(topic, 0, 0, "a", "b", "g", start, produced, consumed,
+                  consumed + int(work_ms * MS), None, False, "t" * 32)
+
+
+def test_waterfall_collapses_a_ten_minute_wait_and_keeps_its_true_length() -> None:
+    hops = [_hop("jobs", 0, 5), _hop("jobs.retry", 20, 600_000)]
+    segments, breaks = transforms.waterfall(hops, collapse_after_ms=2000, collapsed_ms=300)
+    wait = segments[(segments["kind"] == "wait") & (segments["hop"].str.contains("retry"))]
+    assert wait.iloc[0]["true_ms"] == pytest.approx(600_000)
+    assert wait.iloc[0]["width_ms"] == pytest.approx(300, abs=1)
+    assert len(breaks) == 1
+    assert breaks[0][1] == pytest.approx(600_000, rel=0.001)
+    total = (segments["start_ms"] + segments["width_ms"]).max()
+    assert total < 400  # readable: the whole flow fits in well under a second of axis
+
+
+def test_waterfall_draws_short_flows_to_scale() -> None:
+    segments, breaks = transforms.waterfall([_hop("jobs", 0, 40)])
+    assert not breaks
+    assert list(segments["kind"]) == ["produce", "wait", "process"]
+    assert list(segments["width_ms"].round(3)) == [2.0, 40.0, 10.0]
+
+
+def test_latency_series_gives_percentiles_per_flow_type_and_bucket() -> None:
+    flows = [CompletedFlow(f"f{i}", 0, int((1000 + i) * MS), ("jobs", "done")) for i in range(100)]
+    flows.append(CompletedFlow("x", 0, 5 * MS, ("orders", "orders.completed")))
+    series = transforms.latency_series(flows, ("done", "*orders.completed"), since_s=0.0,
+                                       window_s=60.0)
+    done = series[series["flow_type"] == "done"].iloc[0]
+    assert done["flows"] == 100
+    assert done["p50_ms"] == pytest.approx(1049.5)
+    assert set(series["flow_type"]) == {"done", "orders.completed"}
+
+
+def test_edge_series_fills_quiet_buckets_with_zeros() -> None:
+    buckets = [EdgeBucket(100, "a", "t", 20, 0, 2, 5.0, 1.0),
+               EdgeBucket(130, "a", "t", 10, 0, 0, 5.0, 1.0)]
+    series = transforms.edge_series(buckets, 10, since_s=100, now_s=135)
+    assert list(series["bucket_start"]) == [100, 110, 120, 130]
+    assert list(series["rate"]) == [2.0, 0.0, 0.0, 1.0]
+    assert list(series["retry_rate"]) == [0.2, 0.0, 0.0, 0.0]
+
+
+def test_charts_show_hostile_names_as_text() -> None:
+    hostile = "<img src=x onerror=alert(1)>"
+    topology = Topology({hostile: "service", "jobs": "topic"},
+                        [EdgeRow(hostile, "jobs", 1, 0, 0, 1.0, 1.0)])
+    edges = transforms.build_edges(topology, 60)
+    figure = charts.flow_map(transforms.layout_nodes(topology.nodes, edges), edges,
+                             {hostile: "none", "jobs": "none"}, None)
+    rendered = [str(value) for trace in figure.data for attribute in ("text", "hovertext")
+                for value in (getattr(trace, attribute) or ())]
+    assert rendered
+    assert not any("<img" in value for value in rendered)
+    assert any("&lt;img src=x onerror=alert(1)&gt;" in value for value in rendered)
+    assert pd.notna(edges["rate"]).all()
