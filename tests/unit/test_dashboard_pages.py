@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +33,8 @@ def seeded(store_env: Path) -> Seeded:
 
 
 @pytest.fixture
-def app() -> Iterator[AppTest]:
-    yield AppTest.from_file(APP, default_timeout=60)
+def app() -> AppTest:
+    return AppTest.from_file(APP, default_timeout=60)
 
 
 def _run(app: AppTest, page: str, **params: str) -> AppTest:
