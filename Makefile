@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint infra clean-venv
+.PHONY: test lint infra demo clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml
 infra: $(STAMP)
 	$(BIN)/flowscope kafka install
 	$(BIN)/flowscope jaeger install
+
+## The whole stack with demo traffic, until Ctrl-C: Kafka, Jaeger, the collector, the demo
+## services, the load generator and the dashboard; prints their URLs.
+demo: infra
+	$(BIN)/flowscope demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -222,6 +222,20 @@ def _dashboard(settings: Settings, args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    import random  # noqa: PLC0415
+
+    from flowscope.demo import FAILURE_KNOBS, DemoOptions, run_demo  # noqa: PLC0415
+
+    failures = tuple((name, getattr(args, name)) for name in FAILURE_KNOBS
+                     if getattr(args, name) is not None)
+    seed = args.seed if args.seed is not None else random.randrange(1_000_000)
+    options = DemoOptions(duration_s=args.duration, scenario=args.scenario, rate=args.rate,
+                          seed=seed, failures=failures, jaeger=not args.no_jaeger,
+                          dashboard=not args.no_dashboard, dashboard_port=args.dashboard_port)
+    return run_demo(settings, options)
+
+
 def _add_collector_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser]
                             ) -> None:
     collect = groups.add_parser("collect", help="receive spans and build flows in the store",
@@ -278,6 +292,33 @@ def _add_demo_commands(groups: argparse._SubParsersAction[argparse.ArgumentParse
     load.set_defaults(handler=_loadgen)
 
 
+def _add_demo_stack_command(groups: argparse._SubParsersAction[argparse.ArgumentParser]
+                            ) -> None:
+    from flowscope.demo import SCENARIOS  # noqa: PLC0415
+
+    demo = groups.add_parser(
+        "demo", help="run the whole stack with demo traffic, until Ctrl-C",
+        description="Start Kafka and Jaeger (unless running or external), the collector, the "
+        "demo services, the load generator and the dashboard; print their URLs; on Ctrl-C or "
+        "SIGTERM stop everything the demo started. Logs go to $FLOWSCOPE_HOME/demo.",
+        epilog="scenarios: " + "; ".join(f"{k}: {v}" for k, v in SCENARIOS.items()))
+    demo.add_argument("--duration", type=float, metavar="S",
+                      help="stop after S seconds of traffic (default: run until Ctrl-C)")
+    demo.add_argument("--scenario", choices=list(SCENARIOS), default="steady",
+                      help="what the traffic does (default steady)")
+    demo.add_argument("--rate", type=float, default=20.0, help="flows per second (default 20)")
+    demo.add_argument("--seed", type=int, help="replays the same flows (default: a new seed)")
+    for name in ("transient-failure", "permanent-failure", "callback-failure",
+                 "inventory-failure"):
+        demo.add_argument(f"--{name}", type=float, metavar="P",
+                          help=f"probability of a {name.replace('-', ' ')} (0-1)")
+    demo.add_argument("--no-jaeger", action="store_true", help="no Jaeger, no forwarding")
+    demo.add_argument("--no-dashboard", action="store_true", help="no dashboard")
+    demo.add_argument("--dashboard-port", type=int, metavar="P",
+                      help="dashboard port (default FLOWSCOPE_DASHBOARD_PORT or 8501)")
+    demo.set_defaults(handler=_demo)
+
+
 Handler = Callable[[Settings, argparse.Namespace], int]
 
 
@@ -308,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.set_defaults(handler=handler)
     _add_collector_commands(groups)
     _add_demo_commands(groups)
+    _add_demo_stack_command(groups)
     return parser
 
 

@@ -1,0 +1,480 @@
+"""`flowscope demo`: Kafka, Jaeger, the collector, the demo services, the load generator and
+the dashboard from one command, stopped together on Ctrl-C or SIGTERM.
+
+Every part is a child process with its own log in FLOWSCOPE_HOME/demo. The collector writes
+the default store, so `flowscope inspect` in another terminal sees the demo's data. A Kafka or
+Jaeger that was already running (or is external) is used and left running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from flowscope.errors import FlowscopeError
+from flowscope.infra import jaeger, kafka, process
+from flowscope.settings import LOOPBACK, Settings
+
+if TYPE_CHECKING:
+    from demo_services.config import DemoConfig
+
+COMPONENT = "demo"
+SCENARIOS = {
+    "steady": "constant traffic with the services' usual failures",
+    "incident": "steady traffic; the processor group paused (lag builds); resumed (lag "
+                "drains); a burst of failures (retries, dead letters): 60 s, or --duration",
+}
+FAILURE_KNOBS = ("transient_failure", "permanent_failure", "callback_failure",
+                 "inventory_failure")
+BURST = {"transient_failure": 0.5, "permanent_failure": 0.15, "callback_failure": 0.3}
+PAUSED_GROUP = "processor"  # one consumer group, so its lag stands out on the charts
+STORY_S = 60.0
+CHUNK_S = 600.0
+SETTLE_S = 3.0
+LOCK_MARKER = "flowscope"
+READY_TIMEOUT_S = {"collect": 60.0, "services": 120.0, "dashboard": 60.0}
+STOP_TIMEOUT_S = {"loadgen": 5.0, "dashboard": 10.0, "services": 30.0, "collect": 30.0}
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What `flowscope demo` was asked for."""
+
+    duration_s: float | None = None
+    scenario: str = "steady"
+    rate: float = 20.0
+    seed: int = 0
+    failures: tuple[tuple[str, float], ...] = ()
+    jaeger: bool = True
+    dashboard: bool = True
+    dashboard_port: int | None = None
+
+    def problems(self) -> list[str]:
+        """Every invalid option, named."""
+        found = [f"--scenario {self.scenario!r} is not one of {', '.join(SCENARIOS)}"
+                 ] if self.scenario not in SCENARIOS else []
+        if self.duration_s is not None and self.duration_s <= 0:
+            found.append(f"--duration {self.duration_s:g} is not a positive number of seconds")
+        if self.rate <= 0:
+            found.append(f"--rate {self.rate:g} is not a positive number of flows per second")
+        found += [f"--{name.replace('_', '-')} {value:g} is not a probability (0-1)"
+                  for name, value in self.failures if not 0 <= value <= 1]
+        if self.dashboard_port is not None and not 0 < self.dashboard_port < 65536:
+            found.append(f"--dashboard-port {self.dashboard_port} is not a TCP port")
+        return found
+
+
+@dataclass(frozen=True)
+class Step:
+    """What happens at_s seconds into the traffic: a phase to announce, a load run to start."""
+
+    at_s: float
+    text: str
+    load: tuple[str, ...] = ()
+
+
+def load_args(options: DemoOptions, duration_s: float, seed: int,
+              failures: dict[str, float] | None = None,
+              pause: tuple[float, float] | None = None) -> tuple[str, ...]:
+    """The `flowscope loadgen` arguments of one load run."""
+    args = ["--rate", f"{options.rate:g}", "--duration", f"{duration_s:g}", "--seed", str(seed)]
+    for name, value in (failures or dict(options.failures)).items():
+        args += [f"--{name.replace('_', '-')}", f"{value:g}"]
+    if pause is not None:
+        args += ["--pause-group", PAUSED_GROUP, "--pause-after", f"{pause[0]:g}",
+                 "--pause-for", f"{pause[1]:g}"]
+    return tuple(args)
+
+
+def plan_steps(options: DemoOptions) -> list[Step]:
+    """The scripted part of the run, in time order (more steady traffic follows when unbounded)."""
+    rate = f"{options.rate:g} flows/s"
+    if options.scenario == "steady":
+        if options.duration_s is None:
+            return []
+        return [Step(0.0, f"steady traffic: {rate} for {options.duration_s:g}s",
+                     load_args(options, options.duration_s, options.seed))]
+    quarter = (options.duration_s or STORY_S) / 4
+    burst = dict(options.failures)
+    burst.update({k: max(v, burst.get(k, 0.0)) for k, v in BURST.items()})
+    return [
+        Step(0.0, f"phase 1/4 steady: {rate}",
+             load_args(options, 3 * quarter, options.seed, pause=(quarter, quarter))),
+        Step(quarter, f"phase 2/4 paused: consumer group {PAUSED_GROUP} stops for "
+             f"{quarter:g}s; lag builds on files.uploaded"),
+        Step(2 * quarter, f"phase 3/4 drain: {PAUSED_GROUP} resumes; the lag drains"),
+        Step(3 * quarter, "phase 4/4 failure burst: " + ", ".join(
+            f"{k.replace('_', ' ')} {v:g}" for k, v in BURST.items()) +
+            "; retries and dead letters rise", load_args(options, quarter, options.seed + 1,
+                                                         burst)),
+    ]
+
+
+def steady_chunk(options: DemoOptions, at_s: float, index: int) -> Step:
+    """More steady traffic for an unbounded run, each chunk with flows of its own."""
+    text = f"steady traffic: {options.rate:g} flows/s until Ctrl-C" if index == 1 else ""
+    return Step(at_s, text, load_args(options, CHUNK_S, options.seed + 1 + index))
+
+
+def child_environment(settings: Settings, bootstrap: str,
+                      jaeger_status: jaeger.JaegerStatus | None) -> dict[str, str]:
+    """The environment of every child: this cluster, store and collector; Jaeger when used."""
+    collector = settings.collect
+    env = dict(os.environ)
+    env.update(KAFKA_BOOTSTRAP_SERVERS=bootstrap, FLOWSCOPE_HOME=str(settings.home),
+               FLOWSCOPE_STORE=str(collector.store), PYTHONUNBUFFERED="1",
+               FLOWSCOPE_OTLP_ADDRESS=f"{collector.otlp_host}:{collector.otlp_port}",
+               OTEL_EXPORTER_OTLP_ENDPOINT=f"http://{collector.otlp_host}:{collector.otlp_port}")
+    env.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)  # it would bypass the collector
+    if jaeger_status is None:
+        env.pop("FLOWSCOPE_JAEGER_OTLP_ENDPOINT", None)
+        env.pop("FLOWSCOPE_JAEGER_QUERY_URL", None)
+        return env
+    env.update(FLOWSCOPE_JAEGER_OTLP_ENDPOINT=jaeger_status.otlp_http,
+               FLOWSCOPE_JAEGER_QUERY_URL=jaeger_status.query)
+    if settings.dashboard.jaeger_ui_url is None:
+        env["FLOWSCOPE_JAEGER_UI_URL"] = jaeger_status.query
+    return env
+
+
+def acquire_lock(lock: Path, endpoints: dict[str, object]) -> process.ProcessRecord:
+    """Take the demo's lock file, or say which live demo holds it (stale files are replaced)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    record = process.ProcessRecord(os.getpid(), LOCK_MARKER, time.time(), endpoints)
+    tmp = lock.with_name(f"demo.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(asdict(record)))
+    try:
+        for _ in range(3):
+            with suppress(FileExistsError):
+                os.link(tmp, lock)  # atomic: fails when the file exists
+                return record
+            other = process.running_record(lock)  # removes a stale lock file
+            if other is not None:
+                since = time.strftime("%H:%M:%S", time.localtime(other.started_at))
+                raise FlowscopeError(
+                    COMPONENT, f"another `flowscope demo` is already running (pid {other.pid}, "
+                    f"since {since}, lock {lock})", log=lock.parent,
+                    hint=f"stop it first (Ctrl-C in its terminal, or kill {other.pid}), or "
+                    "give this one another FLOWSCOPE_HOME")
+            if process.ProcessRecord.read(lock) is None:
+                lock.unlink(missing_ok=True)
+        raise FlowscopeError(COMPONENT, f"cannot take the lock file {lock}")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def release_lock(lock: Path) -> None:
+    """Remove the lock file if this process holds it."""
+    held = process.ProcessRecord.read(lock)
+    if held is not None and held.pid == os.getpid():
+        lock.unlink(missing_ok=True)
+
+
+def http_says(url: str, answer: str) -> bool:
+    """True when GET url answers 200 with this body."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200 and response.read().decode().strip() == answer)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def log_has(log: Path, text: str) -> bool:
+    """True when the log contains text."""
+    try:
+        return text in log.read_text(errors="replace")
+    except OSError:
+        return False
+
+
+@dataclass
+class Child:
+    """A process the demo started."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    reported: bool = False
+
+
+class Demo:
+    """One run of `flowscope demo`: set-up, traffic, and the stop of all it started."""
+
+    def __init__(self, settings: Settings, options: DemoOptions) -> None:
+        self.settings = settings
+        self.options = options
+        self.dir = settings.home / "demo"
+        self.lock = self.dir / "demo.pid"
+        self.progress = process.Progress(COMPONENT)
+        self.stopping = threading.Event()
+        self.raise_on_signal = False
+        self.children: list[Child] = []
+        self.started_infra: list[str] = []
+        self.urls: dict[str, str] = {}
+        self.env: dict[str, str] = {}
+        self.record: process.ProcessRecord | None = None
+        self.service_state: Path | None = None
+
+    def run(self) -> int:
+        """Everything, from the lock to the last process stopped; the exit code."""
+        self.record = acquire_lock(self.lock, {"children": []})
+        handlers = {sig: signal.signal(sig, self._on_signal)
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            try:
+                self._set_up()
+            except KeyboardInterrupt:
+                self.progress.say("interrupted during set-up")
+                return 130
+            self._announce()
+            self._drive()
+            return 0
+        finally:
+            self.raise_on_signal = False
+            self._stop_all()
+            release_lock(self.lock)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, _: FrameType | None) -> None:
+        self.stopping.set()
+        if self.raise_on_signal:
+            self.raise_on_signal = False
+            raise KeyboardInterrupt
+        self.progress.say(f"{signal.Signals(signum).name}: stopping everything the demo started")
+
+    @contextmanager
+    def _interruptible(self) -> Iterator[None]:
+        """Let a signal interrupt a long step of another module (a build, a broker start)."""
+        if self.stopping.is_set():
+            raise KeyboardInterrupt
+        self.raise_on_signal = True
+        try:
+            yield
+        finally:
+            self.raise_on_signal = False
+
+    def _set_up(self) -> None:
+        from flowscope.services import Supervisor, demo_config  # noqa: PLC0415
+
+        for old in self.dir.glob("*.log"):
+            old.unlink()
+        config = demo_config(self.settings)
+        self._check_ports(config)
+        bootstrap = self._start_kafka()
+        jaeger_status = self._start_jaeger() if self.options.jaeger else None
+        config = replace(config, bootstrap=bootstrap)
+        self._create_topics(config)
+        self.env = child_environment(self.settings, bootstrap, jaeger_status)
+        self.service_state = Supervisor(self.settings, config).state_file
+        self._start("collect", ["collect"], lambda log: log_has(log, "collect: ready"))
+        self._start("services", ["services"], lambda log: log_has(log, "] ready: "))
+        collector = self.settings.collect
+        self.urls["collector"] = f"http://{collector.otlp_host}:{collector.otlp_port}/v1/traces"
+        if jaeger_status is not None:
+            self.urls["jaeger"] = f"{jaeger_status.query}  (query API: /api/services, /api/traces)"
+        if self.options.dashboard:
+            self._start_dashboard()
+
+    def _check_ports(self, config: DemoConfig) -> None:
+        collector = self.settings.collect
+        process.check_ports_free("collect", {"otlp": collector.otlp_port},
+                                 {"otlp": "FLOWSCOPE_OTLP_ADDRESS"})
+        names = ("uploads", "orders", "webhook")
+        process.check_ports_free("services", {n: getattr(config, f"{n}_port") for n in names},
+                                 {n: f"FLOWSCOPE_DEMO_{n.upper()}_PORT" for n in names})
+        if self.options.dashboard:
+            process.check_ports_free("dashboard", {"http": self.dashboard_port},
+                                     {"http": "--dashboard-port or FLOWSCOPE_DASHBOARD_PORT"})
+
+    @property
+    def dashboard_port(self) -> int:
+        """The dashboard's port: --dashboard-port, else the settings'."""
+        return self.options.dashboard_port or self.settings.dashboard.port
+
+    def _start_kafka(self) -> str:
+        if self.settings.kafka.external_bootstrap:
+            self.progress.say(f"kafka: the cluster at {self.settings.kafka.bootstrap} "
+                              "(KAFKA_BOOTSTRAP_SERVERS)")
+        elif kafka.status(self.settings).pid is not None:
+            self.progress.say("kafka: the broker already running; it stays running")
+        else:
+            self.started_infra.append("kafka")
+        with self._interruptible():
+            return kafka.start(self.settings, process.Progress("kafka")).bootstrap
+
+    def _start_jaeger(self) -> jaeger.JaegerStatus:
+        if self.settings.jaeger.external:
+            self.progress.say(f"jaeger: the one at {self.settings.jaeger.query_url}")
+        elif jaeger.status(self.settings).pid is not None:
+            self.progress.say("jaeger: the one already running; it stays running")
+        else:
+            self.started_infra.append("jaeger")
+        with self._interruptible():
+            return jaeger.start(self.settings, process.Progress("jaeger"))
+
+    def _create_topics(self, config: DemoConfig) -> None:
+        import asyncio  # noqa: PLC0415
+
+        from demo_services.topics import ensure_topics  # noqa: PLC0415
+
+        try:
+            created = asyncio.run(asyncio.wait_for(ensure_topics(config), 60))
+        except Exception as exc:  # a boundary: whatever aiokafka raises, say where and why
+            raise FlowscopeError("kafka", f"cannot create the demo topics: "
+                                 f"{type(exc).__name__} {exc}") from None
+        self.progress.say(f"{len(created)} demo topics ready")
+
+    def _start_dashboard(self) -> None:
+        address = self.settings.dashboard.address
+        host = LOOPBACK if address in ("0.0.0.0", "::") else address
+        health = f"http://{host}:{self.dashboard_port}/_stcore/health"
+        self._start("dashboard", ["dashboard", "--port", str(self.dashboard_port),
+                                  "--address", address], lambda _: http_says(health, "ok"))
+        self.urls["dashboard"] = f"http://{host}:{self.dashboard_port}"
+
+    def _spawn(self, name: str, args: list[str]) -> Child:
+        log = self.dir / f"{name}.log"
+        proc = process.spawn([sys.executable, "-m", "flowscope", *args], log, cwd=self.dir,
+                             env=self.env)
+        child = Child(name, proc, log)
+        self.children.append(child)
+        self._write_record()
+        return child
+
+    def _start(self, name: str, args: list[str], ready: Callable[[Path], bool]) -> None:
+        progress = process.Progress(name)
+        child = self._spawn(name, args)
+        progress.say(f"starting `flowscope {' '.join(args)}` (log: {child.log})")
+        timeout_s, next_note = READY_TIMEOUT_S[name], 10.0
+        while not ready(child.log):
+            if self.stopping.is_set():
+                raise KeyboardInterrupt
+            code = child.proc.poll()
+            if code is not None or progress.elapsed > timeout_s:
+                cause = (f"exited with code {code} during start-up" if code is not None
+                         else f"not ready within {timeout_s:g}s")
+                raise FlowscopeError(name, cause, log=child.log,
+                                     log_tail=process.log_tail(child.log))
+            if progress.elapsed >= next_note:
+                progress.say(f"still waiting for it to be ready (log: {child.log})")
+                next_note += 10.0
+            self.stopping.wait(0.25)
+        progress.say(f"ready (pid {child.proc.pid})")
+
+    def _write_record(self) -> None:
+        assert self.record is not None
+        children = [[c.name, c.proc.pid, str(c.log)] for c in self.children]
+        self.record = replace(self.record, endpoints={**self.urls, "children": children})
+        self.record.write(self.lock)
+
+    def _announce(self) -> None:
+        options = self.options
+        length = f"{options.duration_s:g}s" if options.duration_s else "until Ctrl-C"
+        lines = [f"flowscope demo: ready in {self.progress.elapsed:.1f}s; scenario "
+                 f"{options.scenario}, {options.rate:g} flows/s, seed {options.seed}, {length}"]
+        lines += [f"  {name:<10} {url}" for name, url in self.urls.items()]
+        lines += [f"  {'store':<10} {self.settings.collect.store}  (flowscope inspect "
+                  "topology | flows | lag)", f"  {'logs':<10} {self.dir}",
+                  "Ctrl-C stops everything the demo started."]
+        self._write_record()
+        print("\n".join(lines), flush=True)
+
+    def _drive(self) -> None:
+        steps = plan_steps(self.options)
+        limit = self.options.duration_s
+        started, chunks = time.monotonic(), 0
+        while not self.stopping.wait(0.25):
+            elapsed = time.monotonic() - started
+            while steps and steps[0].at_s <= elapsed:
+                self._run_step(steps.pop(0))
+            loading = self._check_children()
+            if limit is None and not steps and not loading:
+                chunks += 1
+                steps.append(steady_chunk(self.options, elapsed, chunks))
+            elif limit is not None and elapsed >= limit and (not loading or elapsed > limit + 30):
+                self.progress.say(f"{limit:g}s of traffic sent; letting the last flows finish")
+                self.stopping.wait(SETTLE_S)
+                return
+
+    def _run_step(self, step: Step) -> None:
+        if step.text:
+            self.progress.say(step.text)
+        if step.load:
+            with (self.dir / "loadgen.log").open("a") as log:
+                log.write(f"--- {time.strftime('%H:%M:%S')} loadgen {' '.join(step.load)}\n")
+            self._spawn("loadgen", ["loadgen", *step.load])
+
+    def _check_children(self) -> bool:
+        """Fail when a long-running child died; report a failed load run; True while loading."""
+        loading = False
+        for child in self.children:
+            code = child.proc.poll()
+            if child.name == "loadgen":
+                loading = loading or code is None
+                if code not in (None, 0) and not child.reported:
+                    child.reported = True
+                    self.progress.say(f"loadgen exited with code {code} (log: {child.log})")
+            elif code is not None:
+                raise FlowscopeError(child.name, f"exited unexpectedly with code {code}",
+                                     log=child.log, log_tail=process.log_tail(child.log))
+        return loading
+
+    def _stop_all(self) -> None:
+        running = [c for c in reversed(self.children) if c.proc.poll() is None]
+        if running or self.started_infra:
+            self.progress.say("stopping: " + ", ".join(
+                [c.name for c in running] + self.started_infra[::-1]))
+        for child in running:
+            before = self._service_pids() if child.name == "services" else set()
+            stop_child(child, STOP_TIMEOUT_S[child.name], self.progress)
+            after = self._service_pids() if child.name == "services" else set()
+            for pid in before | after:  # what a killed supervisor could not stop itself
+                if any("demo_services" in part for part in process.cmdline(pid)):
+                    process.terminate(pid, timeout_s=5)
+        for name in reversed(self.started_infra):
+            stopped = (jaeger.stop if name == "jaeger" else kafka.stop)(self.settings)
+            if stopped:
+                self.progress.say(f"{name}: stopped (pid {stopped}); the demo had started it")
+        if running:
+            self.progress.say("stopped")
+
+    def _service_pids(self) -> set[int]:
+        try:
+            state = json.loads(self.service_state.read_text()) if self.service_state else {}
+        except (OSError, ValueError):
+            return set()
+        return {int(entry["pid"]) for entry in state.values() if entry.get("pid")}
+
+
+def stop_child(child: Child, timeout_s: float, progress: process.Progress) -> None:
+    """SIGTERM, wait up to timeout_s, then SIGKILL its whole process group."""
+    child.proc.send_signal(signal.SIGTERM)
+    try:
+        child.proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        with suppress(ProcessLookupError):
+            os.killpg(child.proc.pid, signal.SIGKILL)
+        child.proc.wait(timeout=10)
+        progress.say(f"{child.name}: killed after {timeout_s:g}s (log: {child.log})")
+
+
+def run_demo(settings: Settings, options: DemoOptions) -> int:
+    """`flowscope demo`: set everything up, drive the traffic, stop everything it started."""
+    problems = options.problems()
+    if problems:
+        raise FlowscopeError(COMPONENT, "; ".join(problems))
+    return Demo(settings, options).run()

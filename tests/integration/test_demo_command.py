@@ -1,0 +1,275 @@
+"""`flowscope demo` as a user runs it, against the real broker and the real Jaeger: the scripted
+incident reaches the store and Jaeger, a second demo is refused, and a stop leaves no process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from collectors.store.factory import open_store
+from demo_services import topics
+from flowscope.demo import LOCK_MARKER
+from flowscope.infra import kafka, process
+from flowscope.infra.jaeger import JaegerStatus
+from flowscope.settings import Settings
+from tests.integration.conftest import run_flowscope
+from tests.integration.demo_stack import free_ports
+from tests.integration.jaeger_api import fetch_spans_v3
+
+KAFKA_SERVICES = {"uploads", "processor", "notifier", "orders", "payments", "inventory",
+                  "shipping"}
+# Commands carry no spans; orders are dead-lettered only when malformed, which the load is not.
+QUIET_TOPICS = {topics.CONTROL, topics.ORDERS_DLQ}
+READY = "flowscope demo: ready"
+
+
+@dataclass
+class DemoProcess:
+    """A `flowscope demo` child whose output is read by threads all along."""
+
+    env: dict[str, str]
+    proc: subprocess.Popen[str]
+    out: list[str] = field(default_factory=list)
+    err: list[str] = field(default_factory=list)
+    ready: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def start(cls, env: dict[str, str], *args: str) -> DemoProcess:
+        """Start it and read its stdout and stderr."""
+        proc = subprocess.Popen([sys.executable, "-m", "flowscope", "demo", *args], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        run = cls(env, proc)
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        for stream, lines in ((proc.stdout, run.out), (proc.stderr, run.err)):
+            threading.Thread(target=run._read, args=(stream, lines), daemon=True).start()
+        return run
+
+    def _read(self, stream: IO[str], lines: list[str]) -> None:
+        for line in stream:
+            lines.append(line)
+            if line.startswith(READY):
+                self.ready.set()
+
+    @property
+    def home(self) -> Path:
+        """Its FLOWSCOPE_HOME."""
+        return Path(self.env["FLOWSCOPE_HOME"])
+
+    def output(self) -> str:
+        """Everything it printed so far."""
+        return "".join(self.out) + "".join(self.err)
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Wait (bounded) for its ready line; stop it and fail when it does not come."""
+        deadline = time.monotonic() + timeout_s
+        while not self.ready.wait(0.2):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+                raise AssertionError(f"demo not ready in {timeout_s}s:\n{self.output()}")
+
+    def recorded_pids(self) -> dict[str, int]:
+        """Every process the demo recorded: its children and the services they run."""
+        record = process.ProcessRecord.read(self.home / "demo" / "demo.pid")
+        assert record is not None
+        pids = {f"{name}-{pid}": int(pid) for name, pid, _ in record.endpoints["children"]}
+        state = json.loads((self.home / "services" / "services.json").read_text())
+        return pids | {name: int(entry["pid"]) for name, entry in state.items()}
+
+
+def demo_env(tmp_path: Path, bootstrap: str, jaeger: JaegerStatus | None) -> dict[str, str]:
+    """An environment with its own home, store, ports, topics and spans topic."""
+    prefix = f"demo{uuid.uuid4().hex[:8]}."
+    otlp, uploads, orders, webhook = free_ports(4)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSCOPE_JAEGER_")}
+    env.update(FLOWSCOPE_HOME=str(tmp_path / "home"), FLOWSCOPE_STORE=str(tmp_path / "demo.db"),
+               KAFKA_BOOTSTRAP_SERVERS=bootstrap, FLOWSCOPE_OTLP_ADDRESS=f"127.0.0.1:{otlp}",
+               FLOWSCOPE_DEMO_TOPIC_PREFIX=prefix, FLOWSCOPE_DEMO_UPLOADS_PORT=str(uploads),
+               FLOWSCOPE_DEMO_ORDERS_PORT=str(orders), FLOWSCOPE_DEMO_WEBHOOK_PORT=str(webhook),
+               FLOWSCOPE_SPANS_TOPIC=f"{prefix}otlp_spans",
+               FLOWSCOPE_TAP_TOPICS=f"^{re.escape(prefix)}", FLOWSCOPE_LAG_INTERVAL="1")
+    if jaeger is not None:
+        env.update(FLOWSCOPE_JAEGER_OTLP_ENDPOINT=jaeger.otlp_http,
+                   FLOWSCOPE_JAEGER_QUERY_URL=jaeger.query)
+    return env
+
+
+def processes_of(home: Path) -> list[int]:
+    """Live processes whose environment names this FLOWSCOPE_HOME."""
+    wanted = f"FLOWSCOPE_HOME={home}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            environ = (entry / "environ").read_bytes() if entry.name.isdigit() else b""
+        except OSError:
+            continue
+        if wanted in environ.split(b"\0") and process.pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def assert_nothing_left(run: DemoProcess, pids: dict[str, int]) -> None:
+    """No recorded process, no process of its home, no lock file."""
+    assert {name: pid for name, pid in pids.items() if process.pid_alive(pid)} == {}
+    assert processes_of(run.home) == []
+    assert not (run.home / "demo" / "demo.pid").exists()
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        body = answer.read().decode()
+    return json.loads(body) if body.startswith(("{", "[")) else body
+
+
+def test_second_demo_while_one_runs_fails_naming_its_pid(tmp_path: Path) -> None:
+    env = dict(os.environ, FLOWSCOPE_HOME=str(tmp_path / "home"))
+    lock = tmp_path / "home" / "demo" / "demo.pid"
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                               LOCK_MARKER, "demo"])
+    try:
+        process.ProcessRecord(holder.pid, LOCK_MARKER, time.time(), {"children": []}).write(lock)
+        done = run_flowscope(env, "demo", "--no-jaeger", "--no-dashboard", "--duration", "5",
+                             timeout_s=60)
+        assert done.returncode == 1
+        assert f"flowscope: demo: another `flowscope demo` is already running (pid {holder.pid}" \
+            in done.stderr
+        assert "hint: stop it first" in done.stderr
+        assert process.ProcessRecord.read(lock).pid == holder.pid  # type: ignore[union-attr]
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+
+
+def test_sigterm_mid_run_stops_every_process_despite_a_stale_lock(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    env = demo_env(tmp_path, kafka_bootstrap, None)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    lock = tmp_path / "home" / "demo" / "demo.pid"
+    lock.parent.mkdir(parents=True)
+    process.ProcessRecord(int(gone.stdout), LOCK_MARKER, 1.0, {"children": []}).write(lock)
+    run = DemoProcess.start(env, "--no-jaeger", "--no-dashboard")
+    run.wait_ready()
+    deadline = time.monotonic() + 30
+    while not any(name.startswith("loadgen") for name in run.recorded_pids()):
+        assert time.monotonic() < deadline, run.output()
+        time.sleep(0.2)
+    pids = run.recorded_pids()
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.proc.wait(timeout=90) == 0, run.output()
+    assert "SIGTERM: stopping everything the demo started" in run.output()
+    assert_nothing_left(run, pids)
+    assert kafka.answers_metadata(kafka_bootstrap)
+
+
+@pytest.mark.jaeger
+def test_incident_scenario_reaches_store_and_jaeger_and_leaves_no_process(
+        kafka_bootstrap: str, jaeger_endpoints: JaegerStatus, tmp_path: Path) -> None:
+    started_us = int(time.time() * 1e6)
+    env = demo_env(tmp_path, kafka_bootstrap, jaeger_endpoints)
+    prefix = env["FLOWSCOPE_DEMO_TOPIC_PREFIX"]
+    (board,) = free_ports(1)
+    run = DemoProcess.start(env, "--duration", "60", "--scenario", "incident", "--seed", "7",
+                            "--dashboard-port", str(board))
+    run.wait_ready()
+    assert _get(f"http://127.0.0.1:{board}/_stcore/health") == "ok"
+    pids = run.recorded_pids()
+    (dashboard,) = [pid for name, pid in pids.items() if name.startswith("dashboard-")]
+    environ = Path(f"/proc/{dashboard}/environ").read_bytes().split(b"\0")
+    assert f"FLOWSCOPE_JAEGER_UI_URL={jaeger_endpoints.query}".encode() in environ
+    assert run.proc.wait(timeout=180) == 0, run.output()
+    assert_nothing_left(run, pids)
+
+    printed = run.output()
+    assert f"dashboard  http://127.0.0.1:{board}" in printed
+    assert f"jaeger     {jaeger_endpoints.query}" in printed
+    for phase in ("1/4 steady", "2/4 paused", "3/4 drain", "4/4 failure burst"):
+        assert f"phase {phase}" in printed
+    _check_topology(env, prefix)
+    _check_lag_rose_and_drained(env, prefix)
+    _check_jaeger(env, prefix, jaeger_endpoints.query, started_us)
+    assert kafka.answers_metadata(kafka_bootstrap)  # what was running stays running
+
+
+def _check_topology(env: dict[str, str], prefix: str) -> None:
+    done = run_flowscope(env, "inspect", "topology", "--json", "--since", "1h")
+    assert done.returncode == 0, done.stderr
+    topology = json.loads(done.stdout)
+    counts: dict[str, int] = defaultdict(int)
+    for edge in topology["edges"]:
+        counts[edge["source"]] += edge["count"]
+        counts[edge["target"]] += edge["count"]
+    wanted = KAFKA_SERVICES | {prefix + t for t in topics.ALL_TOPICS if t not in QUIET_TOPICS}
+    assert {name: counts.get(name, 0) for name in wanted if not counts.get(name)} == {}
+    edges = {(e["source"], e["target"]): e for e in topology["edges"]}
+    assert edges[(prefix + topics.FILES_RETRY, "processor")]["retries"] > 0
+    assert edges[("processor", prefix + topics.FILES_DLQ)]["count"] > 0
+    flows = run_flowscope(env, "inspect", "flows", "--json", "--since", "1h", "--limit", "5000")
+    statuses = {f["status"] for f in json.loads(flows.stdout)["flows"]}
+    assert {"completed", "dead-lettered", "compensated"} <= statuses
+
+
+def _check_lag_rose_and_drained(env: dict[str, str], prefix: str) -> None:
+    store = open_store(Settings.from_env(env), readonly=True)
+    try:
+        rows = store.lag_history(0, prefix + "processor")
+    finally:
+        store.close()
+    by_poll: dict[float, int] = defaultdict(int)
+    for row in rows:
+        if row.topic == prefix + topics.FILES_UPLOADED:
+            by_poll[row.at_s] += row.lag or 0
+    lags = [lag for _, lag in sorted(by_poll.items())]
+    peak = lags.index(max(lags))
+    assert lags[peak] >= 50, lags
+    assert min(lags[peak:]) <= 5, lags
+
+
+def _check_jaeger(env: dict[str, str], prefix: str, query: str, started_us: int) -> None:
+    now_us = int(time.time() * 1e6)
+    for service in sorted(KAFKA_SERVICES | {"webhook"}):
+        found = _get(f"{query}/api/traces?service={service}&start={started_us}&end={now_us}"
+                     "&limit=1")
+        assert found["data"], f"no trace of {service} in Jaeger"
+    flows = json.loads(run_flowscope(env, "inspect", "flows", "--json", "--since", "1h",
+                                     "--limit", "5000").stdout)["flows"]
+    upload = next(f for f in flows if f["status"] == "completed" and f["retries"] == 0
+                  and prefix + topics.FILES_NOTIFIED in f["topics"])
+    wanted = {"POST /files", "POST /callbacks/{name}", f"send {prefix}files.notified"} | {
+        f"{verb} {prefix}{topic}" for verb in ("send", "process")
+        for topic in ("files.uploaded", "files.processed")}
+    spans = fetch_spans_v3(query, upload["trace_ids"][0],
+                           lambda found: wanted <= {s["name"] for s in found})
+    by_name = {str(s["name"]): s for s in spans}
+    by_id = {s["spanId"]: s for s in spans}
+    request = by_name["POST /files"]
+    assert (request["service"], request["parentSpanId"]) == ("uploads", "")
+    assert by_id[by_name[f"send {prefix}files.uploaded"]["parentSpanId"]] is request
+    for topic, producer, consumer in (("files.uploaded", "uploads", "processor"),
+                                      ("files.processed", "processor", "notifier"),
+                                      ("files.notified", "notifier", None)):
+        send = by_name[f"send {prefix}{topic}"]
+        assert send["service"] == producer
+        if consumer is not None:
+            consume = by_name[f"process {prefix}{topic}"]
+            assert consume["service"] == consumer
+            assert send["spanId"] in (consume["parentSpanId"], *consume["links"])
+    callback = by_name["POST /callbacks/{name}"]
+    assert callback["service"] == "webhook"
+    assert by_id[callback["parentSpanId"]]["service"] == "notifier"
