@@ -41,6 +41,7 @@ def flow_map(nodes: pd.DataFrame, edges: pd.DataFrame, statuses: dict[str, str],
     """Services (circles) and topics (squares) left to right, coloured by consumer-group lag
     status; each edge labelled with messages/s, p95 wait, error and retry shares."""
     position = {n: (x, y) for n, x, y in zip(nodes["node"], nodes["x"], nodes["y"], strict=True)}
+    prefix = common_prefix(list(nodes.loc[nodes["kind"] == "topic", "node"]))
     fig = go.Figure()
     for edge in edges.itertuples():
         (x0, y0), (x1, y1) = position[edge.source], position[edge.target]
@@ -71,9 +72,13 @@ def flow_map(nodes: pd.DataFrame, edges: pd.DataFrame, statuses: dict[str, str],
                               for n in part["node"]],
                     "line": {"width": [4 if n == focus else 1 for n in part["node"]],
                              "color": "#263238"}},
-            text=[safe(n) for n in part["node"]], textposition="top center",
+            text=[safe(n.removeprefix(prefix)) for n in part["node"]],
+            textposition="top center", textfont={"size": 11},
             hovertext=[f"{kind} {safe(n)}<br>lag status: {statuses.get(n, 'none')}"
                        for n in part["node"]], hoverinfo="text", customdata=list(part["node"])))
+    if prefix:
+        fig.add_annotation(x=0, y=1, xref="paper", yref="paper", showarrow=False,
+                           xanchor="left", text=f"topics: {safe(prefix)}…", font={"size": 11})
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     fig.update_layout(height=max(HEIGHT, 90 * (int(nodes.groupby("layer").size().max())
@@ -81,6 +86,17 @@ def flow_map(nodes: pd.DataFrame, edges: pd.DataFrame, statuses: dict[str, str],
                       margin={"l": 10, "r": 10, "t": 10, "b": 10}, template="plotly_white",
                       clickmode="event+select")
     return fig
+
+
+def common_prefix(names: list[str]) -> str:
+    """The dotted prefix every name shares (a demo's or an environment's), or ''."""
+    if len(names) < 2:
+        return ""
+    shared = min(names)
+    for name in names:
+        while not name.startswith(shared):
+            shared = shared[:-1]
+    return shared[:shared.rfind(".") + 1]
 
 
 def _edge_label(edge) -> str:  # type: ignore[no-untyped-def]

@@ -174,11 +174,26 @@ def load_recent_flows(store: SqliteStore, window_s: float, now_ns: int) -> list[
     return store.flows(now_ns - int(window_s * 1e9), now_ns, RECENT_FLOWS)
 
 
-def load_flow(store: SqliteStore, text: str, now_ns: int
-              ) -> tuple[list[str], tuple[FlowRow, list[HopRow]] | None]:
-    """The flows a search names, and the first of them with its hops."""
+@dataclass(frozen=True)
+class FoundFlow:
+    """A search's result: every flow it matched, and the first with its hops and dead
+    letters."""
+
+    matches: list[str]
+    flow: FlowRow | None
+    hops: list[HopRow]
+    dead_letters: pd.DataFrame
+
+
+def load_flow(store: SqliteStore, text: str, now_ns: int) -> FoundFlow:
+    """The flows a search names, and the first of them with its hops and dead letters."""
     matches = store.find_flows(text)
-    return matches, (store.flow(matches[0], now_ns) if matches else None)
+    found = store.flow(matches[0], now_ns) if matches else None
+    if found is None:
+        return FoundFlow(matches, None, [], transforms.dead_letter_table([]))
+    flow, hops = found
+    return FoundFlow(matches, flow, hops, transforms.dead_letter_table(
+        store.dead_letters(0, 20, flow_id=flow.id) if flow.status == "dead-lettered" else []))
 
 
 # -- cached, for the pages ---------------------------------------------------------------------
@@ -234,6 +249,6 @@ def recent_flows(window_s: float) -> list[FlowRow]:
     return _load("recent_flows", window_s)  # type: ignore[return-value]
 
 
-def flow(text: str) -> tuple[list[str], tuple[FlowRow, list[HopRow]] | None]:
-    """The flows a search names, and the first with its hops."""
+def flow(text: str) -> FoundFlow:
+    """The flows a search names, and the first with its hops and dead letters."""
     return _load("flow", text)  # type: ignore[return-value]

@@ -219,8 +219,9 @@ class Store(Protocol):
         """(topic, attempt, messages) of tapped messages since since_ms."""
         ...
 
-    def dead_letters(self, since_ms: int, limit: int = 200) -> list[DeadLetter]:
-        """Messages on dead-letter topics since since_ms, newest first."""
+    def dead_letters(self, since_ms: int, limit: int = 200, flow_id: str | None = None
+                     ) -> list[DeadLetter]:
+        """Messages on dead-letter topics since since_ms (of one flow), newest first."""
         ...
 
     def apply_retention(self, now_ns: int) -> int:

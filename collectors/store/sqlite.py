@@ -385,13 +385,18 @@ class SqliteStore:
         """(topic, attempt, messages) of tapped messages since since_ms."""
         return summaries.read_retry_attempts(self.db, since_ms)
 
-    def dead_letters(self, since_ms: int, limit: int = 200) -> list[DeadLetter]:
-        """Messages on dead-letter topics since since_ms, newest first."""
-        topics = [t for (t,) in self.db.execute(
-            "SELECT DISTINCT target FROM edge_buckets WHERE target_kind = 'topic' AND "
-            "bucket_start >= ?", (since_ms // 1000 // self.bucket_s * self.bucket_s,))
-            if self.rules.flag_of(t) == DEAD_LETTERED]
-        return summaries.read_dead_letters(self.db, topics, since_ms, limit)
+    def dead_letters(self, since_ms: int, limit: int = 200, flow_id: str | None = None
+                     ) -> list[DeadLetter]:
+        """Messages on dead-letter topics since since_ms (of one flow), newest first."""
+        if flow_id:  # the flow's own messages: any topic it reached
+            topics = json.loads((self.db.execute("SELECT topics FROM flows WHERE flow_id = ?",
+                                                 (flow_id,)).fetchone() or ("[]",))[0])
+        else:
+            topics = [t for (t,) in self.db.execute(
+                "SELECT DISTINCT target FROM edge_buckets WHERE target_kind = 'topic' AND "
+                "bucket_start >= ?", (since_ms // 1000 // self.bucket_s * self.bucket_s,))]
+        topics = [t for t in topics if self.rules.flag_of(t) == DEAD_LETTERED]
+        return summaries.read_dead_letters(self.db, topics, since_ms, limit, flow_id)
 
     def close(self) -> None:
         """Close the connection."""

@@ -94,15 +94,17 @@ def read_retry_attempts(db: sqlite3.Connection, since_ms: int) -> list[tuple[str
 
 
 def read_dead_letters(db: sqlite3.Connection, topics: list[str], since_ms: int,
-                      limit: int) -> list[DeadLetter]:
-    """Messages on the dead-letter topics since since_ms, newest first, with their headers."""
+                      limit: int, flow_id: str | None = None) -> list[DeadLetter]:
+    """Messages on the dead-letter topics since since_ms (of one flow, when given), newest
+    first, with their headers."""
     if not topics:
         return []
     marks = ", ".join("?" * len(topics))
+    of_flow, params = ("AND flow_id = ?", (flow_id,)) if flow_id else ("", ())
     rows = db.execute(
         "SELECT topic, partition, \"offset\", timestamp_ms, \"key\", correlation_id, flow_id, "
         f"headers, truncated FROM messages WHERE topic IN ({marks}) AND timestamp_ms >= ? "
-        "ORDER BY timestamp_ms DESC LIMIT ?", (*topics, since_ms, limit))
+        f"{of_flow} ORDER BY timestamp_ms DESC LIMIT ?", (*topics, since_ms, *params, limit))
     return [DeadLetter(topic, partition, offset, ts, key, correlation, flow,
                        tuple((str(k), str(v)) for k, v in json.loads(headers or "[]")),
                        bool(truncated))

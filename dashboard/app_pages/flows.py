@@ -1,6 +1,7 @@
 """Flow explorer: find one flow by correlation ID, trace ID, message key or message id, and
 see its hops as a waterfall, with a link to its trace in Jaeger."""
 
+import json
 import re
 from datetime import UTC, datetime
 
@@ -30,11 +31,11 @@ def render() -> None:
 
 def show_search(text: str) -> None:
     """The flow a search names (and the others it also matched)."""
-    matches, found = queries.flow(text)
-    if found is None:
+    found = queries.flow(text)
+    matches, flow, hops = found.matches, found.flow, found.hops
+    if flow is None:
         st.warning("No flow matches this search in the store.")
         return
-    flow, hops = found
     if len(matches) > 1:
         st.caption(f"{len(matches)} flows match; showing the first. The others:")
         st.dataframe(pd.DataFrame({"flow": matches[1:],
@@ -56,6 +57,12 @@ def show_search(text: str) -> None:
     if jaeger and traces:
         for column, trace_id in zip(st.columns(min(len(traces), 4)), traces[:4], strict=False):
             column.link_button(f"Trace {trace_id[:8]}… in Jaeger", f"{jaeger}/trace/{trace_id}")
+    for letter in found.dead_letters.itertuples():
+        st.subheader("Dead-lettered")
+        # Header values come from other systems: a code block shows them as text only.
+        st.code(json.dumps({"message": letter.message, "reason": letter.reason,
+                            "key": letter.key, "headers": letter.headers}, indent=2,
+                           ensure_ascii=False), language="json")
     segments, breaks = transforms.waterfall(hops)
     if segments.empty:
         st.info("This flow has no timed hops yet (its spans may still be on their way).")

@@ -1,0 +1,18 @@
+"""Real-browser tests: Debian's Chromium driven by Playwright against `flowscope dashboard` on
+a store the real collector fills from the real demo services, Kafka and Jaeger."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.conftest import jaeger_endpoints, kafka_bootstrap, settings
+
+__all__ = ["jaeger_endpoints", "kafka_bootstrap", "settings"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/e2e needs the broker and a browser."""
+    for item in items:
+        if "/e2e/" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.browser)
