@@ -177,9 +177,13 @@ def overview_metrics(now: dict[str, int], before: dict[str, int], started_now: i
 
 def worst_group(groups: Sequence[GroupLag]) -> GroupLag | None:
     """The group furthest behind: worst status, then most seconds, then most messages."""
-    if not groups:
-        return None
-    return max(groups, key=lambda g: (STATUS_RANK.get(g.status, 0), g.lag_seconds or 0.0, g.lag))
+    return rank_groups(groups)[0] if groups else None
+
+
+def rank_groups(groups: Sequence[GroupLag]) -> list[GroupLag]:
+    """Groups furthest behind first: worst status, then most seconds, then most messages."""
+    return sorted(groups, key=lambda g: (-STATUS_RANK.get(g.status, 0), -(g.lag_seconds or 0.0),
+                                         -g.lag, g.group))
 
 
 def lag_table(rows: Sequence[LagRow], focus: str | None = None) -> pd.DataFrame:
@@ -226,6 +230,8 @@ def duration_text(seconds: float) -> str:
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:

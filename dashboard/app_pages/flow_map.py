@@ -21,8 +21,8 @@ def render() -> None:
                       delta_color="inverse" if label in inverse else "normal")
     worst = data.worst
     columns[-1].metric("Worst lag", "-" if worst is None else
-                       f"{worst.lag_seconds or 0:.1f} s" if worst.lag_seconds is not None
-                       else f"{worst.lag:,} msgs")
+                       transforms.duration_text(worst.lag_seconds)
+                       if worst.lag_seconds is not None else f"{worst.lag:,} msgs")
     if worst is not None:
         columns[-1].text(f"{worst.group} ({worst.status}, {worst.lag:,} msgs)")
     if data.edges.empty:
