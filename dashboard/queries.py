@@ -24,6 +24,8 @@ from flowscope.settings import Settings
 
 CACHE_TTL_S = 2
 RECENT_FLOWS = 200
+PROPAGATION_SAMPLE = 20_000  # the newest messages of the window the share is computed on
+ATTEMPTS_SAMPLE = 50_000  # and those the attempt distribution is drawn from
 
 
 class StoreUnavailable(Exception):
@@ -137,7 +139,7 @@ def load_flow_map(store: SqliteStore, window_s: float, now_ns: int) -> FlowMap:
 def load_lag(store: SqliteStore, window_s: float, now_s: float) -> Lag:
     """The latest lag and its history over the window."""
     rows, groups = store.lag()
-    return Lag(rows, groups, transforms.lag_trend(store.lag_history(now_s - window_s)))
+    return Lag(rows, groups, transforms.lag_trend(store.lag_trend(now_s - window_s)))
 
 
 def load_retries(store: SqliteStore, window_s: float, now_ns: int) -> Retries:
@@ -148,7 +150,8 @@ def load_retries(store: SqliteStore, window_s: float, now_ns: int) -> Retries:
                                     now_ns / 1e9)
     retried = set(series.loc[series["retries"] > 0, "edge"])
     return Retries(transforms.retry_rates(edges),
-                   transforms.attempts_table(store.retry_attempts(since // 1_000_000)),
+                   transforms.attempts_table(store.retry_attempts(since // 1_000_000,
+                                                                  ATTEMPTS_SAMPLE)),
                    series[series["edge"].isin(retried)],
                    transforms.dead_letter_table(store.dead_letters(since // 1_000_000)))
 
@@ -156,17 +159,15 @@ def load_retries(store: SqliteStore, window_s: float, now_ns: int) -> Retries:
 def load_latency(store: SqliteStore, window_s: float, now_ns: int) -> Latency:
     """Completed flows' end-to-end latency over time, and the per-hop breakdown."""
     since = now_ns - int(window_s * 1e9)
-    flows = store.completed_flows(since)
     edges = transforms.build_edges(store.topology(since), window_s)
-    return Latency(transforms.latency_series(flows, store.rules.completed, since / 1e9,
-                                             window_s),
+    return Latency(transforms.latency_series(store.flow_latency(since), since / 1e9, window_s),
                    transforms.hop_breakdown(edges))
 
 
 def load_propagation(store: SqliteStore, window_s: float, now_ns: int) -> pd.DataFrame:
     """Trace-context share per topic and producer over the window."""
     return transforms.propagation_table(
-        store.propagation((now_ns - int(window_s * 1e9)) // 1_000_000))
+        store.propagation((now_ns - int(window_s * 1e9)) // 1_000_000, PROPAGATION_SAMPLE))
 
 
 def load_recent_flows(store: SqliteStore, window_s: float, now_ns: int) -> list[FlowRow]:

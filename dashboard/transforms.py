@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
-from fnmatch import fnmatchcase
 
 import pandas as pd
 
+from collectors.flows.histogram import Histogram
 from collectors.record import GroupLag, LagRow
 from collectors.store.interface import (
-    CompletedFlow,
     DeadLetter,
     EdgeBucket,
     HopRow,
+    LatencyBucket,
     PropagationRow,
     Topology,
 )
@@ -197,15 +197,9 @@ def lag_table(rows: Sequence[LagRow], focus: str | None = None) -> pd.DataFrame:
     return frame.drop(columns=["at_s"])
 
 
-def lag_trend(history: Sequence[LagRow]) -> pd.DataFrame:
+def lag_trend(rows: Sequence[tuple[str, float, int, float | None]]) -> pd.DataFrame:
     """Per group and poll: total offset lag and the largest lag in seconds."""
-    frame = pd.DataFrame([asdict(r) for r in history],
-                         columns=["group", "topic", "partition", "committed", "end", "lag",
-                                  "lag_seconds", "status", "at_s"])
-    if frame.empty:
-        return pd.DataFrame(columns=["group", "time", "lag", "lag_seconds"])
-    trend = frame.groupby(["group", "at_s"], as_index=False).agg(
-        lag=("lag", "sum"), lag_seconds=("lag_seconds", "max"))
+    trend = pd.DataFrame(list(rows), columns=["group", "at_s", "lag", "lag_seconds"])
     trend["time"] = pd.to_datetime(trend["at_s"], unit="s", utc=True)
     return trend.drop(columns=["at_s"])
 
@@ -269,32 +263,22 @@ def dead_letter_table(letters: Sequence[DeadLetter]) -> pd.DataFrame:
                                        "key", "flow", "headers", "truncated"])
 
 
-def flow_type(topics: Iterable[str], completed: Sequence[str]) -> str:
-    """A completed flow's type: the completion topic it reached."""
-    for topic in sorted(topics):
-        if any(fnmatchcase(topic, p) for p in completed):
-            return topic
-    return "other"
-
-
-def latency_series(flows: Sequence[CompletedFlow], completed: Sequence[str], since_s: float,
-                   window_s: float, buckets: int = 30) -> pd.DataFrame:
-    """End-to-end latency percentiles (ms) per flow type and time bucket."""
+def latency_series(buckets: Sequence[LatencyBucket], since_s: float, window_s: float,
+                   points: int = 30) -> pd.DataFrame:
+    """End-to-end latency percentiles (ms) per flow type at `points` times across the window,
+    each from the merged histograms of the store's buckets in that stretch."""
     columns = ["time", "flow_type", "flows", "p50_ms", "p95_ms", "p99_ms"]
-    if not flows:
-        return pd.DataFrame(columns=columns)
-    frame = pd.DataFrame({
-        "ended_s": [f.ended_ns / 1e9 for f in flows],
-        "latency_ms": [(f.ended_ns - f.started_ns) / 1e6 for f in flows],
-        "flow_type": [flow_type(f.topics, completed) for f in flows]})
-    width = max(window_s / buckets, 1.0)
-    frame["bucket"] = since_s + ((frame["ended_s"] - since_s) // width) * width
-    grouped = frame.groupby(["bucket", "flow_type"])["latency_ms"]
-    series = grouped.quantile([0.5, 0.95, 0.99]).unstack()
-    series.columns = ["p50_ms", "p95_ms", "p99_ms"]
-    series["flows"] = grouped.count()
-    series = series.reset_index()
-    series["time"] = pd.to_datetime(series["bucket"], unit="s", utc=True)
+    width = max(window_s / points, 1.0)
+    merged: dict[tuple[float, str], tuple[int, Histogram]] = {}
+    for bucket in buckets:
+        key = (since_s + ((bucket.bucket_start - since_s) // width) * width, bucket.flow_type)
+        count, histogram = merged.get(key, (0, Histogram()))
+        merged[key] = (count + bucket.count, histogram.merge(bucket.latency))
+    rows = [(start, flow_type, count, histogram.percentile(50), histogram.percentile(95),
+             histogram.percentile(99))
+            for (start, flow_type), (count, histogram) in sorted(merged.items())]
+    series = pd.DataFrame(rows, columns=["start", *columns[1:]])
+    series["time"] = pd.to_datetime(series["start"], unit="s", utc=True)
     return series[columns]
 
 
@@ -309,11 +293,11 @@ def hop_breakdown(edges: pd.DataFrame) -> pd.DataFrame:
 
 def edge_series(buckets: Sequence[EdgeBucket], bucket_s: int, since_s: float, now_s: float
                 ) -> pd.DataFrame:
-    """Per edge and bucket over the whole window: messages/s, retries/s and p95 waiting time;
+    """Per edge and bucket over the whole window: messages/s and retries/s;
     a bucket where an edge carried nothing is a zero, not a gap."""
-    columns = ["bucket_start", "source", "target", "count", "errors", "retries", "p95_ms",
-               "processing_p95_ms"]
-    frame = pd.DataFrame([asdict(b) for b in buckets], columns=columns)
+    columns = ["bucket_start", "source", "target", "count", "errors", "retries"]
+    frame = pd.DataFrame([(b.bucket_start, b.source, b.target, b.count, b.errors, b.retries)
+                          for b in buckets], columns=columns)
     if not frame.empty:
         first = int(since_s // bucket_s * bucket_s)
         grid = pd.MultiIndex.from_product(

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from collectors.flows.histogram import Histogram
 from collectors.record import GroupLag, LagRow, MessageRecord, SpanRecord
 
 
@@ -114,7 +115,7 @@ class PropagationRow:
 
 @dataclass(frozen=True)
 class EdgeBucket:
-    """One edge in one time bucket (bucket_start in seconds): counts and p95s in ms."""
+    """One edge in one time bucket (bucket_start in seconds): its counts."""
 
     bucket_start: int
     source: str
@@ -122,18 +123,16 @@ class EdgeBucket:
     count: int
     errors: int
     retries: int
-    p95_ms: float | None
-    processing_p95_ms: float | None
 
 
 @dataclass(frozen=True)
-class CompletedFlow:
-    """A flow that reached a completion topic: its span in time and the topics it crossed."""
+class LatencyBucket:
+    """End-to-end latency of the flows of one type that completed in one time bucket."""
 
-    id: str
-    started_ns: int
-    ended_ns: int
-    topics: tuple[str, ...]
+    bucket_start: int
+    flow_type: str  # the completion topic the flows reached
+    count: int
+    latency: Histogram
 
 
 @dataclass(frozen=True)
@@ -182,8 +181,9 @@ class Store(Protocol):
         """Record tapped messages (idempotent by coordinates); how many were new."""
         ...
 
-    def propagation(self, since_ms: int) -> list[PropagationRow]:
-        """Per topic and producer, the messages since since_ms and those with trace context."""
+    def propagation(self, since_ms: int, sample: int | None = None) -> list[PropagationRow]:
+        """Per topic and producer, the messages since since_ms (the newest `sample` of them,
+        when given) and those with trace context."""
         ...
 
     def write_lag(self, rows: Sequence[LagRow], groups: Sequence[GroupLag]) -> None:
@@ -198,6 +198,10 @@ class Store(Protocol):
         """Partition lag over time since since_s, oldest first."""
         ...
 
+    def lag_trend(self, since_s: float) -> list[tuple[str, float, int, float | None]]:
+        """Per group and poll since since_s: (group, at_s, total lag, largest lag seconds)."""
+        ...
+
     def flow_counts(self, since_ns: int, until_ns: int, now_ns: int
                     ) -> tuple[dict[str, int], int]:
         """Flows last active in [since_ns, until_ns) by status, and how many started in it."""
@@ -207,16 +211,18 @@ class Store(Protocol):
         """Every edge per time bucket since since_ns, oldest first."""
         ...
 
-    def completed_flows(self, since_ns: int, limit: int = 50_000) -> list[CompletedFlow]:
-        """Flows that reached a completion topic since since_ns, newest first."""
+    def flow_latency(self, since_ns: int) -> list[LatencyBucket]:
+        """End-to-end latency histograms of completed flows per bucket and type."""
         ...
 
     def find_flows(self, text: str) -> list[str]:
         """Flow ids named by a correlation ID, trace ID, message id or message key."""
         ...
 
-    def retry_attempts(self, since_ms: int) -> list[tuple[str, int, int]]:
-        """(topic, attempt, messages) of tapped messages since since_ms."""
+    def retry_attempts(self, since_ms: int, sample: int | None = None
+                       ) -> list[tuple[str, int, int]]:
+        """(topic, attempt, messages) of tapped messages since since_ms (the newest
+        `sample` of them)."""
         ...
 
     def dead_letters(self, since_ms: int, limit: int = 200, flow_id: str | None = None

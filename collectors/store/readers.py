@@ -73,13 +73,13 @@ def read_flow(db: sqlite3.Connection, flow_or_trace_id: str, status_of: StatusOf
         "retry_attempt, error, consumer_trace_id FROM hops WHERE flow_id = ? "
         "ORDER BY COALESCE(produce_start_ns, consume_start_ns), consume_start_ns",
         (flow.id,))]
+    matched = set(db.execute("SELECT producer_trace_id, producer_span_id FROM hops WHERE "
+                             "flow_id = ? AND producer_span_id IS NOT NULL", (flow.id,)))
     pending = [HopRow(r[0], r[1], r[2], r[3], None, None, r[4], r[5], None, None,
                       r[6], bool(r[7]), r[8]) for r in db.execute(
         "SELECT s.topic, s.partition, s.\"offset\", s.service, s.start_ns, s.end_ns, "
-        "s.retry_attempt, s.error, s.trace_id FROM spans s WHERE s.flow_id = ? "
-        "AND s.operation IN ('send', 'create') AND NOT EXISTS (SELECT 1 FROM hops h "
-        "WHERE h.producer_trace_id = s.trace_id AND h.producer_span_id = s.span_id)",
-        (flow.id,))]
+        "s.retry_attempt, s.error, s.trace_id, s.span_id FROM spans s WHERE s.flow_id = ? "
+        "AND s.operation IN ('send', 'create')", (flow.id,)) if (r[8], r[9]) not in matched]
     known = {(h.topic, h.partition, h.offset) for h in hops + pending}
     tapped = [HopRow(r[0], r[1], r[2], None, None, None, r[3] * 1_000_000, r[3] * 1_000_000,
                      None, None, r[4], False, r[5] or "")

@@ -60,7 +60,16 @@ CREATE TABLE IF NOT EXISTS flows (
     hops INTEGER NOT NULL, retries INTEGER NOT NULL, errors INTEGER NOT NULL,
     flags INTEGER NOT NULL, services TEXT NOT NULL, topics TEXT NOT NULL, trace_ids TEXT NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS flows_by_last ON flows (last_ns);
+-- Covering the status counts of a window (the dashboard's overview) without table lookups.
+DROP INDEX IF EXISTS flows_by_last;
+CREATE INDEX IF NOT EXISTS flows_by_last_status ON flows (last_ns, flags, errors, started_ns);
+
+-- End-to-end latency of flows as they reach a completion topic, per flow type (that topic)
+-- and time bucket of the completion: a mergeable histogram (JSON), as for edges.
+CREATE TABLE IF NOT EXISTS flow_latency_buckets (
+    bucket_start INTEGER NOT NULL, flow_type TEXT NOT NULL, count INTEGER NOT NULL,
+    latency TEXT NOT NULL, PRIMARY KEY (bucket_start, flow_type)
+) WITHOUT ROWID;
 
 -- Consumer lag: the latest poll of every partition and group, and the history of partitions.
 CREATE TABLE IF NOT EXISTS lag_current (
@@ -73,6 +82,7 @@ CREATE TABLE IF NOT EXISTS lag_samples (
     committed INTEGER, "end" INTEGER, lag INTEGER, lag_seconds REAL, status TEXT NOT NULL,
     at_s REAL NOT NULL, PRIMARY KEY ("group", at_s, topic, partition)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS lag_samples_by_time ON lag_samples (at_s);
 CREATE TABLE IF NOT EXISTS lag_groups (
     "group" TEXT PRIMARY KEY, status TEXT NOT NULL, worst_partition TEXT, lag INTEGER NOT NULL,
     lag_seconds REAL, consume_rate REAL, lag_rate REAL, catch_up_s REAL, at_s REAL NOT NULL

@@ -40,11 +40,11 @@ from collectors.record import (
 )
 from collectors.store import readers, summaries
 from collectors.store.interface import (
-    CompletedFlow,
     DeadLetter,
     EdgeBucket,
     FlowRow,
     HopRow,
+    LatencyBucket,
     PropagationRow,
     Topology,
     WriteResult,
@@ -218,16 +218,39 @@ class SqliteStore:
         for correlation_id, row in adopted:
             delta = deltas.setdefault(correlation_id, FlowDelta(row[1], row[2]))
             _fold_flow_row(delta, row)
+        stored_flags: dict[str, int] = {}
         for chunk in _chunks(list(deltas), 300):
             marks = ",".join("?" * len(chunk))
             for row in self.db.execute(
                     f"SELECT flow_id, started_ns, last_ns, hops, retries, errors, flags, "
                     f"services, topics, trace_ids FROM flows WHERE flow_id IN ({marks})", chunk):
+                stored_flags[row[0]] = row[6]
                 _fold_flow_row(deltas[row[0]], row)
+        self._record_completions({flow_id: d for flow_id, d in deltas.items()
+                                  if d.flags & COMPLETED
+                                  and not stored_flags.get(flow_id, 0) & COMPLETED})
         self.db.executemany("INSERT OR REPLACE INTO flows VALUES (?,?,?,?,?,?,?,?,?,?)", [
             (flow_id, d.started_ns, d.last_ns, d.hops, d.retries, d.errors, d.flags,
              json.dumps(sorted(d.services)), json.dumps(sorted(d.topics)),
              json.dumps(sorted(d.trace_ids)[:50])) for flow_id, d in deltas.items()])
+
+    def _record_completions(self, completed: Mapping[str, FlowDelta]) -> None:
+        """Add the end-to-end latency of flows that just reached a completion topic."""
+        merged: dict[tuple[int, str], Histogram] = {}
+        for delta in completed.values():
+            flow_type = next((t for t in sorted(delta.topics)
+                              if self.rules.flag_of(t) == COMPLETED), "other")
+            bucket = bucket_start(delta.last_ns, self.bucket_s)
+            merged.setdefault((bucket, flow_type), Histogram()).add(
+                (delta.last_ns - delta.started_ns) / 1e6)
+        for (bucket, flow_type), histogram in merged.items():
+            row = self.db.execute("SELECT latency FROM flow_latency_buckets WHERE "
+                                  "bucket_start=? AND flow_type=?", (bucket, flow_type)).fetchone()
+            if row is not None:
+                histogram.merge(Histogram.from_json(row[0]))
+            self.db.execute("INSERT OR REPLACE INTO flow_latency_buckets VALUES (?,?,?,?)",
+                            (bucket, flow_type, sum(histogram.counts.values()),
+                             histogram.to_json()))
 
     def _merge_edges(self, deltas: Mapping[EdgeKey, EdgeDelta]) -> None:
         for (bucket, source, source_kind, target, target_kind), d in deltas.items():
@@ -275,13 +298,17 @@ class SqliteStore:
             self._merge_flows(deltas)
         return new
 
-    def propagation(self, since_ms: int) -> list[PropagationRow]:
-        """Per topic and producer, the messages since since_ms and those with trace context."""
+    def propagation(self, since_ms: int, sample: int | None = None) -> list[PropagationRow]:
+        """Per topic and producer, the messages since since_ms (the newest `sample` of them,
+        when given) and those with trace context."""
+        newest = "ORDER BY timestamp_ms DESC LIMIT ?" if sample else ""
         return [PropagationRow(*row) for row in self.db.execute(
             "SELECT m.topic, COALESCE((SELECT s.service FROM spans s WHERE s.message_id = "
             "m.message_id AND s.operation IN ('send', 'create') LIMIT 1), 'unknown') AS producer,"
-            " COUNT(*), SUM(m.trace_id IS NOT NULL) FROM messages m WHERE m.timestamp_ms >= ? "
-            "GROUP BY m.topic, producer ORDER BY m.topic, producer", (since_ms,))]
+            " COUNT(*), SUM(m.trace_id IS NOT NULL) FROM (SELECT topic, message_id, trace_id "
+            f"FROM messages WHERE timestamp_ms >= ? {newest}) m "
+            "GROUP BY m.topic, producer ORDER BY m.topic, producer",
+            (since_ms, sample) if sample else (since_ms,))]
 
     def write_lag(self, rows: Sequence[LagRow], groups: Sequence[GroupLag]) -> None:
         """Record one lag poll: the current figures and the history."""
@@ -310,6 +337,12 @@ class SqliteStore:
         return [LagRow(*r) for r in self.db.execute(
             f"SELECT * FROM lag_samples WHERE at_s >= ? {extra} ORDER BY at_s", params)]
 
+    def lag_trend(self, since_s: float) -> list[tuple[str, float, int, float | None]]:
+        """Per group and poll since since_s: (group, at_s, total lag, largest lag seconds)."""
+        return self.db.execute(
+            'SELECT "group", at_s, COALESCE(SUM(lag), 0), MAX(lag_seconds) FROM lag_samples '
+            'WHERE at_s >= ? GROUP BY "group", at_s ORDER BY at_s', (since_s,)).fetchall()
+
     def add_counters(self, counts: Mapping[str, int]) -> None:
         """Add to named counters."""
         with self.db:
@@ -331,6 +364,8 @@ class SqliteStore:
             deleted += self.db.execute("DELETE FROM flows WHERE last_ns < ?",
                                        (raw_cut,)).rowcount
             deleted += self.db.execute("DELETE FROM edge_buckets WHERE bucket_start < ?",
+                                       (agg_cut,)).rowcount
+            deleted += self.db.execute("DELETE FROM flow_latency_buckets WHERE bucket_start < ?",
                                        (agg_cut,)).rowcount
             deleted += self.db.execute("DELETE FROM lag_samples WHERE at_s < ?",
                                        (raw_cut / 1e9,)).rowcount
@@ -373,17 +408,20 @@ class SqliteStore:
         return summaries.read_edge_buckets(
             self.db, int(since_ns // 1_000_000_000) // self.bucket_s * self.bucket_s)
 
-    def completed_flows(self, since_ns: int, limit: int = 50_000) -> list[CompletedFlow]:
-        """Flows that reached a completion topic since since_ns, newest first."""
-        return summaries.read_completed(self.db, since_ns, COMPLETED, limit)
+    def flow_latency(self, since_ns: int) -> list[LatencyBucket]:
+        """End-to-end latency histograms of completed flows per bucket and type."""
+        return summaries.read_flow_latency(
+            self.db, int(since_ns // 1_000_000_000) // self.bucket_s * self.bucket_s)
 
     def find_flows(self, text: str) -> list[str]:
         """Flow ids named by a correlation ID, trace ID, message id or message key."""
         return summaries.find_flow_ids(self.db, text)
 
-    def retry_attempts(self, since_ms: int) -> list[tuple[str, int, int]]:
-        """(topic, attempt, messages) of tapped messages since since_ms."""
-        return summaries.read_retry_attempts(self.db, since_ms)
+    def retry_attempts(self, since_ms: int, sample: int | None = None
+                       ) -> list[tuple[str, int, int]]:
+        """(topic, attempt, messages) of tapped messages since since_ms (the newest
+        `sample` of them, when given)."""
+        return summaries.read_retry_attempts(self.db, since_ms, sample)
 
     def dead_letters(self, since_ms: int, limit: int = 200, flow_id: str | None = None
                      ) -> list[DeadLetter]:

@@ -11,7 +11,7 @@ from collections import Counter
 
 from collectors.flows.assembler import flow_status
 from collectors.flows.histogram import Histogram
-from collectors.store.interface import CompletedFlow, DeadLetter, EdgeBucket
+from collectors.store.interface import DeadLetter, EdgeBucket, LatencyBucket
 
 MESSAGE_ID = re.compile(r"^(?P<topic>.+)\.(?P<partition>\d+)\.(?P<offset>\d+)$")
 TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -34,24 +34,18 @@ def count_flows(db: sqlite3.Connection, since_ns: int, until_ns: int, now_ns: in
 
 
 def read_edge_buckets(db: sqlite3.Connection, since_bucket: int) -> list[EdgeBucket]:
-    """Every edge's counts and p95s per time bucket since since_bucket, oldest first."""
-    return [EdgeBucket(bucket, source, target, count, errors, retries,
-                       Histogram.from_json(latency).percentile(95),
-                       Histogram.from_json(processing).percentile(95))
-            for bucket, source, target, count, errors, retries, latency, processing
-            in db.execute("SELECT bucket_start, source, target, count, errors, retries, "
-                          "latency, processing FROM edge_buckets WHERE bucket_start >= ? "
-                          "ORDER BY bucket_start", (since_bucket,))]
+    """Every edge's counts per time bucket since since_bucket, oldest first."""
+    return [EdgeBucket(*row) for row in db.execute(
+        "SELECT bucket_start, source, target, count, errors, retries FROM edge_buckets "
+        "WHERE bucket_start >= ? ORDER BY bucket_start", (since_bucket,))]
 
 
-def read_completed(db: sqlite3.Connection, since_ns: int, completed_flag: int,
-                   limit: int) -> list[CompletedFlow]:
-    """Flows that reached a completion topic and ended since since_ns, newest first."""
-    return [CompletedFlow(flow_id, started, last, tuple(json.loads(topics)))
-            for flow_id, started, last, topics in db.execute(
-                "SELECT flow_id, started_ns, last_ns, topics FROM flows WHERE last_ns >= ? "
-                "AND flags & ? ORDER BY last_ns DESC LIMIT ?",
-                (since_ns, completed_flag, limit))]
+def read_flow_latency(db: sqlite3.Connection, since_bucket: int) -> list[LatencyBucket]:
+    """Completed flows' latency histograms per bucket and flow type, oldest first."""
+    return [LatencyBucket(bucket, flow_type, count, Histogram.from_json(latency))
+            for bucket, flow_type, count, latency in db.execute(
+                "SELECT bucket_start, flow_type, count, latency FROM flow_latency_buckets "
+                "WHERE bucket_start >= ? ORDER BY bucket_start", (since_bucket,))]
 
 
 def find_flow_ids(db: sqlite3.Connection, text: str, limit: int = 20) -> list[str]:
@@ -86,11 +80,15 @@ def find_flow_ids(db: sqlite3.Connection, text: str, limit: int = 20) -> list[st
     return list(dict.fromkeys(found))[:limit]
 
 
-def read_retry_attempts(db: sqlite3.Connection, since_ms: int) -> list[tuple[str, int, int]]:
-    """(topic, attempt, messages) of tapped messages since since_ms (attempt 1: first try)."""
-    return db.execute("SELECT topic, COALESCE(retry_attempt, 1), COUNT(*) FROM messages "
-                      "WHERE timestamp_ms >= ? GROUP BY 1, 2 ORDER BY 1, 2",
-                      (since_ms,)).fetchall()
+def read_retry_attempts(db: sqlite3.Connection, since_ms: int, sample: int | None
+                        ) -> list[tuple[str, int, int]]:
+    """(topic, attempt, messages) of tapped messages since since_ms, the newest `sample` of
+    them when given (attempt 1: first try)."""
+    newest = "ORDER BY timestamp_ms DESC LIMIT ?" if sample else ""
+    return db.execute(
+        "SELECT topic, COALESCE(retry_attempt, 1), COUNT(*) FROM (SELECT topic, retry_attempt "
+        f"FROM messages WHERE timestamp_ms >= ? {newest}) GROUP BY 1, 2 ORDER BY 1, 2",
+        (since_ms, sample) if sample else (since_ms,)).fetchall()
 
 
 def read_dead_letters(db: sqlite3.Connection, topics: list[str], since_ms: int,

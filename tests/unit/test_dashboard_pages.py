@@ -122,6 +122,7 @@ def test_flow_explorer_finds_a_flow_by_any_of_its_names(app: AppTest, seeded: Se
     assert metrics["Retries"] == "1"
     assert f"Flow {DEAD}" in app.text[0].value
     assert app.get("plotly_chart"), "no waterfall"
+    assert HOSTILE in app.code[0].value  # its dead letter's headers, as text
 
 
 def test_flow_explorer_collapses_a_ten_minute_wait(app: AppTest, seeded: Seeded) -> None:

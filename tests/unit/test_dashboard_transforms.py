@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from collectors.record import GroupLag, LagRow
-from collectors.store.interface import CompletedFlow, EdgeBucket, EdgeRow, HopRow, Topology
+from collectors.flows.histogram import Histogram
+from collectors.store.interface import EdgeBucket, EdgeRow, HopRow, LatencyBucket, Topology
 from dashboard import charts, transforms
 
 MS = 1_000_000
@@ -98,20 +99,25 @@ def test_waterfall_draws_short_flows_to_scale() -> None:
     assert list(segments["width_ms"].round(3)) == [2.0, 40.0, 10.0]
 
 
-def test_latency_series_gives_percentiles_per_flow_type_and_bucket() -> None:
-    flows = [CompletedFlow(f"f{i}", 0, int((1000 + i) * MS), ("jobs", "done")) for i in range(100)]
-    flows.append(CompletedFlow("x", 0, 5 * MS, ("orders", "orders.completed")))
-    series = transforms.latency_series(flows, ("done", "*orders.completed"), since_s=0.0,
-                                       window_s=60.0)
-    done = series[series["flow_type"] == "done"].iloc[0]
-    assert done["flows"] == 100
-    assert done["p50_ms"] == pytest.approx(1049.5)
+def test_latency_series_merges_buckets_into_percentiles_per_flow_type() -> None:
+    done = Histogram()
+    for value in range(1000, 1100):
+        done.add(float(value))
+    quick = Histogram()
+    quick.add(5.0)
+    buckets = [LatencyBucket(0, "done", 60, Histogram(dict(list(done.counts.items())[:3]))),
+               LatencyBucket(10, "done", 100, done), LatencyBucket(10, "orders.completed", 1,
+                                                                  quick)]
+    series = transforms.latency_series(buckets, since_s=0.0, window_s=60.0, points=2)
+    first = series[series["flow_type"] == "done"].iloc[0]
+    assert first["flows"] == 160  # both buckets fall in the first half of the window
+    assert 1000 <= first["p50_ms"] <= 1100 * 1.19
     assert set(series["flow_type"]) == {"done", "orders.completed"}
+    assert buckets[1].latency.total == 100  # the store's histograms are not modified
 
 
 def test_edge_series_fills_quiet_buckets_with_zeros() -> None:
-    buckets = [EdgeBucket(100, "a", "t", 20, 0, 2, 5.0, 1.0),
-               EdgeBucket(130, "a", "t", 10, 0, 0, 5.0, 1.0)]
+    buckets = [EdgeBucket(100, "a", "t", 20, 0, 2), EdgeBucket(130, "a", "t", 10, 0, 0)]
     series = transforms.edge_series(buckets, 10, since_s=100, now_s=135)
     assert list(series["bucket_start"]) == [100, 110, 120, 130]
     assert list(series["rate"]) == [2.0, 0.0, 0.0, 1.0]

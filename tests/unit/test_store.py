@@ -245,3 +245,16 @@ def test_lag_polls_keep_the_latest_figures_and_the_history(store: Store) -> None
     assert store.lag("other") == ([], [])
     assert [(r.partition, r.at_s) for r in store.lag_history(0, "g")] == \
         [(0, 100.0), (1, 100.0), (0, 105.0)]
+
+
+def test_a_flow_reaching_its_completion_topic_records_its_latency_once(store: Store) -> None:
+    trace = new_trace_id()
+    first = _records("api", _send("jobs", trace=trace, start=0))
+    store.write_spans(first)
+    assert store.flow_latency(BASE_NS - 10**12) == []
+    done = _records("worker", _send("jobs.done", trace=trace, start=250))
+    store.write_spans(done)
+    store.write_spans(_records("worker", _send("jobs.done", trace=trace, start=900)))
+    buckets = store.flow_latency(BASE_NS - 10**12)
+    assert [(b.flow_type, b.count) for b in buckets] == [("jobs.done", 1)]
+    assert 252 <= buckets[0].latency.percentile(50) <= 252 * 1.2  # send end - first start

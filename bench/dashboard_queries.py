@@ -1,0 +1,192 @@
+"""Time of each dashboard page's data queries on a store of about 1,000,000 spans.
+
+Fills a fresh store with demo-like flows spread over the last hour (file uploads with
+retries and dead letters, order sagas with fan-out), one tapped message per send, and an
+hour of lag polls of seven groups; then runs each page's loader (dashboard/queries.py, the
+functions the cached page queries call) for the 15-minute and the 1-hour window, several
+times, and prints the median and the worst time of each. Target: every page under 300 ms.
+
+    .venv/bin/python bench/dashboard_queries.py [--spans 1000000] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from collectors.record import GroupLag, LagRow, MessageRecord, SpanRecord
+from collectors.store.factory import open_store
+from dashboard import queries
+from flowscope.settings import Settings
+
+HOUR_S = 3600
+GROUPS = ("processor", "notifier", "payments", "inventory", "shipping", "orders",
+          "notifier-retry")
+
+
+class Filler:
+    """Writes flows as the collector would: spans in batches, then the tapped messages."""
+
+    def __init__(self, store, now_ns: int) -> None:  # type: ignore[no-untyped-def]
+        self.store = store
+        self.now_ns = now_ns
+        self.spans: list[SpanRecord] = []
+        self.messages: list[MessageRecord] = []
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.written = 0
+        self.rng = random.Random(7)
+
+    def hop(self, flow: str, trace: str, at_ns: int, producer: str, topic: str,  # noqa: PLR0917
+            consumers: tuple[str, ...], *, attempt: int | None = None, error: bool = False
+            ) -> int:
+        partition = self.rng.randrange(6)
+        offset = self.offsets.get((topic, partition), 0)
+        self.offsets[(topic, partition)] = offset + 1
+        message_id = f"{topic}.{partition}.{offset}"
+        send_id = f"{self.rng.getrandbits(64):016x}"
+        self.spans.append(SpanRecord(trace, send_id, None, (), producer, f"send {topic}",
+                                     "producer", at_ns, at_ns + 1_500_000, False, None, "send",
+                                     "kafka", topic, partition, offset, message_id, None, flow,
+                                     f"key-{flow}", attempt, None))
+        end = at_ns + 1_500_000
+        for consumer in consumers:
+            start = at_ns + 1_500_000 + self.rng.randrange(1, 40) * 1_000_000
+            end = start + self.rng.randrange(2, 30) * 1_000_000
+            self.spans.append(SpanRecord(
+                trace, f"{self.rng.getrandbits(64):016x}", send_id, ((trace, send_id),),
+                consumer, f"process {topic}", "consumer", start, end, error,
+                "ValueError" if error else None, "process", "kafka", topic, partition, offset,
+                message_id, consumer, flow, f"key-{flow}", attempt, None))
+        self.messages.append(MessageRecord(
+            topic, partition, offset, at_ns // 1_000_000, f"key-{flow}", 200, flow,
+            trace if self.rng.random() < 0.95 else None, attempt,
+            '[["dlq-reason", "gave up"]]' if topic.endswith("dlq") else None, False))
+        if len(self.spans) >= 5000:
+            self.flush()
+        return end
+
+    def upload(self, n: int, at_ns: int) -> None:
+        flow, trace = f"upload-{n}", f"{self.rng.getrandbits(128):032x}"
+        draw = self.rng.random()
+        t = self.hop(flow, trace, at_ns, "uploads", "files.uploaded", ("processor",),
+                     error=draw < 0.13)
+        if draw < 0.13:
+            t = self.hop(flow, trace, t, "processor", "files.uploaded.retry", ("processor",),
+                         attempt=2, error=draw < 0.03)
+        if draw < 0.03:
+            self.hop(flow, trace, t, "processor", "files.dlq", ())
+            return
+        t = self.hop(flow, trace, t, "processor", "files.processed", ("notifier",))
+        self.hop(flow, trace, t, "notifier", "files.notified", ())
+
+    def order(self, n: int, at_ns: int) -> None:
+        flow, trace = f"order-{n}", f"{self.rng.getrandbits(128):032x}"
+        t = self.hop(flow, trace, at_ns, "orders", "orders.placed", ("payments",))
+        t = self.hop(flow, trace, t, "payments", "payments.charged", ("inventory", "orders"))
+        t = self.hop(flow, trace, t, "inventory", "inventory.reserved", ("shipping",))
+        t = self.hop(flow, trace, t, "shipping", "shipping.dispatched", ("orders",))
+        self.hop(flow, trace, t, "orders", "orders.completed", ())
+
+    def flush(self) -> None:
+        if self.spans:
+            self.store.write_spans(self.spans)
+            self.written += len(self.spans)
+            self.spans = []
+        if self.messages:
+            self.store.write_messages(self.messages)
+            self.messages = []
+
+
+def fill(store, total_spans: int) -> int:  # type: ignore[no-untyped-def]
+    """Write about total_spans spans over the last hour, and an hour of lag polls."""
+    now_ns = time.time_ns()
+    filler = Filler(store, now_ns)
+    n = 0
+    started = time.monotonic()
+    while filler.written + len(filler.spans) < total_spans:
+        at_ns = now_ns - int(filler.rng.random() * HOUR_S * 1e9)
+        (filler.upload if n % 5 < 3 else filler.order)(n, at_ns)
+        n += 1
+        if n % 20_000 == 0:
+            print(f"[fill {time.monotonic() - started:5.1f}s] {filler.written:,} spans, "
+                  f"{n:,} flows", flush=True)
+    filler.flush()
+    now_s = now_ns / 1e9
+    for poll in range(HOUR_S // 5):
+        at = now_s - HOUR_S + poll * 5
+        rows = [LagRow(g, "files.uploaded", p, 1000 + poll, 1000 + poll + (poll % 40), poll % 40,
+                       (poll % 40) * 0.1, "OK", at) for g in GROUPS for p in range(6)]
+        store.write_lag(rows, [GroupLag(g, "OK", f"files.uploaded/{0}", 6 * (poll % 40), 4.0,
+                                        20.0, 0.0, None, at) for g in GROUPS])
+    print(f"[fill {time.monotonic() - started:5.1f}s] done: {filler.written:,} spans, "
+          f"{n:,} flows", flush=True)
+    return filler.written
+
+
+def time_pages(store, repeat: int) -> list[tuple[str, str, float, float]]:  # type: ignore[no-untyped-def]
+    """(page, window, median ms, max ms) of every page's loader."""
+    results = []
+    for window_name, window_s in (("15m", 900), ("1h", HOUR_S)):
+        loaders = {
+            "flow map": lambda w=window_s: queries.load_flow_map(store, w, time.time_ns()),
+            "lag": lambda w=window_s: queries.load_lag(store, w, time.time()),
+            "retries": lambda w=window_s: queries.load_retries(store, w, time.time_ns()),
+            "latency": lambda w=window_s: queries.load_latency(store, w, time.time_ns()),
+            "propagation": lambda w=window_s: queries.load_propagation(store, w,
+                                                                       time.time_ns()),
+            "flow explorer (newest)": lambda w=window_s: queries.load_recent_flows(
+                store, w, time.time_ns()),
+        }
+        if window_name == "15m":
+            loaders |= {
+                "flow explorer (by id)": lambda: queries.load_flow(store, "upload-777",
+                                                                   time.time_ns()),
+                "flow explorer (by key)": lambda: queries.load_flow(store, "key-order-1004",
+                                                                    time.time_ns()),
+                "flow explorer (by message)": lambda: queries.load_flow(
+                    store, "files.uploaded.3.100", time.time_ns()),
+            }
+        for page, loader in loaders.items():
+            times = []
+            for _ in range(repeat):
+                started = time.perf_counter()
+                loader()
+                times.append((time.perf_counter() - started) * 1000)
+            results.append((page, window_name, statistics.median(times), max(times)))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spans", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--home", help="keep the store in this directory and reuse it when "
+                        "it is already there (default: a temporary one)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        home = args.home or scratch
+        settings = Settings.from_env({"FLOWSCOPE_HOME": home})
+        writer = open_store(settings)
+        written = writer.db.execute("SELECT COUNT(*) FROM spans").fetchone()[0]
+        if not written:
+            written = fill(writer, args.spans)
+        writer.close()
+        store = open_store(settings, readonly=True)
+        size_mb = sum(p.stat().st_size for p in Path(home).glob("flowscope.db*")) / 1e6
+        print(f"store: {written:,} spans, {size_mb:,.0f} MB")
+        print(f"{'page':28} {'window':>6} {'median ms':>10} {'max ms':>8}")
+        for page, window, median, worst in time_pages(store, args.repeat):
+            flag = "" if worst < 300 else "  over 300 ms"
+            print(f"{page:28} {window:>6} {median:10.1f} {worst:8.1f}{flag}")
+        store.close()
+
+
+if __name__ == "__main__":
+    main()
