@@ -20,7 +20,7 @@ infra: $(STAMP)
 ## The whole stack with demo traffic, until Ctrl-C: Kafka, Jaeger, the collector, the demo
 ## services, the load generator and the dashboard; prints their URLs.
 demo: infra
-	$(BIN)/flowscope demo
+	$(BIN)/flowscope demo --scenario incident
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -24,8 +24,8 @@ from flowscope.settings import Settings
 
 CACHE_TTL_S = 2
 RECENT_FLOWS = 200
-PROPAGATION_SAMPLE = 20_000  # the newest messages of the window the share is computed on
-ATTEMPTS_SAMPLE = 50_000  # and those the attempt distribution is drawn from
+PROPAGATION_SAMPLE = 10_000  # the newest messages of the window the share is computed on
+ATTEMPTS_SAMPLE = 10_000  # and those the attempt distribution is drawn from
 
 
 class StoreUnavailable(Exception):

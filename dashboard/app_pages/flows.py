@@ -52,11 +52,15 @@ def show_search(text: str) -> None:
                                                            / 1e9))
     st.text(f"Flow {flow.id}\nstarted {started:%Y-%m-%d %H:%M:%S.%f} UTC\n"
             f"services: {', '.join(flow.services)}\ntopics: {', '.join(flow.topics)}")
-    jaeger = queries.settings().dashboard.jaeger_ui_url
+    settings = queries.settings()
+    jaeger = settings.dashboard.jaeger_ui_url
     traces = [t for t in flow.trace_ids if TRACE_ID.match(t)]
     if jaeger and traces:
         for column, trace_id in zip(st.columns(min(len(traces), 4)), traces[:4], strict=False):
             column.link_button(f"Trace {trace_id[:8]}… in Jaeger", f"{jaeger}/trace/{trace_id}")
+            # Jaeger built from source serves no web UI; its query API always answers.
+            column.link_button("as JSON", f"{settings.jaeger.query_url}/api/traces/{trace_id}",
+                               type="tertiary")
     for letter in found.dead_letters.itertuples():
         st.subheader("Dead-lettered")
         # Header values come from other systems: a code block shows them as text only.

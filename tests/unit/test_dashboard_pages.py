@@ -140,7 +140,8 @@ def test_flow_explorer_links_to_jaeger_only_when_configured(
     monkeypatch.setenv("FLOWSCOPE_JAEGER_UI_URL", "http://127.0.0.1:16686")
     _run(app, PAGES[3], flow=DEAD)
     urls = [b.proto.url for b in app.get("link_button")]
-    assert urls == [f"http://127.0.0.1:16686/trace/{seeded.dead_trace_id}"]
+    assert urls == [f"http://127.0.0.1:16686/trace/{seeded.dead_trace_id}",
+                    f"http://127.0.0.1:16686/api/traces/{seeded.dead_trace_id}"]
 
 
 def test_flow_explorer_says_when_nothing_matches(app: AppTest, seeded: Seeded) -> None:
