@@ -61,8 +61,9 @@ def flow_map(nodes: pd.DataFrame, edges: pd.DataFrame, statuses: dict[str, str],
         x=labels["mx"], y=labels["my"], mode="text", name="edges", showlegend=False,
         text=[_edge_label(e) for e in labels.itertuples()], textfont={"size": 10},
         hovertext=[_edge_hover(e) for e in labels.itertuples()], hoverinfo="text",
-        customdata=[f"{s} → {t}" for s, t in zip(labels["source"], labels["target"],
-                                                 strict=True)]))
+        # Choosing an edge focuses on its topic end: every edge has exactly one.
+        customdata=[t if k == "produce" else s for s, t, k in zip(
+            labels["source"], labels["target"], labels["kind"], strict=True)]))
     for kind, symbol in (("service", "circle"), ("topic", "square")):
         part = nodes[nodes["kind"] == kind]
         fig.add_trace(go.Scatter(

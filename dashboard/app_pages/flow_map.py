@@ -38,7 +38,8 @@ def render() -> None:
         controls.request_focus(clicked[0])
     st.caption("Circles are services, squares topics; colour: worst lag status of the "
                "consumer groups (green OK, amber WARN, red ERR, grey none). Edge labels: "
-               "messages/s, p95 time in queue, error and retry shares. Click a node to focus.")
+               "messages/s, p95 time in queue, error and retry shares. Click a node, or an edge's "
+               "label for its topic, to focus every page on it.")
     edges = transforms.focus_edges(data.edges, focus)
     st.subheader("Edges" + (" (focused)" if focus else ""))
     st.dataframe(edges[["source", "target", "rate", "count", "p50_ms", "p95_ms",

@@ -21,7 +21,8 @@ def render() -> None:
     st.plotly_chart(charts.propagation(data), width="stretch")
     st.caption("Green: every message carries trace context; amber: some; red: under half. "
                "Producer 'unknown': no send span names the message (an uninstrumented "
-               "producer).")
+               f"producer). Computed on the newest {queries.PROPAGATION_SAMPLE:,} tapped "
+               "messages of the window.")
     st.dataframe(data, hide_index=True, width="stretch", column_config={
         "share": st.column_config.ProgressColumn("with trace context", format="percent",
                                                  min_value=0.0, max_value=1.0)})

@@ -36,6 +36,7 @@ def render() -> None:
                    "not read any yet).")
     else:
         right.plotly_chart(charts.attempts(attempts), width="stretch")
+        right.caption(f"The newest {queries.ATTEMPTS_SAMPLE:,} tapped messages of the window.")
     series = data.series
     if focus:
         series = series[(series["source"] == focus) | (series["target"] == focus)]
