@@ -139,6 +139,9 @@ def child_environment(settings: Settings, bootstrap: str,
                FLOWSCOPE_OTLP_ADDRESS=f"{collector.otlp_host}:{collector.otlp_port}",
                OTEL_EXPORTER_OTLP_ENDPOINT=f"http://{collector.otlp_host}:{collector.otlp_port}")
     env.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)  # it would bypass the collector
+    # Lag status is judged over the last 10 polls: at 1 s a paused group shows as stalled
+    # within the incident scenario's pause, not 50 s later as at the default 5 s.
+    env.setdefault("FLOWSCOPE_LAG_INTERVAL", "1")
     if jaeger_status is None:
         env.pop("FLOWSCOPE_JAEGER_OTLP_ENDPOINT", None)
         env.pop("FLOWSCOPE_JAEGER_QUERY_URL", None)

@@ -34,7 +34,7 @@ def render() -> None:
         "lag_seconds": st.column_config.NumberColumn("lag (s)", format="%.1f"),
         "consume_rate": st.column_config.NumberColumn("consuming (msg/s)", format="%.1f"),
         "lag_rate": st.column_config.NumberColumn("lag change (msg/s)", format="%+.1f"),
-        "outlook": st.column_config.TextColumn("catch-up")})
+        "outlook": st.column_config.TextColumn("catch-up", width="large")})
     charted = [g.group for g in ranked[:TRENDS]]
     trend = data.trend[data.trend["group"].isin(charted)]
     if trend.empty:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from collectors.record import GroupLag, LagRow
 from collectors.flows.histogram import Histogram
+from collectors.record import GroupLag, LagRow
 from collectors.store.interface import EdgeBucket, EdgeRow, HopRow, LatencyBucket, Topology
 from dashboard import charts, transforms
 
