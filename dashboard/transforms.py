@@ -244,8 +244,10 @@ def retry_rates(edges: pd.DataFrame) -> pd.DataFrame:
 
 
 def attempts_table(rows: Iterable[tuple[str, int, int]]) -> pd.DataFrame:
-    """Messages per topic and attempt number (1 is the first try)."""
-    return pd.DataFrame(list(rows), columns=["topic", "attempt", "messages"])
+    """Messages per attempt number (1 is the first try) of the topics that saw a retry."""
+    frame = pd.DataFrame(list(rows), columns=["topic", "attempt", "messages"])
+    retried = set(frame.loc[frame["attempt"] > 1, "topic"])
+    return frame[frame["topic"].isin(retried)].reset_index(drop=True)
 
 
 def dead_letter_table(letters: Sequence[DeadLetter]) -> pd.DataFrame:

@@ -32,8 +32,8 @@ def render() -> None:
     right.subheader("Attempts")
     attempts = data.attempts[data.attempts["topic"] == focus] if focus else data.attempts
     if attempts.empty:
-        right.info("No tapped messages in this window (the collector's tap is off or has "
-                   "not read any yet).")
+        right.info("No tapped message of this window was a retry (or the collector's tap "
+                   "is off).")
     else:
         right.plotly_chart(charts.attempts(attempts), width="stretch")
         right.caption(f"The newest {queries.ATTEMPTS_SAMPLE:,} tapped messages of the window.")

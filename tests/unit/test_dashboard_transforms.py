@@ -137,3 +137,10 @@ def test_charts_show_hostile_names_as_text() -> None:
     assert not any("<img" in value for value in rendered)
     assert any("&lt;img src=x onerror=alert(1)&gt;" in value for value in rendered)
     assert pd.notna(edges["rate"]).all()
+
+
+def test_attempts_keep_only_topics_that_saw_a_retry() -> None:
+    table = transforms.attempts_table([("jobs", 1, 90), ("jobs.retry", 2, 9), ("jobs.retry", 3, 1),
+                                       ("done", 1, 80)])
+    assert set(table["topic"]) == {"jobs.retry"}
+    assert list(table["messages"]) == [9, 1]
