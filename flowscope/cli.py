@@ -225,7 +225,8 @@ def _dashboard(settings: Settings, args: argparse.Namespace) -> int:
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     import random  # noqa: PLC0415
 
-    from flowscope.demo import FAILURE_KNOBS, DemoOptions, run_demo  # noqa: PLC0415
+    from flowscope.demo import run_demo  # noqa: PLC0415
+    from flowscope.scenario import FAILURE_KNOBS, DemoOptions  # noqa: PLC0415
 
     failures = tuple((name, getattr(args, name)) for name in FAILURE_KNOBS
                      if getattr(args, name) is not None)
@@ -294,7 +295,7 @@ def _add_demo_commands(groups: argparse._SubParsersAction[argparse.ArgumentParse
 
 def _add_demo_stack_command(groups: argparse._SubParsersAction[argparse.ArgumentParser]
                             ) -> None:
-    from flowscope.demo import SCENARIOS  # noqa: PLC0415
+    from flowscope.scenario import SCENARIOS  # noqa: PLC0415
 
     demo = groups.add_parser(
         "demo", help="run the whole stack with demo traffic, until Ctrl-C",
