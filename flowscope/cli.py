@@ -130,6 +130,7 @@ def _loadgen(settings: Settings, args: argparse.Namespace) -> int:
 
 def _collect(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
+    import errno  # noqa: PLC0415
     import logging  # noqa: PLC0415
     from dataclasses import replace  # noqa: PLC0415
 
@@ -155,10 +156,16 @@ def _collect(settings: Settings, args: argparse.Namespace) -> int:
     try:
         asyncio.run(run_collector(settings, kafka_spans=not args.no_kafka, on_ready=ready))
     except OSError as exc:
-        raise FlowscopeError("collect", f"cannot listen on {collector.otlp_host}:"
-                             f"{collector.otlp_port}: {exc.strerror or exc}",
-                             hint="another collector may be running; or set "
-                             "FLOWSCOPE_OTLP_ADDRESS") from None
+        if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES) and \
+                exc.filename is None:
+            raise FlowscopeError("collect", f"cannot listen on {collector.otlp_host}:"
+                                 f"{collector.otlp_port}: {exc.strerror or exc}",
+                                 hint="another collector may be running; or set "
+                                 "FLOWSCOPE_OTLP_ADDRESS") from None
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise FlowscopeError("collect", f"cannot start: {exc.strerror or exc}{where}",
+                             hint="check that FLOWSCOPE_STORE and FLOWSCOPE_HOME are writable"
+                             ) from None
     return 0
 
 
