@@ -111,18 +111,24 @@ class Supervisor:
                 self.start_child(name)
         return lines
 
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
-        """Wait until every HTTP service answers /health; a clear error if one does not."""
+    def wait_ready(self, timeout_s: float = 60.0, cancelled: threading.Event | None = None
+                   ) -> bool:
+        """Wait until every HTTP service answers /health (False when cancelled first); a clear
+        error if one does not."""
+        cancelled = cancelled or threading.Event()
         for name in (n for n in HTTP_SERVICES if n in self.names):
             url = f"{self.config.url(name)}/health"
             child = self.children[name]
             ok = process.wait_until(lambda u=url: _http_ok(u), timeout_s=timeout_s,
                                     alive=lambda c=child: c.proc is not None
-                                    and c.proc.poll() is None)
+                                    and c.proc.poll() is None and not cancelled.is_set())
+            if cancelled.is_set():
+                return False
             if not ok:
                 log = self.log_dir / f"{name}.log"
                 raise FlowscopeError(COMPONENT, f"{name} did not answer {url} within "
                                      f"{timeout_s:g}s", log=log, log_tail=process.log_tail(log))
+        return True
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM every service, wait, then SIGKILL what is left."""
@@ -175,9 +181,9 @@ def run_services(settings: Settings, names: tuple[str, ...] = SERVICES) -> int:
         signal.signal(sig, lambda *_: stop.set())
     supervisor.start()
     try:
-        supervisor.wait_ready()
-        progress.say(f"ready: {', '.join(names)}; uploads {config.url('uploads')}/files, "
-                     f"orders {config.url('orders')}/orders (logs: {supervisor.log_dir})")
+        if supervisor.wait_ready(cancelled=stop):
+            progress.say(f"ready: {', '.join(names)}; uploads {config.url('uploads')}/files, "
+                         f"orders {config.url('orders')}/orders (logs: {supervisor.log_dir})")
         while not stop.wait(0.5):
             for line in supervisor.check():
                 progress.say(line)
