@@ -18,7 +18,7 @@ from collectors.record import GroupLag, LagRow
 from collectors.store.factory import open_store
 from collectors.store.interface import FlowRow, HopRow
 from collectors.store.sqlite import SqliteStore, StoreError
-from dashboard import transforms
+from dashboard import layout, transforms
 from flowscope.errors import FlowscopeError
 from flowscope.settings import Settings
 
@@ -129,7 +129,7 @@ def load_flow_map(store: SqliteStore, window_s: float, now_ns: int) -> FlowMap:
     before, started_before = store.flow_counts(since - int(window_s * 1e9), since, now_ns)
     series = transforms.edge_series(store.edge_buckets(since), store.bucket_s, since / 1e9,
                                     now_ns / 1e9)
-    return FlowMap(transforms.layout_nodes(topology.nodes, edges), edges,
+    return FlowMap(layout.layout_nodes(topology.nodes, edges), edges,
                    transforms.node_statuses(topology.nodes, edges, rows, groups),
                    transforms.overview_metrics(counts, before, started, started_before,
                                                window_s),

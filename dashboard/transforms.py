@@ -16,7 +16,6 @@ from collectors.record import GroupLag, LagRow
 from collectors.store.interface import (
     DeadLetter,
     EdgeBucket,
-    HopRow,
     LatencyBucket,
     PropagationRow,
     Topology,
@@ -54,79 +53,6 @@ def focus_edges(edges: pd.DataFrame, focus: str | None) -> pd.DataFrame:
     if not focus or edges.empty:
         return edges
     return edges[(edges["source"] == focus) | (edges["target"] == focus)]
-
-
-def layout_nodes(nodes: dict[str, str], edges: pd.DataFrame) -> pd.DataFrame:
-    """A layered left-to-right layout: cycles (retry loops, saga replies) are broken by a
-    greedy feedback-arc ordering, each node goes one layer right of its furthest
-    predecessor, and a few barycentre sweeps order each layer to cut crossings."""
-    pairs = list(zip(edges["source"], edges["target"], strict=True))
-    names = sorted(set(nodes) | {n for pair in pairs for n in pair})
-    order = {n: i for i, n in enumerate(_feedback_order(names, pairs))}
-    forward = [(s, t) for s, t in pairs if order[s] < order[t]]
-    layer = dict.fromkeys(names, 0)
-    for node in sorted(names, key=order.__getitem__):
-        for source, target in forward:
-            if source == node:
-                layer[target] = max(layer[target], layer[node] + 1)
-    rank = _order_layers(layer, pairs)
-    frame = pd.DataFrame({"node": names, "layer": [layer[n] for n in names],
-                          "rank": [rank[n] for n in names]})
-    frame["kind"] = [nodes.get(n, "topic") for n in frame["node"]]
-    frame = frame.sort_values(["layer", "rank"]).reset_index(drop=True)
-    sizes = frame.groupby("layer")["node"].transform("count")
-    frame["y"] = -(frame.groupby("layer").cumcount().astype(float) - (sizes - 1) / 2)
-    frame["x"] = frame["layer"].astype(float)
-    return frame.drop(columns=["rank"])
-
-
-def _feedback_order(names: list[str], pairs: list[tuple[str, str]]) -> list[str]:
-    """Eades-Lin-Smyth: peel sinks to the back and sources to the front, else the node with
-    the most out- over in-edges; the edges that point backwards form a small feedback set."""
-    left = set(names)
-    front: list[str] = []
-    back: list[str] = []
-    while left:
-        live = [(s, t) for s, t in pairs if s in left and t in left and s != t]
-        ins = dict.fromkeys(left, 0)
-        outs = dict.fromkeys(left, 0)
-        for source, target in live:
-            outs[source] += 1
-            ins[target] += 1
-        sinks = sorted(n for n in left if outs[n] == 0)
-        sources = sorted(n for n in left if ins[n] == 0 and outs[n] > 0)
-        if sinks:
-            back = sinks + back
-            left -= set(sinks)
-        elif sources:
-            front += sources
-            left -= set(sources)
-        else:
-            placed = set(front)
-            fed = {n: sum(1 for s, t in pairs if t == n and s in placed) for n in left}
-            best = max(sorted(left), key=lambda n: (outs[n] - ins[n], fed[n]))
-            front.append(best)
-            left.remove(best)
-    return front + back
-
-
-def _order_layers(layer: dict[str, int], pairs: list[tuple[str, str]], sweeps: int = 4
-                  ) -> dict[str, float]:
-    """Order nodes within each layer by the mean position of their neighbours."""
-    rank = {n: float(i) for i, n in enumerate(sorted(layer, key=lambda n: (layer[n], n)))}
-    neighbours: dict[str, list[str]] = {n: [] for n in layer}
-    for source, target in pairs:
-        neighbours[source].append(target)
-        neighbours[target].append(source)
-    for _ in range(sweeps):
-        for node in layer:
-            if neighbours[node]:
-                rank[node] = sum(rank[m] for m in neighbours[node]) / len(neighbours[node])
-        for depth in set(layer.values()):
-            members = sorted((n for n in layer if layer[n] == depth), key=lambda n: (rank[n], n))
-            for position, node in enumerate(members):
-                rank[node] = float(position)
-    return rank
 
 
 def group_services(edges: pd.DataFrame, lag_rows: Sequence[LagRow]) -> dict[str, str]:
@@ -328,74 +254,3 @@ def propagation_table(rows: Sequence[PropagationRow]) -> pd.DataFrame:
     return pd.DataFrame([{"topic": r.topic, "producer": r.producer, "messages": r.messages,
                           "with_context": r.with_context, "share": r.share} for r in rows],
                         columns=["topic", "producer", "messages", "with_context", "share"])
-
-
-def waterfall(hops: Sequence[HopRow], collapse_after_ms: float = 2000.0,
-              collapsed_ms: float = 300.0) -> tuple[pd.DataFrame, list[tuple[float, float]]]:
-    """The segments of a flow's waterfall on a display axis (ms from the flow's start) where
-    every stretch longer than collapse_after_ms with nothing being produced or processed is
-    drawn collapsed_ms wide. Returns the segments and the collapsed stretches as
-    (display position, true length in ms)."""
-    segments = []
-    for index, hop in enumerate(hops):
-        label = _hop_label(index, hop)
-        for kind, start, end in (("produce", hop.produce_start_ns, hop.produce_end_ns),
-                                 ("wait", hop.produce_end_ns, hop.consume_start_ns),
-                                 ("process", hop.consume_start_ns, hop.consume_end_ns)):
-            if start is not None and end is not None and end >= start:
-                segments.append({"row": index, "hop": label, "kind": kind, "start_ns": start,
-                                 "end_ns": end, "error": hop.error and kind == "process"})
-    columns = ["row", "hop", "kind", "start_ns", "end_ns", "error", "start_ms", "width_ms",
-               "true_ms"]
-    if not segments:
-        return pd.DataFrame(columns=columns), []
-    frame = pd.DataFrame(segments)
-    origin = int(frame["start_ns"].min())
-    busy = sorted((s - origin, e - origin) for s, e, k in zip(
-        frame["start_ns"], frame["end_ns"], frame["kind"], strict=True) if k != "wait")
-    gaps = _idle_gaps(busy, int(frame["end_ns"].max()) - origin, collapse_after_ms * 1e6)
-    to_display = _display_axis(gaps, collapsed_ms * 1e6)
-    frame["start_ms"] = [to_display(s - origin) / 1e6 for s in frame["start_ns"]]
-    frame["width_ms"] = [to_display(e - origin) / 1e6 - a for e, a in
-                         zip(frame["end_ns"], frame["start_ms"], strict=True)]
-    frame["true_ms"] = (frame["end_ns"] - frame["start_ns"]) / 1e6
-    breaks = [(to_display(start) / 1e6, (end - start) / 1e6) for start, end in gaps]
-    return frame[columns], breaks
-
-
-def _hop_label(index: int, hop: HopRow) -> str:
-    where = f"{hop.producer_service or '?'} → {hop.topic} → {hop.consumer_service or '…'}"
-    attempt = f" (attempt {hop.retry_attempt})" if hop.retry_attempt and hop.retry_attempt > 1 \
-        else ""
-    return f"{index + 1}. {where}{attempt}"
-
-
-def _idle_gaps(busy: list[tuple[int, int]], end: int, longer_than: float
-               ) -> list[tuple[int, int]]:
-    """Stretches of [0, end] not covered by any busy interval and longer than longer_than."""
-    gaps, covered = [], 0
-    for start, stop in busy:
-        if start - covered > longer_than:
-            gaps.append((covered, start))
-        covered = max(covered, stop)
-    if end - covered > longer_than:
-        gaps.append((covered, end))
-    return gaps
-
-
-def _display_axis(gaps: list[tuple[int, int]], width: float):  # type: ignore[no-untyped-def]
-    """Map true ns offsets to display ns offsets, each gap squeezed to width."""
-
-    def to_display(t: float) -> float:
-        removed = 0.0
-        for start, end in gaps:
-            if t >= end:
-                removed += (end - start) - width
-            elif t > start:
-                removed += (t - start) * (1 - width / (end - start))
-                break
-            else:
-                break
-        return t - removed
-
-    return to_display

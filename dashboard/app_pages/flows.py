@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, controls, queries, transforms
+from dashboard import charts, controls, queries, transforms, waterfall
 
 st.title("Flow explorer")
 st.text_input("Search", key="flow", bind="query-params",
@@ -67,7 +67,7 @@ def show_search(text: str) -> None:
         st.code(json.dumps({"message": letter.message, "reason": letter.reason,
                             "key": letter.key, "headers": letter.headers}, indent=2,
                            ensure_ascii=False), language="json")
-    segments, breaks = transforms.waterfall(hops)
+    segments, breaks = waterfall.build_waterfall(hops)
     if segments.empty:
         st.info("This flow has no timed hops yet (its spans may still be on their way).")
         return

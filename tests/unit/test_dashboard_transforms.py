@@ -8,7 +8,7 @@ import pytest
 from collectors.flows.histogram import Histogram
 from collectors.record import GroupLag, LagRow
 from collectors.store.interface import EdgeBucket, EdgeRow, HopRow, LatencyBucket, Topology
-from dashboard import charts, transforms
+from dashboard import charts, layout, transforms, waterfall
 
 MS = 1_000_000
 
@@ -35,7 +35,7 @@ def test_edges_get_rates_and_shares_per_window() -> None:
 
 def test_layout_puts_each_node_right_of_its_producers_despite_a_retry_loop() -> None:
     topology = _topology()
-    nodes = transforms.layout_nodes(topology.nodes, transforms.build_edges(topology, 60))
+    nodes = layout.layout_nodes(topology.nodes, transforms.build_edges(topology, 60))
     layer = dict(zip(nodes["node"], nodes["layer"], strict=True))
     assert layer["api"] < layer["jobs"] < layer["worker"] < layer["done"]
     assert layer["jobs.retry"] == layer["worker"] + 1
@@ -82,7 +82,7 @@ def _hop(topic: str, start_ms: float, wait_ms: float, work_ms: float = 10.0) -> 
 
 def test_waterfall_collapses_a_ten_minute_wait_and_keeps_its_true_length() -> None:
     hops = [_hop("jobs", 0, 5), _hop("jobs.retry", 20, 600_000)]
-    segments, breaks = transforms.waterfall(hops, collapse_after_ms=2000, collapsed_ms=300)
+    segments, breaks = waterfall.build_waterfall(hops, collapse_after_ms=2000, collapsed_ms=300)
     wait = segments[(segments["kind"] == "wait") & (segments["hop"].str.contains("retry"))]
     assert wait.iloc[0]["true_ms"] == pytest.approx(600_000)
     assert wait.iloc[0]["width_ms"] == pytest.approx(300, abs=1)
@@ -93,7 +93,7 @@ def test_waterfall_collapses_a_ten_minute_wait_and_keeps_its_true_length() -> No
 
 
 def test_waterfall_draws_short_flows_to_scale() -> None:
-    segments, breaks = transforms.waterfall([_hop("jobs", 0, 40)])
+    segments, breaks = waterfall.build_waterfall([_hop("jobs", 0, 40)])
     assert not breaks
     assert list(segments["kind"]) == ["produce", "wait", "process"]
     assert list(segments["width_ms"].round(3)) == [2.0, 40.0, 10.0]
@@ -129,7 +129,7 @@ def test_charts_show_hostile_names_as_text() -> None:
     topology = Topology({hostile: "service", "jobs": "topic"},
                         [EdgeRow(hostile, "jobs", 1, 0, 0, 1.0, 1.0)])
     edges = transforms.build_edges(topology, 60)
-    figure = charts.flow_map(transforms.layout_nodes(topology.nodes, edges), edges,
+    figure = charts.flow_map(layout.layout_nodes(topology.nodes, edges), edges,
                              {hostile: "none", "jobs": "none"}, None)
     rendered = [str(value) for trace in figure.data for attribute in ("text", "hovertext")
                 for value in (getattr(trace, attribute) or ())]
