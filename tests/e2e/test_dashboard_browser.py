@@ -167,3 +167,26 @@ def test_hostile_header_values_are_literal_text(browser_page: tuple[Page, list[s
     assert page.locator("img[src='x']").count() == 0
     assert dialogs == []
     page.screenshot(path=str(live.shots / "dead-letter.png"), full_page=True)
+
+
+def test_clicking_a_node_focuses_every_page_on_it(browser_page: tuple[Page, list[str]],
+                                                  live: Live) -> None:
+    page, _ = browser_page
+    _open(page, live, "")
+    _charts_rendered(page, 1)
+    graph = page.locator("[data-testid=stPlotlyChart]").first
+    label = graph.locator("g.textpoint text", has_text=re.compile(r"^processor$")).first
+    expect(label).to_be_attached(timeout=WAIT_MS)
+    box = label.bounding_box()
+    assert box is not None
+    markers = [m.bounding_box() for m in graph.locator(".scatterlayer .points path").all()]
+    below = [m for m in markers if m and m["y"] > box["y"]
+             and abs(m["x"] + m["width"] / 2 - (box["x"] + box["width"] / 2)) < 5]
+    marker = min(below, key=lambda m: m["y"])
+    page.mouse.click(marker["x"] + marker["width"] / 2, marker["y"] + marker["height"] / 2)
+    expect(page).to_have_url(re.compile(r"[?&]focus=processor"), timeout=WAIT_MS)
+    _open(page, live, "lag?focus=processor")
+    expect(page.get_by_role("combobox", name="Focus on")).to_have_value("processor",
+                                                                       timeout=WAIT_MS)
+    expect(page.get_by_test_id("stDataFrame").first).to_be_visible(timeout=WAIT_MS)
+    _no_exception(page)
