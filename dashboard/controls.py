@@ -3,6 +3,7 @@ shared as a link), refresh interval and pause; and the helpers pages use to stay
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from urllib.parse import quote, urlsplit
 
@@ -10,6 +11,7 @@ import streamlit as st
 
 from dashboard import queries, transforms
 
+log = logging.getLogger(__name__)
 ALL = "(everything)"
 REFRESH_CHOICES = (2, 5, 10, 30, 60)
 
@@ -36,7 +38,7 @@ def render_sidebar() -> None:
 def _nodes() -> list[str]:
     try:
         return sorted(queries.flow_map(window_seconds()).nodes["node"])
-    except queries.StoreUnavailable:
+    except Exception:  # the page says why; the sidebar offers no nodes meanwhile
         return []
 
 
@@ -73,7 +75,17 @@ def load(loader: Callable[[float], object]) -> object | None:
     except queries.StoreUnavailable as exc:
         st.error("The store cannot be read.")
         st.code(str(exc), language=None)
-        return None
+    except Exception as exc:  # the page's boundary: say what failed, keep the app running
+        show_failure(exc)
+    return None
+
+
+def show_failure(exc: Exception) -> None:
+    """A query that failed, as an error box (logged with its traceback), not a stack trace."""
+    log.exception("dashboard query failed")
+    st.error("Reading the store failed; the page retries on its next refresh.")
+    st.code(f"{type(exc).__name__}: {exc}\nstore: {queries.settings().collect.store}",
+            language=None)
 
 
 def flow_link(flow_id: str) -> str:

@@ -125,14 +125,12 @@ def load_flow_map(store: SqliteStore, window_s: float, now_ns: int) -> FlowMap:
     topology = store.topology(since)
     edges = transforms.build_edges(topology, window_s)
     rows, groups = store.lag()
-    counts, started = store.flow_counts(since, now_ns + 1, now_ns)
-    before, started_before = store.flow_counts(since - int(window_s * 1e9), since, now_ns)
+    counts = store.flow_counts(int(window_s * 1e9), now_ns)
     series = transforms.edge_series(store.edge_buckets(since), store.bucket_s, since / 1e9,
                                     now_ns / 1e9)
     return FlowMap(layout.layout_nodes(topology.nodes, edges), edges,
                    transforms.node_statuses(topology.nodes, edges, rows, groups),
-                   transforms.overview_metrics(counts, before, started, started_before,
-                                               window_s),
+                   transforms.overview_metrics(counts, window_s),
                    transforms.worst_group(groups), series)
 
 

@@ -16,6 +16,7 @@ from collectors.record import GroupLag, LagRow
 from collectors.store.interface import (
     DeadLetter,
     EdgeBucket,
+    FlowCounts,
     LatencyBucket,
     PropagationRow,
     Topology,
@@ -90,14 +91,16 @@ def node_statuses(nodes: dict[str, str], edges: pd.DataFrame, lag_rows: Sequence
     return {n: worst.get(n, "none") for n in nodes}
 
 
-def overview_metrics(now: dict[str, int], before: dict[str, int], started_now: int,
-                     started_before: int, window_s: float) -> list[tuple[str, str, str | None]]:
-    """(label, value, delta) for the overview row; deltas compare with the window before."""
-    metrics = [("Flows/s", f"{started_now / window_s:.2f}",
-                f"{(started_now - started_before) / window_s:+.2f}")]
-    for status in ("completed", "failed", "dead-lettered", "stuck", "in flight"):
-        count, previous = now.get(status, 0), before.get(status, 0)
-        metrics.append((status.capitalize(), f"{count:,}", f"{count - previous:+,}"))
+def overview_metrics(counts: FlowCounts, window_s: float
+                     ) -> list[tuple[str, str, str | None]]:
+    """(label, value, delta) for the overview row: outcomes with their change against the
+    window before; in flight and stuck are counts of now, without a change."""
+    metrics = [("Flows/s", f"{counts.started_now / window_s:.2f}",
+                f"{(counts.started_now - counts.started_before) / window_s:+.2f}")]
+    for status in ("completed", "failed", "dead-lettered"):
+        now, before = counts.now.get(status, 0), counts.before.get(status, 0)
+        metrics.append((status.capitalize(), f"{now:,}", f"{now - before:+,}"))
+    metrics += [("Stuck", f"{counts.stuck:,}", None), ("In flight", f"{counts.in_flight:,}", None)]
     return metrics
 
 

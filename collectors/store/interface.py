@@ -5,6 +5,7 @@ Every backend implements Store and passes the one contract suite in tests/unit/t
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -113,6 +114,19 @@ class PropagationRow:
         return self.with_context / self.messages if self.messages else 0.0
 
 
+@dataclass
+class FlowCounts:
+    """The overview of a window: outcomes and starts in it and in the window before, and the
+    flows in flight or stuck now."""
+
+    now: Counter[str] = field(default_factory=Counter)  # completed, failed, ... by status
+    before: Counter[str] = field(default_factory=Counter)
+    started_now: int = 0
+    started_before: int = 0
+    in_flight: int = 0
+    stuck: int = 0
+
+
 @dataclass(frozen=True)
 class EdgeBucket:
     """One edge in one time bucket (bucket_start in seconds): its counts."""
@@ -202,9 +216,8 @@ class Store(Protocol):
         """Per group and poll since since_s: (group, at_s, total lag, largest lag seconds)."""
         ...
 
-    def flow_counts(self, since_ns: int, until_ns: int, now_ns: int
-                    ) -> tuple[dict[str, int], int]:
-        """Flows last active in [since_ns, until_ns) by status, and how many started in it."""
+    def flow_counts(self, window_ns: int, now_ns: int) -> FlowCounts:
+        """Outcomes and starts in this window and the one before; in flight and stuck now."""
         ...
 
     def edge_buckets(self, since_ns: int) -> list[EdgeBucket]:

@@ -1,6 +1,9 @@
 """The SQLite schema of the store, versioned."""
 
-SCHEMA_VERSION = 1
+# 2: flow_latency_buckets, search and time indexes, the covering status index (a version-1
+# store is migrated in place when the collector opens it).
+SCHEMA_VERSION = 2
+MIGRATES_FROM = (1,)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -42,6 +42,7 @@ from collectors.store import readers, summaries
 from collectors.store.interface import (
     DeadLetter,
     EdgeBucket,
+    FlowCounts,
     FlowRow,
     HopRow,
     LatencyBucket,
@@ -49,7 +50,7 @@ from collectors.store.interface import (
     Topology,
     WriteResult,
 )
-from collectors.store.schema import SCHEMA, SCHEMA_VERSION
+from collectors.store.schema import MIGRATES_FROM, SCHEMA, SCHEMA_VERSION
 
 SPAN_FIELDS = ", ".join(f'"{c}"' for c in SPAN_COLUMNS)
 SPAN_INSERT = (f"INSERT INTO spans ({SPAN_FIELDS}, flow_id) "
@@ -116,6 +117,9 @@ class SqliteStore:
             if row is None:
                 self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)",
                                 (str(SCHEMA_VERSION),))
+            elif int(row[0]) in MIGRATES_FROM:  # the script above added what was missing
+                self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                                (str(SCHEMA_VERSION),))
             elif int(row[0]) != SCHEMA_VERSION:
                 raise StoreError(f"{self.path} has schema version {row[0]}; this Flowscope "
                                  f"reads version {SCHEMA_VERSION}")
@@ -125,6 +129,10 @@ class SqliteStore:
             row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path} is not a Flowscope store: {exc}") from None
+        if row is not None and int(row[0]) in MIGRATES_FROM:
+            raise StoreError(f"{self.path} has schema version {row[0]}; start this Flowscope's "
+                             "collector (`flowscope collect`) once to migrate it to version "
+                             f"{SCHEMA_VERSION}")
         if row is None or int(row[0]) != SCHEMA_VERSION:
             raise StoreError(f"{self.path} has schema version {row[0] if row else 'none'}; "
                              f"this Flowscope reads version {SCHEMA_VERSION}")
@@ -396,12 +404,9 @@ class SqliteStore:
                                  lambda flags, errors, last: flow_status(
                                      flags, errors, last, now_ns, self.rules.stuck_after_s))
 
-    def flow_counts(self, since_ns: int, until_ns: int, now_ns: int
-                    ) -> tuple[dict[str, int], int]:
-        """Flows last active in [since_ns, until_ns) by status, and how many started in it."""
-        statuses, started = summaries.count_flows(self.db, since_ns, until_ns, now_ns,
-                                                  self.rules.stuck_after_s)
-        return dict(statuses), started
+    def flow_counts(self, window_ns: int, now_ns: int) -> FlowCounts:
+        """Outcomes and starts in this window and the one before; in flight and stuck now."""
+        return summaries.count_flows(self.db, window_ns, now_ns, self.rules.stuck_after_s)
 
     def edge_buckets(self, since_ns: int) -> list[EdgeBucket]:
         """Every edge per time bucket since since_ns, oldest first."""

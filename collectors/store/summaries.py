@@ -7,30 +7,43 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections import Counter
 
 from collectors.flows.assembler import flow_status
 from collectors.flows.histogram import Histogram
-from collectors.store.interface import DeadLetter, EdgeBucket, LatencyBucket
+from collectors.store.interface import DeadLetter, EdgeBucket, FlowCounts, LatencyBucket
 
 MESSAGE_ID = re.compile(r"^(?P<topic>.+)\.(?P<partition>\d+)\.(?P<offset>\d+)$")
 TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-def count_flows(db: sqlite3.Connection, since_ns: int, until_ns: int, now_ns: int,
-                stuck_after_s: float) -> tuple[Counter[str], int]:
-    """Flows last active in [since_ns, until_ns) by status, and how many started in it."""
-    stuck_cut = now_ns - int(stuck_after_s * 1e9)
-    statuses: Counter[str] = Counter()
-    started = 0
-    for flags, errors, last_ns, new, count in db.execute(
-            "SELECT flags, errors > 0, CASE WHEN last_ns < :cut THEN 0 ELSE :now END, "
-            "started_ns >= :since, COUNT(*) FROM flows WHERE last_ns >= :since AND "
-            "last_ns < :until GROUP BY 1, 2, 3, 4",
-            {"cut": stuck_cut, "now": now_ns, "since": since_ns, "until": until_ns}):
-        statuses[flow_status(flags, errors, last_ns, now_ns, stuck_after_s)] += count
-        started += count if new else 0
-    return statuses, started
+def count_flows(db: sqlite3.Connection, window_ns: int, now_ns: int, stuck_after_s: float
+                ) -> FlowCounts:
+    """Outcomes (by the time a flow last moved) and starts in this window and the one before,
+    and the flows in flight or stuck now; one range scan of a covering index.
+
+    In-flight and stuck are gauges of now: the store keeps only a flow's latest activity, so
+    how many were in flight at the end of the previous window is not known."""
+    since, before = now_ns - window_ns, now_ns - 2 * window_ns
+    quiet = now_ns - int(stuck_after_s * 1e9)
+    counts = FlowCounts()
+    for flags, failed, recent, is_quiet, started, count in db.execute(
+            "SELECT flags, errors > 0, last_ns >= :since, last_ns < :quiet, "
+            "CASE WHEN started_ns >= :since THEN 1 WHEN started_ns >= :before THEN 0 "
+            "ELSE -1 END, COUNT(*) FROM flows WHERE last_ns >= :before "
+            "GROUP BY 1, 2, 3, 4, 5",
+            {"since": since, "before": before, "quiet": quiet}):
+        status = flow_status(flags, failed, 0 if is_quiet else now_ns, now_ns, stuck_after_s)
+        if status == "in flight":
+            counts.in_flight += count
+        elif status == "stuck":
+            counts.stuck += count
+        else:
+            (counts.now if recent else counts.before)[status] += count
+        if started == 1:
+            counts.started_now += count
+        elif started == 0:
+            counts.started_before += count
+    return counts
 
 
 def read_edge_buckets(db: sqlite3.Connection, since_bucket: int) -> list[EdgeBucket]:
@@ -63,7 +76,7 @@ def find_flow_ids(db: sqlite3.Connection, text: str, limit: int = 20) -> list[st
             return [row[0]]
     found: list[str] = []
     match = MESSAGE_ID.match(text)
-    if match:
+    if match and int(match["partition"]) < 2**31 and int(match["offset"]) < 2**63:
         found += [r[0] for r in db.execute(
             "SELECT flow_id FROM spans WHERE message_id = ? AND operation IN ('send', 'create')",
             (text,))]

@@ -27,6 +27,8 @@ def render() -> None:
     except queries.StoreUnavailable as exc:
         st.error("The store cannot be read.")
         st.code(str(exc), language=None)
+    except Exception as exc:  # the page's boundary
+        controls.show_failure(exc)
 
 
 def show_search(text: str) -> None:

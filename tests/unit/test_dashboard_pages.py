@@ -183,3 +183,9 @@ def test_a_missing_store_is_a_clear_error_not_a_stack_trace(app: AppTest,
     _run(app, PAGES[0])
     assert "cannot be read" in app.error[0].value
     assert str(store_env) in app.code[0].value
+
+
+def test_a_message_id_beyond_any_offset_is_no_match_not_a_crash(app: AppTest,
+                                                                seeded: Seeded) -> None:
+    _run(app, PAGES[3], flow="files.dlq.0.99999999999999999999")
+    assert "No flow matches" in app.warning[0].value

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pandas as pd
 import pytest
 
 from collectors.flows.histogram import Histogram
 from collectors.record import GroupLag, LagRow
-from collectors.store.interface import EdgeBucket, EdgeRow, HopRow, LatencyBucket, Topology
+from collectors.store.interface import (
+    EdgeBucket,
+    EdgeRow,
+    FlowCounts,
+    HopRow,
+    LatencyBucket,
+    Topology,
+)
 from dashboard import charts, layout, transforms, waterfall
 
 MS = 1_000_000
@@ -53,13 +62,17 @@ def test_node_status_follows_the_worst_group_of_the_topic_and_its_service() -> N
     assert statuses["api"] == "none"
 
 
-def test_overview_compares_with_the_window_before() -> None:
-    metrics = transforms.overview_metrics({"completed": 30, "stuck": 1}, {"completed": 10}, 60,
-                                          30, window_s=60)
-    shown = {label: (value, delta) for label, value, delta in metrics}
+def test_overview_compares_outcomes_with_the_window_before_and_gauges_have_no_change(
+) -> None:
+    counts = FlowCounts(now=Counter(completed=30), before=Counter(completed=10),
+                        started_now=60, started_before=30, in_flight=4, stuck=1)
+    shown = {label: (value, delta) for label, value, delta in
+             transforms.overview_metrics(counts, window_s=60)}
     assert shown["Flows/s"] == ("1.00", "+0.50")
     assert shown["Completed"] == ("30", "+20")
-    assert shown["Stuck"] == ("1", "+1")
+    assert shown["Failed"] == ("0", "+0")
+    assert shown["Stuck"] == ("1", None)
+    assert shown["In flight"] == ("4", None)
 
 
 @pytest.mark.parametrize(("group", "words"), [

@@ -258,3 +258,41 @@ def test_a_flow_reaching_its_completion_topic_records_its_latency_once(store: St
     buckets = store.flow_latency(BASE_NS - 10**12)
     assert [(b.flow_type, b.count) for b in buckets] == [("jobs.done", 1)]
     assert 252 <= buckets[0].latency.percentile(50) <= 252 * 1.2  # send end - first start
+
+
+def test_flow_counts_judge_each_window_and_keep_in_flight_and_stuck_as_gauges(
+        tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "store.db", RULES)  # stuck after 60 s
+    minute = 60_000.0
+    for flow, start_ms, topic in (("done-now", 9.5 * minute, "jobs.done"),
+                                  ("done-before", 4 * minute, "jobs.done"),
+                                  ("moving", 9.9 * minute, "jobs"),
+                                  ("quiet", 7 * minute, "jobs"),
+                                  ("started-before-done-now", 2 * minute, "jobs")):
+        store.write_spans(_records("api", _send(topic, trace=new_trace_id(), start=start_ms,
+                                                correlation=flow)))
+    store.write_spans(_records("api", _send("jobs.done", trace=new_trace_id(),
+                                            start=9.8 * minute,
+                                            correlation="started-before-done-now")))
+    now = BASE_NS + int(10 * minute * 1e6)
+    counts = store.flow_counts(int(5 * minute * 1e6), now)
+    assert counts.now == {"completed": 2}
+    assert counts.before == {"completed": 1}
+    assert (counts.started_now, counts.started_before) == (3, 2)
+    assert (counts.in_flight, counts.stuck) == (1, 1)
+
+
+def test_a_version_1_store_is_migrated_by_the_writer_and_refused_by_a_reader(
+        tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    SqliteStore(path, RULES).close()
+    with sqlite3.connect(path) as db:  # as the previous version left it
+        db.execute("DROP TABLE flow_latency_buckets")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.close()
+    with pytest.raises(StoreError, match="flowscope collect"):
+        SqliteStore(path, RULES, readonly=True)
+    SqliteStore(path, RULES).close()  # the collector migrates it
+    reader = SqliteStore(path, RULES, readonly=True)
+    assert reader.flow_latency(0) == []
+    reader.close()
