@@ -71,6 +71,7 @@ def child_environment(settings: Settings, bootstrap: str,
 def acquire_lock(lock: Path, endpoints: dict[str, object]) -> process.ProcessRecord:
     """Take the demo's lock file, or say which live demo holds it (stale files are replaced)."""
     lock.parent.mkdir(parents=True, exist_ok=True)
+    stop_leftovers(lock)
     record = process.ProcessRecord(os.getpid(), LOCK_MARKER, time.time(), endpoints)
     tmp = lock.with_name(f"demo.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(asdict(record)))
@@ -92,6 +93,27 @@ def acquire_lock(lock: Path, endpoints: dict[str, object]) -> process.ProcessRec
         raise FlowscopeError(COMPONENT, f"cannot take the lock file {lock}")
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def stop_leftovers(lock: Path) -> None:
+    """Stop the children a demo killed with SIGKILL left running (its lock file names them)."""
+    stale = process.ProcessRecord.read(lock)
+    if stale is None or process.pid_alive(stale.pid):
+        return
+    progress = process.Progress(COMPONENT)
+    children = stale.endpoints.get("children", []) if isinstance(stale.endpoints, dict) else []
+    for name, pid, log in children:
+        if not (process.pid_alive(int(pid))
+                and any("flowscope" in part for part in process.cmdline(int(pid)))):
+            continue
+        progress.say(f"stopping {name} (pid {pid}) left running by a demo that was killed "
+                     f"(log: {log})")
+        for sig, wait_s in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(pid), sig)
+            if process.wait_until(lambda p=int(pid): not process.pid_alive(p),
+                                  timeout_s=wait_s, interval_s=0.1):
+                break
 
 
 def release_lock(lock: Path) -> None:
@@ -386,8 +408,12 @@ def stop_child(child: Child, timeout_s: float, progress: process.Progress) -> No
     except subprocess.TimeoutExpired:
         with suppress(ProcessLookupError):
             os.killpg(child.proc.pid, signal.SIGKILL)
-        child.proc.wait(timeout=10)
-        progress.say(f"{child.name}: killed after {timeout_s:g}s (log: {child.log})")
+        try:
+            child.proc.wait(timeout=10)
+            progress.say(f"{child.name}: killed after {timeout_s:g}s (log: {child.log})")
+        except subprocess.TimeoutExpired:  # stuck in the kernel: go on with the others
+            progress.say(f"{child.name}: pid {child.proc.pid} did not exit even after SIGKILL "
+                         f"(log: {child.log})")
 
 
 def run_demo(settings: Settings, options: DemoOptions) -> int:

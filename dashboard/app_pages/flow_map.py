@@ -29,12 +29,13 @@ def render() -> None:
         controls.empty("No flows in this window yet.")
         return
     event = st.plotly_chart(charts.flow_map(data.nodes, data.edges, data.statuses, focus),
-                            key="flow_map", on_select="rerun", selection_mode="points",
+                            # a new key for each focus: a click is read once, then forgotten
+                            key=f"flow_map:{focus}", on_select="rerun",
+                            selection_mode="points",
                             width="stretch")
     points = (event or {}).get("selection", {}).get("points", []) if event else []
     clicked = [p.get("customdata") for p in points if p.get("customdata") in data.statuses]
-    if clicked and clicked[0] != st.session_state.get("map_clicked"):
-        st.session_state["map_clicked"] = clicked[0]
+    if clicked:
         controls.request_focus(clicked[0])
     st.caption("Circles are services, squares topics; colour: worst lag status of the "
                "consumer groups (green OK, amber WARN, red ERR, grey none). Edge labels: "

@@ -200,14 +200,17 @@ def run_step(cmd: Sequence[str], *, component: str, what: str, log: Path, cwd: P
         reader.start()
         deadline = time.monotonic() + timeout_s
         code: int | None = None
-        while code is None and time.monotonic() < deadline:
-            try:
-                code = proc.wait(timeout=min(every_s, max(0.01, deadline - time.monotonic())))
-            except subprocess.TimeoutExpired:
-                progress.say(f"{what}: still running, {lines[0]} lines of output so far")
-        if code is None:
-            proc.kill()
-            proc.wait()
+        try:
+            while code is None and time.monotonic() < deadline:
+                try:
+                    code = proc.wait(timeout=min(every_s,
+                                                 max(0.01, deadline - time.monotonic())))
+                except subprocess.TimeoutExpired:
+                    progress.say(f"{what}: still running, {lines[0]} lines of output so far")
+        finally:  # timed out, or interrupted (Ctrl-C, SIGTERM): the step does not outlive us
+            if code is None:
+                proc.kill()
+                proc.wait()
         reader.join(timeout=10)
     if code != 0:
         cause = (f"{what} timed out after {timeout_s:.0f}s" if code is None

@@ -178,6 +178,22 @@ def test_sigterm_mid_run_stops_every_process_despite_a_stale_lock(
     assert kafka.answers_metadata(kafka_bootstrap)
 
 
+def test_a_demo_after_one_killed_with_sigkill_stops_what_it_left_running(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    env = demo_env(tmp_path, kafka_bootstrap, None)
+    killed = DemoProcess.start(env, "--no-jaeger", "--no-dashboard")
+    killed.wait_ready()
+    left = killed.recorded_pids()
+    killed.proc.kill()  # no chance to stop its children
+    killed.proc.wait(timeout=10)
+    assert any(process.pid_alive(pid) for pid in left.values())
+    run = DemoProcess.start(env, "--no-jaeger", "--no-dashboard", "--duration", "3")
+    run.wait_ready()
+    assert run.proc.wait(timeout=90) == 0, run.output()
+    assert "left running by a demo that was killed" in run.output()
+    assert_nothing_left(run, left)  # the killed demo's children and this run's alike
+
+
 @pytest.mark.jaeger
 def test_incident_scenario_reaches_store_and_jaeger_and_leaves_no_process(
         kafka_bootstrap: str, jaeger_endpoints: JaegerStatus, tmp_path: Path) -> None:
