@@ -115,14 +115,21 @@ def rank_groups(groups: Sequence[GroupLag]) -> list[GroupLag]:
                                          -g.lag, g.group))
 
 
+def group_belongs_to(group: str, service: str) -> bool:
+    """True for the groups named after a service: 'processor', 'processor-retry', and the same
+    under an environment prefix ('staging.processor')."""
+    name = group.rsplit(".", 1)[-1]
+    return service in (group, name) or name.startswith(f"{service}-")
+
+
 def lag_table(rows: Sequence[LagRow], focus: str | None = None) -> pd.DataFrame:
     """The latest lag per group, topic and partition (narrowed to a focused topic or group)."""
     frame = pd.DataFrame([asdict(r) for r in rows],
                          columns=["group", "topic", "partition", "committed", "end", "lag",
                                   "lag_seconds", "status", "at_s"])
-    if focus:
-        frame = frame[(frame["topic"] == focus) | (frame["group"].str.contains(focus,
-                                                                                 regex=False))]
+    if focus:  # a topic, or a service and the groups named after it
+        frame = frame[(frame["topic"] == focus)
+                      | frame["group"].map(lambda g: group_belongs_to(g, focus))]
     return frame.drop(columns=["at_s"])
 
 
@@ -219,9 +226,10 @@ def hop_breakdown(edges: pd.DataFrame) -> pd.DataFrame:
     """Per hop (topic -> consuming service): median and p95 time waiting and processing."""
     consumed = edges[edges["kind"] == "consume"].copy()
     consumed["hop"] = consumed["source"] + " → " + consumed["target"]
-    return consumed[["hop", "count", "p50_ms", "p95_ms", "processing_p50_ms",
-                     "processing_p95_ms"]].rename(
-        columns={"p50_ms": "queue_p50_ms", "p95_ms": "queue_p95_ms"})
+    return consumed[["hop", "source", "target", "count", "p50_ms", "p95_ms",
+                     "processing_p50_ms", "processing_p95_ms"]].rename(
+        columns={"source": "topic", "target": "service", "p50_ms": "queue_p50_ms",
+                 "p95_ms": "queue_p95_ms"})
 
 
 def edge_series(buckets: Sequence[EdgeBucket], bucket_s: int, since_s: float, now_s: float

@@ -434,10 +434,8 @@ class SqliteStore:
         if flow_id:  # the flow's own messages: any topic it reached
             topics = json.loads((self.db.execute("SELECT topics FROM flows WHERE flow_id = ?",
                                                  (flow_id,)).fetchone() or ("[]",))[0])
-        else:
-            topics = [t for (t,) in self.db.execute(
-                "SELECT DISTINCT target FROM edge_buckets WHERE target_kind = 'topic' AND "
-                "bucket_start >= ?", (since_ms // 1000 // self.bucket_s * self.bucket_s,))]
+        else:  # every tapped topic, also those no instrumented producer writes to
+            topics = summaries.tapped_topics(self.db)
         topics = [t for t in topics if self.rules.flag_of(t) == DEAD_LETTERED]
         return summaries.read_dead_letters(self.db, topics, since_ms, limit, flow_id)
 

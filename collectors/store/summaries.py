@@ -104,6 +104,14 @@ def read_retry_attempts(db: sqlite3.Connection, since_ms: int, sample: int | Non
         (since_ms, sample) if sample else (since_ms,)).fetchall()
 
 
+def tapped_topics(db: sqlite3.Connection) -> list[str]:
+    """The topics the tap has seen, one index seek each (the table is keyed by topic first)."""
+    return [topic for (topic,) in db.execute(
+        "WITH RECURSIVE seen(topic) AS (SELECT MIN(topic) FROM messages UNION ALL "
+        "SELECT (SELECT MIN(topic) FROM messages WHERE topic > seen.topic) FROM seen "
+        "WHERE seen.topic IS NOT NULL) SELECT topic FROM seen WHERE topic IS NOT NULL")]
+
+
 def read_dead_letters(db: sqlite3.Connection, topics: list[str], since_ms: int,
                       limit: int, flow_id: str | None = None) -> list[DeadLetter]:
     """Messages on the dead-letter topics since since_ms (of one flow, when given), newest

@@ -27,10 +27,11 @@ def render() -> None:
     hops = data.hops
     focus = controls.focus()
     if focus:
-        hops = hops[hops["hop"].str.contains(focus, regex=False)]
+        hops = hops[(hops["topic"] == focus) | (hops["service"] == focus)]
     if not hops.empty:
         st.plotly_chart(charts.breakdown(hops), width="stretch")
-        st.dataframe(hops, hide_index=True, width="stretch", column_config={
+        st.dataframe(hops.drop(columns=["topic", "service"]), hide_index=True, width="stretch",
+                     column_config={
             c: st.column_config.NumberColumn(c.replace("_ms", " (ms)"), format="%.1f")
             for c in ("queue_p50_ms", "queue_p95_ms", "processing_p50_ms",
                       "processing_p95_ms")})

@@ -157,3 +157,13 @@ def test_attempts_keep_only_topics_that_saw_a_retry() -> None:
                                        ("done", 1, 80)])
     assert set(table["topic"]) == {"jobs.retry"}
     assert list(table["messages"]) == [9, 1]
+
+
+def test_focus_on_a_service_keeps_its_groups_and_on_a_topic_its_partitions() -> None:
+    rows = [LagRow(g, t, 0, 1, 2, 1, 0.1, "OK", 0.0) for g, t in (
+        ("processor", "jobs"), ("processor-retry", "jobs.retry"), ("env.processor", "x"),
+        ("processors", "y"), ("notifier", "jobs"))]
+    by_service = transforms.lag_table(rows, "processor")
+    assert list(by_service["group"]) == ["processor", "processor-retry", "env.processor"]
+    by_topic = transforms.lag_table(rows, "jobs")
+    assert list(by_topic["group"]) == ["processor", "notifier"]

@@ -10,7 +10,7 @@ import pytest
 
 from collectors.flows.assembler import FlowRules
 from collectors.normalize import NormalizeReport, normalize_request
-from collectors.record import SpanRecord
+from collectors.record import MessageRecord, SpanRecord
 from collectors.store.interface import Store
 from collectors.store.sqlite import SqliteStore, StoreError
 from tests.otlp_factory import BASE_NS, new_span_id, new_trace_id, request, span
@@ -296,3 +296,15 @@ def test_a_version_1_store_is_migrated_by_the_writer_and_refused_by_a_reader(
     reader = SqliteStore(path, RULES, readonly=True)
     assert reader.flow_latency(0) == []
     reader.close()
+
+
+def test_dead_letters_include_topics_only_the_tap_has_seen(store: Store) -> None:
+    now_ms = NOW // 1_000_000
+    store.write_messages([
+        MessageRecord("legacy.dlq", 0, 7, now_ms, "k", 3, "flow-x", None, 3,
+                      '[["dlq-reason", "bad"]]', False),
+        MessageRecord("legacy.events", 0, 1, now_ms, "k", 3, "flow-x", None, None, None, False)])
+    (letter,) = store.dead_letters(now_ms - 1000)
+    assert (letter.topic, letter.offset, letter.headers) == ("legacy.dlq", 7,
+                                                            (("dlq-reason", "bad"),))
+    assert store.dead_letters(now_ms - 1000, flow_id="flow-x")[0].offset == 7
