@@ -37,7 +37,7 @@ def render_sidebar() -> None:
 
 def _nodes() -> list[str]:
     try:
-        return sorted(queries.flow_map(window_seconds()).nodes["node"])
+        return queries.nodes(window_seconds())
     except Exception:  # the page says why; the sidebar offers no nodes meanwhile
         return []
 

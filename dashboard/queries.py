@@ -210,12 +210,23 @@ def _cached(loader: str, path: str, argument: float | str, at_tick: int) -> obje
         return LOADERS[loader](store, float(argument), time.time_ns())
 
 
-LOADERS = {"flow_map": load_flow_map, "retries": load_retries, "latency": load_latency,
-           "propagation": load_propagation, "recent_flows": load_recent_flows}
+def load_nodes(store: SqliteStore, window_s: float, now_ns: int) -> list[str]:
+    """The services and topics of the window, for the focus control."""
+    return list(store.topology_nodes(now_ns - int(window_s * 1e9)))
+
+
+LOADERS = {"nodes": load_nodes, "flow_map": load_flow_map, "retries": load_retries,
+           "latency": load_latency, "propagation": load_propagation,
+           "recent_flows": load_recent_flows}
 
 
 def _load(loader: str, argument: float | str) -> object:
     return _cached(loader, str(settings().collect.store), argument, tick())
+
+
+def nodes(window_s: float) -> list[str]:
+    """The services and topics of the window."""
+    return _load("nodes", window_s)  # type: ignore[return-value]
 
 
 def flow_map(window_s: float) -> FlowMap:

@@ -220,6 +220,10 @@ class Store(Protocol):
         """Outcomes and starts in this window and the one before; in flight and stuck now."""
         ...
 
+    def topology_nodes(self, since_ns: int) -> dict[str, str]:
+        """The nodes of the topology since since_ns (name -> 'service' or 'topic')."""
+        ...
+
     def edge_buckets(self, since_ns: int) -> list[EdgeBucket]:
         """Every edge per time bucket since since_ns, oldest first."""
         ...

@@ -408,6 +408,15 @@ class SqliteStore:
         """Outcomes and starts in this window and the one before; in flight and stuck now."""
         return summaries.count_flows(self.db, window_ns, now_ns, self.rules.stuck_after_s)
 
+    def topology_nodes(self, since_ns: int) -> dict[str, str]:
+        """The nodes of the topology since since_ns (name -> 'service' or 'topic'), without
+        reading the edges' histograms."""
+        since = int(since_ns // 1_000_000_000) // self.bucket_s * self.bucket_s
+        return dict(sorted(self.db.execute(
+            "SELECT source, source_kind FROM edge_buckets WHERE bucket_start >= ? UNION "
+            "SELECT target, target_kind FROM edge_buckets WHERE bucket_start >= ?",
+            (since, since)).fetchall()))
+
     def edge_buckets(self, since_ns: int) -> list[EdgeBucket]:
         """Every edge per time bucket since since_ns, oldest first."""
         return summaries.read_edge_buckets(

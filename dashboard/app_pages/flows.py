@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import streamlit as st
 
+from collectors.store.interface import FlowRow
 from dashboard import charts, controls, queries, transforms, waterfall
 
 st.title("Flow explorer")
@@ -19,21 +20,18 @@ TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 def render() -> None:
     """One flow when the search names one, else the newest flows."""
     text = (st.session_state.get("flow") or "").strip()
-    try:
-        if text:
-            show_search(text)
-        else:
-            show_recent()
-    except queries.StoreUnavailable as exc:
-        st.error("The store cannot be read.")
-        st.code(str(exc), language=None)
-    except Exception as exc:  # the page's boundary
-        controls.show_failure(exc)
+    if text:
+        found = controls.load(lambda _window: queries.flow(text))
+        if isinstance(found, queries.FoundFlow):
+            show_search(found)
+    else:
+        flows = controls.load(queries.recent_flows)
+        if flows is not None:
+            show_recent(flows)  # type: ignore[arg-type]
 
 
-def show_search(text: str) -> None:
+def show_search(found: queries.FoundFlow) -> None:
     """The flow a search names (and the others it also matched)."""
-    found = queries.flow(text)
     matches, flow, hops = found.matches, found.flow, found.hops
     if flow is None:
         st.warning("No flow matches this search in the store.")
@@ -84,9 +82,8 @@ def show_search(text: str) -> None:
             "processing_ms": st.column_config.NumberColumn("processing (ms)", format="%.1f")})
 
 
-def show_recent() -> None:
+def show_recent(flows: list[FlowRow]) -> None:
     """The newest flows of the window, each a link to itself."""
-    flows = queries.recent_flows(controls.window_seconds())
     if not flows:
         controls.empty("No flows in this window yet.")
         return
