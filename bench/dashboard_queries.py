@@ -136,7 +136,7 @@ def time_pages(store, repeat: int) -> list[tuple[str, str, float, float]]:  # ty
     for window_name, window_s in (("15m", 900), ("1h", HOUR_S)):
         loaders = {
             "flow map": lambda w=window_s: queries.load_flow_map(store, w, time.time_ns()),
-            "lag": lambda w=window_s: queries.load_lag(store, w, time.time()),
+            "lag": lambda w=window_s: queries.load_lag(store, w, time.time_ns()),
             "retries": lambda w=window_s: queries.load_retries(store, w, time.time_ns()),
             "latency": lambda w=window_s: queries.load_latency(store, w, time.time_ns()),
             "propagation": lambda w=window_s: queries.load_propagation(store, w,

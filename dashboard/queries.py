@@ -134,10 +134,10 @@ def load_flow_map(store: SqliteStore, window_s: float, now_ns: int) -> FlowMap:
                    transforms.worst_group(groups), series)
 
 
-def load_lag(store: SqliteStore, window_s: float, now_s: float) -> Lag:
+def load_lag(store: SqliteStore, window_s: float, now_ns: int) -> Lag:
     """The latest lag and its history over the window."""
     rows, groups = store.lag()
-    return Lag(rows, groups, transforms.lag_trend(store.lag_trend(now_s - window_s)))
+    return Lag(rows, groups, transforms.lag_trend(store.lag_trend(now_ns / 1e9 - window_s)))
 
 
 def load_retries(store: SqliteStore, window_s: float, now_ns: int) -> Retries:
@@ -203,11 +203,7 @@ def load_flow(store: SqliteStore, text: str, now_ns: int) -> FoundFlow:
 def _cached(loader: str, path: str, argument: float | str, at_tick: int) -> object:
     del path, at_tick  # cache keys
     with guarded_store().use() as store:
-        if loader == "flow":
-            return load_flow(store, str(argument), time.time_ns())
-        if loader == "lag":
-            return load_lag(store, float(argument), time.time())
-        return LOADERS[loader](store, float(argument), time.time_ns())
+        return LOADERS[loader](store, argument, time.time_ns())  # type: ignore[operator]
 
 
 def load_nodes(store: SqliteStore, window_s: float, now_ns: int) -> list[str]:
@@ -215,8 +211,9 @@ def load_nodes(store: SqliteStore, window_s: float, now_ns: int) -> list[str]:
     return list(store.topology_nodes(now_ns - int(window_s * 1e9)))
 
 
-LOADERS = {"nodes": load_nodes, "flow_map": load_flow_map, "retries": load_retries,
-           "latency": load_latency, "propagation": load_propagation,
+# Each loader takes (store, its argument: a window in seconds or a search, now in ns).
+LOADERS = {"nodes": load_nodes, "flow_map": load_flow_map, "lag": load_lag, "flow": load_flow,
+           "retries": load_retries, "latency": load_latency, "propagation": load_propagation,
            "recent_flows": load_recent_flows}
 
 
