@@ -147,8 +147,13 @@ def catch_up_text(group: GroupLag) -> str:
     rate = group.consume_rate or 0.0
     if group.catch_up_s is not None:
         return f"draining at {rate:,.1f} msg/s; caught up in about {_duration(group.catch_up_s)}"
-    if group.lag_rate is not None and group.lag_rate > 0.05:
+    # A lag the group works off within a second is messages in flight between two polls, not
+    # a group falling behind, however the last few polls moved it.
+    in_flight = rate > 0 and group.lag <= rate
+    if group.lag_rate is not None and group.lag_rate > 0.05 and not in_flight:
         return f"falling behind by {group.lag_rate:,.1f} msg/s; will not catch up at this rate"
+    if in_flight:
+        return f"keeping pace at {rate:,.1f} msg/s; the lag is under a second of work"
     if rate > 0:
         return f"keeping pace at {rate:,.1f} msg/s; the lag holds"
     return "not draining: no commits in the window"

@@ -80,6 +80,10 @@ def test_overview_compares_outcomes_with_the_window_before_and_gauges_have_no_ch
     (GroupLag("g", "WARN", None, 600, 30.0, 20.0, -10.0, 60.0, 0.0), "caught up in about 60 s"),
     (GroupLag("g", "WARN", None, 600, 30.0, 5.0, 3.0, None, 0.0), "will not catch up"),
     (GroupLag("g", "ERR", None, 600, 30.0, None, None, None, 0.0), "not draining"),
+    # one message behind a group that consumes 20 a second is in flight, not falling behind
+    (GroupLag("g", "OK", None, 1, 0.3, 20.0, 0.1, None, 0.0), "under a second of work"),
+    (GroupLag("g", "OK", None, 30, 1.5, 20.0, 0.1, None, 0.0), "will not catch up"),
+    (GroupLag("g", "OK", None, 30, 1.5, 20.0, 0.0, None, 0.0), "the lag holds"),
 ])
 def test_catch_up_text_says_what_will_happen(group: GroupLag, words: str) -> None:
     assert words in transforms.catch_up_text(group)
