@@ -16,7 +16,7 @@ import streamlit as st
 
 from collectors.record import GroupLag, LagRow
 from collectors.store.factory import open_store
-from collectors.store.interface import FlowRow, HopRow
+from collectors.store.interface import SEND_SPAN_SETTLE_MS, FailedStep, FlowRow, HopRow
 from collectors.store.sqlite import SqliteStore, StoreError
 from dashboard import layout, transforms
 from flowscope.errors import FlowscopeError
@@ -164,8 +164,9 @@ def load_latency(store: SqliteStore, window_s: float, now_ns: int) -> Latency:
 
 def load_propagation(store: SqliteStore, window_s: float, now_ns: int) -> pd.DataFrame:
     """Trace-context share per topic and producer over the window."""
-    return transforms.propagation_table(
-        store.propagation((now_ns - int(window_s * 1e9)) // 1_000_000, PROPAGATION_SAMPLE))
+    now_ms = now_ns // 1_000_000
+    return transforms.propagation_table(store.propagation(
+        now_ms - int(window_s * 1000), PROPAGATION_SAMPLE, now_ms - SEND_SPAN_SETTLE_MS))
 
 
 def load_recent_flows(store: SqliteStore, window_s: float, now_ns: int) -> list[FlowRow]:
@@ -182,6 +183,7 @@ class FoundFlow:
     flow: FlowRow | None
     hops: list[HopRow]
     dead_letters: pd.DataFrame
+    failed_steps: list[FailedStep]
 
 
 def load_flow(store: SqliteStore, text: str, now_ns: int) -> FoundFlow:
@@ -189,10 +191,11 @@ def load_flow(store: SqliteStore, text: str, now_ns: int) -> FoundFlow:
     matches = store.find_flows(text)
     found = store.flow(matches[0], now_ns) if matches else None
     if found is None:
-        return FoundFlow(matches, None, [], transforms.dead_letter_table([]))
+        return FoundFlow(matches, None, [], transforms.dead_letter_table([]), [])
     flow, hops = found
     return FoundFlow(matches, flow, hops, transforms.dead_letter_table(
-        store.dead_letters(0, 20, flow_id=flow.id) if flow.status == "dead-lettered" else []))
+        store.dead_letters(0, 20, flow_id=flow.id) if flow.status == "dead-lettered" else []),
+        store.failed_steps(flow.id) if flow.errors else [])
 
 
 # -- cached, for the pages ---------------------------------------------------------------------

@@ -13,6 +13,11 @@ from typing import Protocol
 from collectors.flows.histogram import Histogram
 from collectors.record import GroupLag, LagRow, MessageRecord, SpanRecord
 
+# SDKs export spans in batches (every 5 s by default), so a message is tapped before its send
+# span arrives; until this long after it was sent, a message with no send span is not yet
+# counted as coming from an uninstrumented producer.
+SEND_SPAN_SETTLE_MS = 15_000
+
 
 @dataclass(frozen=True)
 class WriteResult:
@@ -64,6 +69,19 @@ class FlowRow:
     services: list[str] = field(default_factory=list)
     topics: list[str] = field(default_factory=list)
     trace_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FailedStep:
+    """A span of a flow that ended in error: what failed, where and when (error_type is the
+    instrumented code's own text)."""
+
+    start_ns: int
+    service: str
+    name: str
+    kind: str
+    error_type: str | None
+    trace_id: str
 
 
 @dataclass(frozen=True)
@@ -191,13 +209,20 @@ class Store(Protocol):
         """One flow, by correlation ID or by any of its trace IDs, with its hops in time order."""
         ...
 
+    def failed_steps(self, flow_id: str, limit: int = 50) -> list[FailedStep]:
+        """The spans of a flow that ended in error, oldest first."""
+        ...
+
     def write_messages(self, records: Sequence[MessageRecord]) -> int:
         """Record tapped messages (idempotent by coordinates); how many were new."""
         ...
 
-    def propagation(self, since_ms: int, sample: int | None = None) -> list[PropagationRow]:
+    def propagation(self, since_ms: int, sample: int | None = None,
+                    settled_before_ms: int | None = None) -> list[PropagationRow]:
         """Per topic and producer, the messages since since_ms (the newest `sample` of them,
-        when given) and those with trace context."""
+        when given) and those with trace context. A message from settled_before_ms on whose
+        send span has not arrived is left out: its producer is not known yet, nor that it has
+        none."""
         ...
 
     def write_lag(self, rows: Sequence[LagRow], groups: Sequence[GroupLag]) -> None:

@@ -42,6 +42,7 @@ from collectors.store import readers, summaries
 from collectors.store.interface import (
     DeadLetter,
     EdgeBucket,
+    FailedStep,
     FlowCounts,
     FlowRow,
     HopRow,
@@ -306,17 +307,22 @@ class SqliteStore:
             self._merge_flows(deltas)
         return new
 
-    def propagation(self, since_ms: int, sample: int | None = None) -> list[PropagationRow]:
+    def propagation(self, since_ms: int, sample: int | None = None,
+                    settled_before_ms: int | None = None) -> list[PropagationRow]:
         """Per topic and producer, the messages since since_ms (the newest `sample` of them,
-        when given) and those with trace context."""
+        when given) and those with trace context; unattributed messages from
+        settled_before_ms on are left out (their send span may still be on its way)."""
         newest = "ORDER BY timestamp_ms DESC LIMIT ?" if sample else ""
+        settled = 2**62 if settled_before_ms is None else settled_before_ms
         return [PropagationRow(*row) for row in self.db.execute(
             "SELECT m.topic, COALESCE((SELECT s.service FROM spans s WHERE s.message_id = "
-            "m.message_id AND s.operation IN ('send', 'create') LIMIT 1), 'unknown') AS producer,"
-            " COUNT(*), SUM(m.trace_id IS NOT NULL) FROM (SELECT topic, message_id, trace_id "
-            f"FROM messages WHERE timestamp_ms >= ? {newest}) m "
-            "GROUP BY m.topic, producer ORDER BY m.topic, producer",
-            (since_ms, sample) if sample else (since_ms,))]
+            "m.message_id AND s.operation IN ('send', 'create') LIMIT 1), "
+            "CASE WHEN m.timestamp_ms >= ? THEN NULL ELSE 'unknown' END) AS producer,"
+            " COUNT(*), SUM(m.trace_id IS NOT NULL) FROM (SELECT topic, message_id, trace_id, "
+            f"timestamp_ms FROM messages WHERE timestamp_ms >= ? {newest}) m "
+            "GROUP BY m.topic, producer HAVING producer IS NOT NULL "
+            "ORDER BY m.topic, producer",
+            (settled, since_ms, sample) if sample else (settled, since_ms))]
 
     def write_lag(self, rows: Sequence[LagRow], groups: Sequence[GroupLag]) -> None:
         """Record one lag poll: the current figures and the history."""
@@ -403,6 +409,12 @@ class SqliteStore:
         return readers.read_flow(self.db, flow_or_trace_id,
                                  lambda flags, errors, last: flow_status(
                                      flags, errors, last, now_ns, self.rules.stuck_after_s))
+
+    def failed_steps(self, flow_id: str, limit: int = 50) -> list[FailedStep]:
+        """The spans of a flow that ended in error, oldest first (read by the flow index)."""
+        return [FailedStep(*row) for row in self.db.execute(
+            "SELECT start_ns, service, name, kind, error_type, trace_id FROM spans "
+            "WHERE flow_id = ? AND error = 1 ORDER BY start_ns LIMIT ?", (flow_id, limit))]
 
     def flow_counts(self, window_ns: int, now_ns: int) -> FlowCounts:
         """Outcomes and starts in this window and the one before; in flight and stuck now."""

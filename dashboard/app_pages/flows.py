@@ -61,6 +61,15 @@ def show_search(found: queries.FoundFlow) -> None:
             # Jaeger built from source serves no web UI; its query API always answers.
             column.link_button("as JSON", f"{settings.jaeger.query_url}/api/traces/{trace_id}",
                                type="tertiary")
+    if found.failed_steps:
+        st.subheader("Failed steps")
+        # error types are the instrumented code's text: a table shows them as text only
+        st.dataframe(pd.DataFrame([{
+            "at": pd.Timestamp(step.start_ns, unit="ns", tz="UTC"), "service": step.service,
+            "step": step.name, "kind": step.kind, "error": step.error_type or "(no type given)",
+            "trace_id": step.trace_id} for step in found.failed_steps]),
+            hide_index=True, width="stretch", column_config={
+                "at": st.column_config.DatetimeColumn("at (UTC)", format="HH:mm:ss.SSS")})
     for letter in found.dead_letters.itertuples():
         st.subheader("Dead-lettered")
         # Header values come from other systems: a code block shows them as text only.

@@ -24,8 +24,11 @@ def render() -> None:
                f"producer). Computed on the newest {queries.PROPAGATION_SAMPLE:,} tapped "
                "messages of the window.")
     st.dataframe(data, hide_index=True, width="stretch", column_config={
-        "share": st.column_config.ProgressColumn("with trace context", format="percent",
-                                                 min_value=0.0, max_value=1.0)})
+        "messages": st.column_config.NumberColumn("messages"),
+        "with_context": st.column_config.NumberColumn("with trace context"),
+        # green like the chart: a full bar is the healthy state
+        "share": st.column_config.ProgressColumn("share with trace context", format="percent",
+                                                 min_value=0.0, max_value=1.0, color="green")})
 
 
 controls.live(render)

@@ -27,7 +27,8 @@ def render() -> None:
     left.dataframe(rates, hide_index=True, width="stretch", column_config={
         "count": st.column_config.NumberColumn("messages"),
         "retry_rate": st.column_config.ProgressColumn("retried", format="percent",
-                                                      min_value=0.0, max_value=1.0),
+                                                      min_value=0.0, max_value=1.0,
+                                                      color="red"),
         "error_rate": st.column_config.NumberColumn("failed", format="percent")})
     right.subheader("Attempts")
     attempts = data.attempts[data.attempts["topic"] == focus] if focus else data.attempts

@@ -125,6 +125,15 @@ def test_flow_explorer_finds_a_flow_by_any_of_its_names(app: AppTest, seeded: Se
     assert HOSTILE in app.code[0].value  # its dead letter's headers, as text
 
 
+def test_flow_explorer_lists_what_failed_in_a_flow(app: AppTest, seeded: Seeded) -> None:
+    _run(app, PAGES[3], flow=DEAD)
+    failed = app.dataframe[0].value
+    assert list(zip(failed["service"], failed["step"], failed["error"], strict=True)) == [
+        ("processor", "process files.uploaded", "ValueError"),
+        ("processor", "process files.uploaded.retry", "ValueError")]
+    assert set(failed["trace_id"]) == {seeded.dead_trace_id}
+
+
 def test_flow_explorer_collapses_a_ten_minute_wait(app: AppTest, seeded: Seeded) -> None:
     _run(app, PAGES[3], flow=SLOW)
     waterfall = _chart_specs(app)[0]

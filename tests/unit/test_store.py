@@ -308,3 +308,40 @@ def test_dead_letters_include_topics_only_the_tap_has_seen(store: Store) -> None
     assert (letter.topic, letter.offset, letter.headers) == ("legacy.dlq", 7,
                                                             (("dlq-reason", "bad"),))
     assert store.dead_letters(now_ms - 1000, flow_id="flow-x")[0].offset == 7
+
+
+def test_propagation_waits_for_a_recent_message_s_send_span_before_calling_it_unknown(
+        store: Store) -> None:
+    trace = new_trace_id()
+    store.write_spans(_records("api", _send("jobs", trace=trace, **{
+        "messaging.destination.partition.id": "0", "messaging.kafka.offset": 1})))
+    sent_ms = BASE_NS // 1_000_000
+    store.write_messages([
+        MessageRecord("jobs", 0, offset, sent_ms + at_ms, None, 2, None, trace_id, None, None,
+                      False)
+        for offset, at_ms, trace_id in ((1, 0, trace), (2, 0, None), (3, 20_000, None))])
+
+    def shares(**settled: int) -> dict[tuple[str, str], tuple[int, int]]:
+        return {(r.topic, r.producer): (r.messages, r.with_context)
+                for r in store.propagation(sent_ms - 1000, **settled)}
+
+    # offset 3 came 20 s after the others: its span may be on its way, so it is left out
+    assert shares(settled_before_ms=sent_ms + 10_000) == {("jobs", "api"): (1, 1),
+                                                          ("jobs", "unknown"): (1, 0)}
+    assert shares() == {("jobs", "api"): (1, 1), ("jobs", "unknown"): (2, 0)}
+
+
+def test_failed_steps_of_a_flow_are_its_spans_in_error_oldest_first(store: Store) -> None:
+    trace = new_trace_id()
+    send = new_span_id()
+    store.write_spans(_records("api", _send("jobs", trace=trace, span_id=send)))
+    store.write_spans(_records("worker", _process("jobs", trace=trace, parent=send, start=30,
+                                                  error=True)))
+    store.write_spans(_records("worker", _process("jobs", trace=trace, parent=send, start=20,
+                                                  error=True)))
+    store.write_spans(_records("worker", _process("jobs", trace=trace, parent=send, start=40)))
+    steps = store.failed_steps("flow-1")
+    assert [(s.service, s.name, s.kind, s.trace_id) for s in steps] == \
+        [("worker", "process jobs", "consumer", trace)] * 2
+    assert steps[0].start_ns < steps[1].start_ns
+    assert store.failed_steps("no-such-flow") == []
