@@ -255,12 +255,14 @@ class Worker:
             topic=record.topic, partition=record.partition, offset=record.offset,
             key=record.key, group=self.group_id, client_id=self.service.client_id,
             correlation_id=correlation_id, attempt=attempt, size=len(record.value or b""))
+        if self.honour_not_before:
+            # before the span: a retry waiting out its backoff is waiting in the topic, not
+            # being processed, and a trace or waterfall should show it so
+            await self._wait_until_due(record)
         with inst.consumer_span(self.service.tracer, record.topic, record.headers,
                                 attributes) as span:
             try:
                 payload = decode_payload(record.value)
-                if self.honour_not_before:
-                    await self._wait_until_due(record)
                 await self.handler(Incoming(record, payload, correlation_id, attempt, span))
             except (BadMessage, PermanentFailure) as exc:
                 inst.mark_error(span, type(exc).__name__, str(exc))

@@ -34,7 +34,8 @@ def fetch_spans_v3(query: str, trace_id: str, complete: Callable[[list[dict[str,
                    timeout_s: float = 30.0) -> list[dict[str, Any]]:
     """Poll GET /api/v3/traces/<id> (OTLP JSON) until complete(spans) holds.
 
-    Each span is flattened to {name, spanId, parentSpanId, links, kind, service}. The v3 API
+    Each span is flattened to {name, spanId, parentSpanId, links, kind, service, start_ns,
+    attributes (key -> the value as text)}. The v3 API
     keeps OTLP's parent and links apart; the v1 API folds a link to the parent span into one
     FOLLOWS_FROM reference.
     """
@@ -65,5 +66,8 @@ def _flatten(answer: dict[str, Any]) -> list[dict[str, Any]]:
                 spans.append({"name": span["name"], "spanId": span["spanId"],
                               "parentSpanId": span.get("parentSpanId", ""),
                               "links": [link["spanId"] for link in span.get("links", [])],
-                              "kind": span.get("kind"), "service": service})
+                              "kind": span.get("kind"), "service": service,
+                              "start_ns": int(span.get("startTimeUnixNano", 0)),
+                              "attributes": {a["key"]: str(next(iter(a["value"].values()), ""))
+                                             for a in span.get("attributes", [])}})
     return spans

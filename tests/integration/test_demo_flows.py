@@ -15,6 +15,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -114,7 +115,8 @@ async def test_uploads_end_processed_or_dead_lettered_with_expected_retries(
 
 
 async def test_retry_messages_carry_attempt_and_not_before(
-        stack: DemoStack, report: dict[str, list[dict[str, str]]]) -> None:
+        stack: DemoStack, report: dict[str, list[dict[str, str]]],
+        jaeger_endpoints: JaegerStatus) -> None:
     await wait_for_outcomes(stack.config, {u["correlation_id"] for u in report["uploads"]},
                             FILE_TERMINALS)
     retried = (await read_topics(stack.config, [topics.FILES_RETRY]))[topics.FILES_RETRY]
@@ -124,6 +126,22 @@ async def test_retry_messages_carry_attempt_and_not_before(
         assert int(headers["retry-attempt"]) >= 2
         assert int(headers["retry-not-before"]) >= record.timestamp
         assert headers["retry-reason"] == b"transient failure: storage timed out"
+    # The backoff is waited out before the process span starts: in the trace it is time in
+    # the topic, not processing.
+    for record in retried[:3]:
+        headers = headers_of(record)
+        message_id = f"{record.topic}.{record.partition}.{record.offset}"
+        spans = fetch_spans_v3(jaeger_endpoints.query,
+                               headers["traceparent"].decode().split("-")[1],
+                               lambda found, m=message_id: bool(_processing_of(found, m)))
+        (process,) = _processing_of(spans, message_id)
+        not_before_ns = int(headers["retry-not-before"]) * 1_000_000
+        assert process["start_ns"] >= not_before_ns - 1_000_000, (message_id, process)
+
+
+def _processing_of(spans: list[dict[str, Any]], message_id: str) -> list[dict[str, Any]]:
+    return [s for s in spans if s["name"].startswith("process ")
+            and s["attributes"].get("messaging.message.id") == message_id]
 
 
 async def test_sagas_end_in_exactly_one_terminal_state(
