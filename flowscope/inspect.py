@@ -101,15 +101,26 @@ def inspect_flow(store: Store, flow_id: str, as_json: bool) -> str | None:
     if found is None:
         return None
     flow, hops = found
+    failed = store.failed_steps(flow.id) if flow.errors else []
     if as_json:
-        return json.dumps({**flow_json(flow), "hop_list": [hop_json(h) for h in hops]})
+        return json.dumps({**flow_json(flow), "hop_list": [hop_json(h) for h in hops],
+                           "failed_steps": [{"at_ns": f.start_ns, "service": f.service,
+                                             "step": f.name, "kind": f.kind,
+                                             "error": f.error_type, "trace_id": f.trace_id}
+                                            for f in failed]})
     head = (f"flow {flow.id}: {flow.status}, {flow.hops} hops, {flow.retries} retries, "
             f"{_time(flow.started_ns)} -> {_time(flow.ended_ns)}")
     rows = [(_time(h.produce_end_ns or h.consume_start_ns), h.producer_service, h.topic,
              h.consumer_service or "(waiting)", _ms(h.queue_ms), _ms(h.processing_ms),
              h.retry_attempt, "error" if h.error else "") for h in hops]
-    return head + "\n" + table(["AT", "PRODUCER", "TOPIC", "CONSUMER", "QUEUE_MS",
+    text = head + "\n" + table(["AT", "PRODUCER", "TOPIC", "CONSUMER", "QUEUE_MS",
                                 "PROCESS_MS", "ATTEMPT", ""], rows)
+    if failed:
+        text += "\n\nfailed steps:\n" + table(
+            ["AT", "SERVICE", "STEP", "KIND", "ERROR"],
+            [(_time(f.start_ns), f.service, f.name, f.kind, f.error_type or "-")
+             for f in failed])
+    return text
 
 
 def inspect_counters(store: Store, as_json: bool) -> str:
