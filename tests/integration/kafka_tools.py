@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
+from collectors.lag.offsets import compute_lag
 from flowscope.infra import kafka
 from flowscope.settings import Settings
 
@@ -77,3 +80,47 @@ async def commit_offsets(bootstrap: str, group: str, offsets: dict[TopicPartitio
         await consumer.commit(offsets)
     finally:
         await consumer.stop()
+
+
+@dataclass(frozen=True, order=True)
+class PartitionLag:
+    """One partition of one group as the broker has it now (tests wait on these)."""
+
+    group: str
+    topic: str
+    partition: int
+    committed: int | None
+    end: int | None
+
+    @property
+    def lag(self) -> int | None:
+        """Messages not yet consumed, as ConsumerGroupCommand's LAG column computes it."""
+        return compute_lag(self.committed, self.end)
+
+
+async def read_group_lag(bootstrap: str, group: str, *, timeout_s: float = 10.0
+                         ) -> list[PartitionLag]:
+    """Committed offsets of group and the log-end offsets of those partitions, per partition:
+    a light read for tests that wait on a group (the collector's LagPoller keeps history)."""
+    timeout_ms = int(timeout_s * 1000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False, request_timeout_ms=timeout_ms)
+    await admin.start()
+    try:
+        committed = await asyncio.wait_for(admin.list_consumer_group_offsets(group), timeout_s)
+    finally:
+        await admin.close()
+    partitions = sorted(committed, key=lambda tp: (tp.topic, tp.partition))
+    if not partitions:
+        return []
+    await consumer.start()
+    try:
+        ends: dict[TopicPartition, int] = await asyncio.wait_for(
+            consumer.end_offsets(partitions), timeout_s)
+    finally:
+        await consumer.stop()
+    return [PartitionLag(group, tp.topic, tp.partition,
+                         committed[tp].offset if committed[tp].offset >= 0 else None,
+                         ends.get(tp))
+            for tp in partitions]

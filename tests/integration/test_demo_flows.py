@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from collectors.lag.offsets import read_group_lag
 from demo_services import topics
 from demo_services.faults import Simulation, draw
 from demo_services.inventory import reservation_fails
@@ -35,6 +34,7 @@ from tests.integration.demo_stack import (
     wait_for_outcomes,
 )
 from tests.integration.jaeger_api import fetch_spans_v3, fetch_trace
+from tests.integration.kafka_tools import read_group_lag
 
 pytestmark = pytest.mark.jaeger
 

@@ -1,13 +1,18 @@
-"""Consumer lag read with aiokafka equals what Kafka's ConsumerGroupCommand reports."""
+"""The offsets the tests wait on, read with aiokafka, equal what Kafka's ConsumerGroupCommand
+reports (the collector's own lag is checked against it in test_lag.py)."""
 
 from __future__ import annotations
 
 from aiokafka import TopicPartition
 
-from collectors.lag.offsets import read_group_lag
 from flowscope.settings import Settings
 from tests.integration.conftest import create_topic
-from tests.integration.kafka_tools import commit_offsets, describe_group, produce_to_partitions
+from tests.integration.kafka_tools import (
+    commit_offsets,
+    describe_group,
+    produce_to_partitions,
+    read_group_lag,
+)
 
 
 async def test_group_lag_equals_consumer_group_command_for_every_partition(

@@ -1,6 +1,6 @@
 import pytest
 
-from collectors.lag.offsets import PartitionLag, compute_lag
+from collectors.lag.offsets import compute_lag
 
 
 @pytest.mark.parametrize(("committed", "end", "lag"), [
@@ -10,7 +10,3 @@ from collectors.lag.offsets import PartitionLag, compute_lag
 def test_compute_lag_follows_consumer_group_command(committed: int | None, end: int | None,
                                                     lag: int | None) -> None:
     assert compute_lag(committed, end) == lag
-
-
-def test_partition_lag_exposes_lag_of_its_offsets() -> None:
-    assert PartitionLag("g", "orders", 2, committed=10, end=25).lag == 15
