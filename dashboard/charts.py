@@ -119,12 +119,17 @@ def _edge_hover(edge) -> str:  # type: ignore[no-untyped-def]
             f"({edge.error_rate:.1%}), retries {edge.retries:,} ({edge.retry_rate:.1%})")
 
 
+MARKERS_UP_TO = 120  # points per line; past that a marker each is clutter, and one SVG node each
+
+
 def lines(frame: pd.DataFrame, x: str, y: str, color: str, *, x_title: str, y_title: str
           ) -> go.Figure:
-    """One line per value of `color` (a group, an edge, a flow type)."""
+    """One line per value of `color` (a group, an edge, a flow type); sparse lines have a
+    marker at each point, dense ones (a 15-minute lag trend polled every second) do not."""
     fig = go.Figure()
     for name, part in frame.groupby(color, sort=True):
-        fig.add_trace(go.Scatter(x=part[x], y=part[y], mode="lines+markers", name=safe(name),
+        mode = "lines+markers" if len(part) <= MARKERS_UP_TO else "lines"
+        fig.add_trace(go.Scatter(x=part[x], y=part[y], mode=mode, name=safe(name),
                                  marker={"size": 4}))
     fig.update_yaxes(rangemode="tozero")
     return _layout(fig, x_title, y_title)

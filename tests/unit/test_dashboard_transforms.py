@@ -171,3 +171,11 @@ def test_focus_on_a_service_keeps_its_groups_and_on_a_topic_its_partitions() -> 
     assert list(by_service["group"]) == ["processor", "processor-retry", "env.processor"]
     by_topic = transforms.lag_table(rows, "jobs")
     assert list(by_topic["group"]) == ["processor", "notifier"]
+
+
+def test_dense_lines_drop_their_markers_and_sparse_ones_keep_them() -> None:
+    frame = pd.DataFrame({"t": list(range(900)) + list(range(30)),
+                          "lag": [1] * 930, "group": ["dense"] * 900 + ["sparse"] * 30})
+    figure = charts.lines(frame, "t", "lag", "group", x_title="time", y_title="lag")
+    assert {trace.name: trace.mode for trace in figure.data} == {
+        "dense": "lines", "sparse": "lines+markers"}
