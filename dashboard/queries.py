@@ -123,14 +123,15 @@ def load_flow_map(store: SqliteStore, window_s: float, now_ns: int) -> FlowMap:
     """Topology, lag statuses and the overview with deltas against the window before."""
     since = now_ns - int(window_s * 1e9)
     topology = store.topology(since)
-    edges = transforms.build_edges(topology, window_s)
+    edges = transforms.build_edges(topology, window_s, now_ns / 1e9)
     rows, groups = store.lag()
     counts = store.flow_counts(int(window_s * 1e9), now_ns)
     series = transforms.edge_series(store.edge_buckets(since), store.bucket_s, since / 1e9,
                                     now_ns / 1e9)
     return FlowMap(layout.layout_nodes(topology.nodes, edges), edges,
                    transforms.node_statuses(topology.nodes, edges, rows, groups),
-                   transforms.overview_metrics(counts, window_s),
+                   transforms.overview_metrics(counts, window_s, transforms.observed_seconds(
+                       window_s, topology.first_bucket_s, now_ns / 1e9, store.bucket_s)),
                    transforms.worst_group(groups), series)
 
 

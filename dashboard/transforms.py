@@ -34,15 +34,27 @@ def window_seconds(name: str | None) -> int:
     return WINDOWS.get(name or "", WINDOWS[DEFAULT_WINDOW])
 
 
-def build_edges(topology: Topology, window_s: float) -> pd.DataFrame:
-    """One row per edge with rates: messages/s, error and retry shares, p95s in ms."""
+def observed_seconds(window_s: float, first_bucket_s: float | None, now_s: float | None,
+                     bucket_s: float = 10.0) -> float:
+    """The part of the window the store has data for: the whole window, or, when the first
+    data came later (a demo started a minute ago), from its bucket until now. Rates over it
+    say what flows now, not an average diluted by the minutes before anything ran."""
+    if first_bucket_s is None or now_s is None:
+        return max(window_s, 1.0)
+    return max(min(window_s, now_s - first_bucket_s), bucket_s, 1.0)
+
+
+def build_edges(topology: Topology, window_s: float, now_s: float | None = None
+                ) -> pd.DataFrame:
+    """One row per edge with rates (messages/s over the observed part of the window, see
+    observed_seconds), error and retry shares, p95s in ms."""
     rows = [asdict(e) for e in topology.edges]
     columns = ["source", "target", "count", "errors", "retries", "p50_ms", "p95_ms",
                "processing_p50_ms", "processing_p95_ms"]
     frame = pd.DataFrame(rows, columns=columns)
     frame["kind"] = ["produce" if topology.nodes.get(s) == "service" else "consume"
                      for s in frame["source"]]
-    frame["rate"] = frame["count"] / max(window_s, 1)
+    frame["rate"] = frame["count"] / observed_seconds(window_s, topology.first_bucket_s, now_s)
     counts = frame["count"].where(frame["count"] > 0)
     frame["error_rate"] = (frame["errors"] / counts).fillna(0.0)
     frame["retry_rate"] = (frame["retries"] / counts).fillna(0.0)
@@ -91,12 +103,13 @@ def node_statuses(nodes: dict[str, str], edges: pd.DataFrame, lag_rows: Sequence
     return {n: worst.get(n, "none") for n in nodes}
 
 
-def overview_metrics(counts: FlowCounts, window_s: float
+def overview_metrics(counts: FlowCounts, window_s: float, observed_s: float | None = None
                      ) -> list[tuple[str, str, str | None]]:
     """(label, value, delta) for the overview row: outcomes with their change against the
-    window before; in flight and stuck are counts of now, without a change."""
-    metrics = [("Flows/s", f"{counts.started_now / window_s:.2f}",
-                f"{(counts.started_now - counts.started_before) / window_s:+.2f}")]
+    window before; in flight and stuck are counts of now, without a change. Flows/s is over
+    the observed part of the window (observed_seconds), against the whole window before."""
+    rate = counts.started_now / (observed_s or window_s)
+    metrics = [("Flows/s", f"{rate:.2f}", f"{rate - counts.started_before / window_s:+.2f}")]
     for status in ("completed", "failed", "dead-lettered"):
         now, before = counts.now.get(status, 0), counts.before.get(status, 0)
         metrics.append((status.capitalize(), f"{now:,}", f"{now - before:+,}"))

@@ -49,10 +49,13 @@ class EdgeRow:
 
 @dataclass(frozen=True)
 class Topology:
-    """Nodes (id -> 'service' or 'topic') and edges over a window."""
+    """Nodes (id -> 'service' or 'topic') and edges over a window; first_bucket_s: the start
+    of the window's first bucket that holds anything (None when none does), so that rates
+    can be taken over the part of the window the store has seen."""
 
     nodes: dict[str, str]
     edges: list[EdgeRow]
+    first_bucket_s: int | None = None
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,13 @@ def read_topology(db: sqlite3.Connection, since_bucket: int) -> Topology:
     """Merge the edge buckets since since_bucket into one graph."""
     merged: dict[tuple[str, str], list] = {}  # type: ignore[type-arg]
     nodes: dict[str, str] = {}
-    for source, source_kind, target, target_kind, count, errors, retries, latency, processing \
-            in db.execute("SELECT source, source_kind, target, target_kind, count, errors, "
-                          "retries, latency, processing FROM edge_buckets WHERE "
-                          "bucket_start >= ?", (since_bucket,)):
+    first: int | None = None
+    for start, source, source_kind, target, target_kind, count, errors, retries, latency, \
+            processing in db.execute(
+                "SELECT bucket_start, source, source_kind, target, target_kind, count, errors, "
+                "retries, latency, processing FROM edge_buckets WHERE bucket_start >= ?",
+                (since_bucket,)):
+        first = start if first is None else min(first, start)
         nodes[source], nodes[target] = source_kind, target_kind
         entry = merged.setdefault((source, target), [0, 0, 0, Histogram(), Histogram()])
         entry[0] += count
@@ -31,7 +34,7 @@ def read_topology(db: sqlite3.Connection, since_bucket: int) -> Topology:
     edges = [EdgeRow(source, target, c, e, r, lat.percentile(50), lat.percentile(95),
                      proc.percentile(50), proc.percentile(95))
              for (source, target), (c, e, r, lat, proc) in sorted(merged.items())]
-    return Topology(dict(sorted(nodes.items())), edges)
+    return Topology(dict(sorted(nodes.items())), edges, first)
 
 
 FLOW_FIELDS = ("flow_id, started_ns, last_ns, hops, retries, errors, flags, services, topics, "

@@ -75,6 +75,10 @@ def test_flow_map_shows_the_seeded_overview_and_graph(app: AppTest, seeded: Seed
     assert len(edges) == 7
     retry = edges[edges["source"] == "files.uploaded.retry"].iloc[0]
     assert retry["retry_rate"] == 1.0
+    # the seed's first message was sent 660 s ago: rates are over those 660 s (in 10-second
+    # buckets), not over the whole 15-minute window
+    uploaded = edges[edges["source"] == "files.uploaded"].iloc[0]
+    assert 660 <= uploaded["count"] / uploaded["rate"] <= 680
 
 
 def test_focus_in_the_url_narrows_the_edges(app: AppTest, seeded: Seeded) -> None:

@@ -42,6 +42,26 @@ def test_edges_get_rates_and_shares_per_window() -> None:
     assert edges[edges["source"] == "jobs.retry"].iloc[0]["retry_rate"] == 1.0
 
 
+def test_rates_are_over_the_part_of_the_window_that_has_data() -> None:
+    now_s = 10_000.0
+    topology = _topology()
+    # data since a minute ago in a 15-minute window: 100 messages are 100/60 a second
+    recent = Topology(topology.nodes, topology.edges, first_bucket_s=int(now_s - 60))
+    edges = transforms.build_edges(recent, window_s=900, now_s=now_s)
+    assert edges[edges["source"] == "jobs"].iloc[0]["rate"] == pytest.approx(100 / 60)
+    # data as old as the window: the whole window
+    full = Topology(topology.nodes, topology.edges, first_bucket_s=int(now_s - 905))
+    edges = transforms.build_edges(full, window_s=900, now_s=now_s)
+    assert edges[edges["source"] == "jobs"].iloc[0]["rate"] == pytest.approx(100 / 900)
+
+
+@pytest.mark.parametrize(("first_s", "observed"), [
+    (None, 900.0), (9_940.0, 60.0), (9_000.0, 900.0), (9_999.0, 10.0), (10_005.0, 10.0)])
+def test_observed_seconds_is_the_window_since_the_first_data(first_s: float | None,
+                                                              observed: float) -> None:
+    assert transforms.observed_seconds(900, first_s, 10_000.0) == observed
+
+
 def test_layout_puts_each_node_right_of_its_producers_despite_a_retry_loop() -> None:
     topology = _topology()
     nodes = layout.layout_nodes(topology.nodes, transforms.build_edges(topology, 60))
@@ -73,6 +93,10 @@ def test_overview_compares_outcomes_with_the_window_before_and_gauges_have_no_ch
     assert shown["Failed"] == ("0", "+0")
     assert shown["Stuck"] == ("1", None)
     assert shown["In flight"] == ("4", None)
+    # a store that has only seen the last 20 s of the window: 60 flows are 3 a second
+    recent = {label: value for label, value, _ in
+              transforms.overview_metrics(counts, window_s=60, observed_s=20)}
+    assert recent["Flows/s"] == "3.00"
 
 
 @pytest.mark.parametrize(("group", "words"), [

@@ -345,3 +345,13 @@ def test_failed_steps_of_a_flow_are_its_spans_in_error_oldest_first(store: Store
         [("worker", "process jobs", "consumer", trace)] * 2
     assert steps[0].start_ns < steps[1].start_ns
     assert store.failed_steps("no-such-flow") == []
+
+
+def test_topology_tells_the_first_bucket_of_its_window_that_holds_data(store: Store) -> None:
+    trace = new_trace_id()
+    send = new_span_id()
+    store.write_spans(_records("api", _send("jobs", trace=trace, span_id=send)))
+    store.write_spans(_records("worker", _process("jobs", trace=trace, parent=send)))
+    bucket = BASE_NS // 10**9 // 10 * 10
+    assert store.topology(BASE_NS - 10**12).first_bucket_s == bucket
+    assert store.topology(BASE_NS + 10**12).first_bucket_s is None
