@@ -54,9 +54,16 @@ def focus() -> str | None:
 
 
 def request_focus(node: str | None) -> None:
-    """Focus on a node (from a click on a page) and rerun so every control follows."""
+    """Ask, from a widget's callback (a click on the flow map), to focus on a node; the next
+    run of the whole app applies it to every control and the URL (see apply_focus_request)."""
     if node != focus():
         st.session_state["focus_request"] = node or ALL
+
+
+def apply_focus_request() -> None:
+    """A focus asked for by a callback during a page's own rerun: rerun the whole app, so
+    that the sidebar and the URL follow (a full run takes the request in render_sidebar)."""
+    if "focus_request" in st.session_state:
         st.rerun()
 
 

@@ -1,5 +1,7 @@
 """Flow map: the overview, then producer -> topic -> consumer as a graph, and its edges."""
 
+from functools import partial
+
 import streamlit as st
 
 from dashboard import charts, controls, queries, transforms
@@ -9,6 +11,7 @@ st.title("Flow map")
 
 def render() -> None:
     """The overview metrics, the graph and the edge table, narrowed to the focus."""
+    controls.apply_focus_request()
     data = controls.load(queries.flow_map)
     if data is None:
         return
@@ -28,15 +31,13 @@ def render() -> None:
     if data.edges.empty:
         controls.empty("No flows in this window yet.")
         return
-    event = st.plotly_chart(charts.flow_map(data.nodes, data.edges, data.statuses, focus),
-                            # a new key for each focus: a click is read once, then forgotten
-                            key=f"flow_map:{focus}", on_select="rerun",
-                            selection_mode="points",
-                            width="stretch")
-    points = (event or {}).get("selection", {}).get("points", []) if event else []
-    clicked = [p.get("customdata") for p in points if p.get("customdata") in data.statuses]
-    if clicked:
-        controls.request_focus(clicked[0])
+    # A new key for each focus: a click is read once, then forgotten. The click is read in a
+    # callback: the live map changes at every refresh, and a changed figure is a new chart to
+    # Streamlit, whose own selection would be lost on the rerun the click starts.
+    key = f"flow_map:{focus}"
+    st.plotly_chart(charts.flow_map(data.nodes, data.edges, data.statuses, focus), key=key,
+                    on_select=partial(_clicked, key, frozenset(data.statuses)),
+                    selection_mode="points", width="stretch")
     st.caption("Circles are services, squares topics; colour: worst lag status of the "
                "consumer groups (green OK, amber WARN, red ERR, grey none). Edge labels: "
                "messages/s, p95 time in queue, error and retry shares. Click a node, or an edge's "
@@ -66,6 +67,15 @@ def render() -> None:
         st.subheader("Throughput")
         st.plotly_chart(charts.lines(series, "time", "rate", "edge", x_title="time (UTC)",
                                      y_title="messages/s"), width="stretch")
+
+
+def _clicked(key: str, nodes: frozenset[str]) -> None:
+    """on_select of the map: the node a click picked becomes every page's focus."""
+    event = st.session_state.get(key) or {}
+    points = event.get("selection", {}).get("points", [])
+    clicked = [p.get("customdata") for p in points if p.get("customdata") in nodes]
+    if clicked:
+        controls.request_focus(clicked[0])
 
 
 controls.live(render)
