@@ -85,6 +85,18 @@ def cmdline(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
+def settled_cmdline(pid: int, wait_s: float = 1.0) -> list[str]:
+    """The command line of a live process. One caught in the middle of exec (just started)
+    reads as empty for a moment, which would make a pid file look stale: an empty answer
+    from a live process is asked again, for wait_s at most."""
+    deadline = time.monotonic() + wait_s
+    parts = cmdline(pid)
+    while not parts and pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.005)
+        parts = cmdline(pid)
+    return parts
+
+
 def find_processes(marker: str) -> list[int]:
     """Pids of live processes whose command line contains marker."""
     found = []
@@ -100,7 +112,8 @@ def running_record(pid_file: Path) -> ProcessRecord | None:
     record = ProcessRecord.read(pid_file)
     if record is None:
         return None
-    if pid_alive(record.pid) and any(record.marker in part for part in cmdline(record.pid)):
+    if pid_alive(record.pid) and any(record.marker in part
+                                     for part in settled_cmdline(record.pid)):
         return record
     pid_file.unlink(missing_ok=True)
     return None
