@@ -16,7 +16,7 @@ import streamlit as st
 
 from collectors.record import GroupLag, LagRow
 from collectors.store.factory import open_store
-from collectors.store.interface import SEND_SPAN_SETTLE_MS, FailedStep, FlowRow, HopRow
+from collectors.store.interface import FailedStep, FlowRow, HopRow
 from collectors.store.sqlite import SqliteStore, StoreError
 from dashboard import layout, transforms
 from flowscope.errors import FlowscopeError
@@ -123,15 +123,16 @@ def load_flow_map(store: SqliteStore, window_s: float, now_ns: int) -> FlowMap:
     """Topology, lag statuses and the overview with deltas against the window before."""
     since = now_ns - int(window_s * 1e9)
     topology = store.topology(since)
-    edges = transforms.build_edges(topology, window_s, now_ns / 1e9)
+    observed = transforms.observed_seconds(window_s, topology.first_bucket_s, now_ns / 1e9,
+                                           store.bucket_s)
+    edges = transforms.build_edges(topology, observed)
     rows, groups = store.lag()
     counts = store.flow_counts(int(window_s * 1e9), now_ns)
     series = transforms.edge_series(store.edge_buckets(since), store.bucket_s, since / 1e9,
                                     now_ns / 1e9)
     return FlowMap(layout.layout_nodes(topology.nodes, edges), edges,
                    transforms.node_statuses(topology.nodes, edges, rows, groups),
-                   transforms.overview_metrics(counts, window_s, transforms.observed_seconds(
-                       window_s, topology.first_bucket_s, now_ns / 1e9, store.bucket_s)),
+                   transforms.overview_metrics(counts, window_s, observed),
                    transforms.worst_group(groups), series)
 
 
@@ -167,7 +168,7 @@ def load_propagation(store: SqliteStore, window_s: float, now_ns: int) -> pd.Dat
     """Trace-context share per topic and producer over the window."""
     now_ms = now_ns // 1_000_000
     return transforms.propagation_table(store.propagation(
-        now_ms - int(window_s * 1000), PROPAGATION_SAMPLE, now_ms - SEND_SPAN_SETTLE_MS))
+        now_ms - int(window_s * 1000), PROPAGATION_SAMPLE, now_ms))
 
 
 def load_recent_flows(store: SqliteStore, window_s: float, now_ns: int) -> list[FlowRow]:

@@ -34,27 +34,26 @@ def window_seconds(name: str | None) -> int:
     return WINDOWS.get(name or "", WINDOWS[DEFAULT_WINDOW])
 
 
-def observed_seconds(window_s: float, first_bucket_s: float | None, now_s: float | None,
+def observed_seconds(window_s: float, first_bucket_s: float | None, now_s: float,
                      bucket_s: float = 10.0) -> float:
     """The part of the window the store has data for: the whole window, or, when the first
     data came later (a demo started a minute ago), from its bucket until now. Rates over it
     say what flows now, not an average diluted by the minutes before anything ran."""
-    if first_bucket_s is None or now_s is None:
+    if first_bucket_s is None:
         return max(window_s, 1.0)
     return max(min(window_s, now_s - first_bucket_s), bucket_s, 1.0)
 
 
-def build_edges(topology: Topology, window_s: float, now_s: float | None = None
-                ) -> pd.DataFrame:
-    """One row per edge with rates (messages/s over the observed part of the window, see
-    observed_seconds), error and retry shares, p95s in ms."""
+def build_edges(topology: Topology, rate_over_s: float) -> pd.DataFrame:
+    """One row per edge with rates (messages/s over rate_over_s: the window, or the observed
+    part of it, see observed_seconds), error and retry shares, p95s in ms."""
     rows = [asdict(e) for e in topology.edges]
     columns = ["source", "target", "count", "errors", "retries", "p50_ms", "p95_ms",
                "processing_p50_ms", "processing_p95_ms"]
     frame = pd.DataFrame(rows, columns=columns)
     frame["kind"] = ["produce" if topology.nodes.get(s) == "service" else "consume"
                      for s in frame["source"]]
-    frame["rate"] = frame["count"] / observed_seconds(window_s, topology.first_bucket_s, now_s)
+    frame["rate"] = frame["count"] / max(rate_over_s, 1.0)
     counts = frame["count"].where(frame["count"] > 0)
     frame["error_rate"] = (frame["errors"] / counts).fillna(0.0)
     frame["retry_rate"] = (frame["retries"] / counts).fillna(0.0)

@@ -24,10 +24,9 @@ from collectors.store.factory import open_store
 from flowscope.settings import Settings
 from tests.e2e.browser import CHROMIUM_FLAGS, chromium_path
 
-# (file name, url path, what must be on the page before it is taken)
-PAGES = [("flow-map", "", "stPlotlyChart"), ("lag", "lag", "stPlotlyChart"),
-         ("retries", "retries", "stPlotlyChart"), ("latency", "latency", "stPlotlyChart"),
-         ("propagation", "propagation", "stPlotlyChart"), ("flows", "flows", "stPlotlyChart")]
+# (file name, url path); each page is taken once its charts are drawn
+PAGES = [("flow-map", ""), ("lag", "lag"), ("retries", "retries"), ("latency", "latency"),
+         ("propagation", "propagation"), ("flows", "flows")]
 
 
 def retried_flow() -> str:
@@ -45,10 +44,10 @@ def retried_flow() -> str:
                      "demo run longer (its failure burst starts after about 80 s)")
 
 
-def shoot(page: Page, url: str, marker: str, out: Path, timeout_ms: int) -> None:
-    """Open a page, wait for its marker element and for Streamlit to finish running it."""
+def shoot(page: Page, url: str, out: Path, timeout_ms: int) -> None:
+    """Open a page, wait for its charts and for Streamlit to finish running it."""
     page.goto(url)
-    page.get_by_test_id(marker).first.wait_for(timeout=timeout_ms)
+    page.get_by_test_id("stPlotlyChart").first.wait_for(timeout=timeout_ms)
     page.get_by_test_id("stStatusWidget").wait_for(state="hidden", timeout=timeout_ms)
     if page.get_by_test_id("stException").count():
         raise SystemExit(f"screenshots: {url} shows an exception; see the dashboard's log")
@@ -62,19 +61,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     parser.add_argument("--window", default="15m")
     parser.add_argument("--timeout", type=float, default=45.0, help="seconds per page")
-    parser.add_argument("--only", nargs="+", choices=[name for name, _, _ in PAGES],
+    parser.add_argument("--only", nargs="+", choices=[name for name, _ in PAGES],
                         help="these pages only (say, the lag while a group is paused)")
     args = parser.parse_args()
     pages = [p for p in PAGES if not args.only or p[0] in args.only]
-    flow = retried_flow() if any(name == "flows" for name, _, _ in pages) else ""
+    flow = retried_flow() if any(name == "flows" for name, _ in pages) else ""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(),
                                              args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            for name, path, marker in pages:
+            for name, path in pages:
                 query = f"?window={args.window}" + (f"&flow={flow}" if name == "flows" else "")
-                shoot(page, f"{args.url}/{path}{query}", marker, args.out / f"{name}.png",
+                shoot(page, f"{args.url}/{path}{query}", args.out / f"{name}.png",
                       int(args.timeout * 1000))
         finally:
             browser.close()

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from collectors.store.interface import SEND_SPAN_SETTLE_MS, FlowRow, HopRow, Store, Topology
+from collectors.store.interface import FlowRow, HopRow, Store, Topology
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -166,8 +166,7 @@ def inspect_lag(store: Store, group: str | None, as_json: bool) -> str:
 def inspect_propagation(store: Store, since_s: float, as_json: bool) -> str:
     """Per topic and producer: messages, those with a valid traceparent, and the share."""
     now_ms = int(time.time() * 1000)
-    rows = store.propagation(now_ms - int(since_s * 1000),
-                             settled_before_ms=now_ms - SEND_SPAN_SETTLE_MS)
+    rows = store.propagation(now_ms - int(since_s * 1000), now_ms=now_ms)
     if as_json:
         return json.dumps({"topics": [{"topic": r.topic, "producer": r.producer,
                                        "messages": r.messages, "with_context": r.with_context,

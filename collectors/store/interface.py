@@ -221,11 +221,11 @@ class Store(Protocol):
         ...
 
     def propagation(self, since_ms: int, sample: int | None = None,
-                    settled_before_ms: int | None = None) -> list[PropagationRow]:
+                    now_ms: int | None = None) -> list[PropagationRow]:
         """Per topic and producer, the messages since since_ms (the newest `sample` of them,
-        when given) and those with trace context. A message from settled_before_ms on whose
-        send span has not arrived is left out: its producer is not known yet, nor that it has
-        none."""
+        when given) and those with trace context. With now_ms, a message younger than
+        SEND_SPAN_SETTLE_MS whose send span has not arrived is left out: its producer is not
+        known yet, nor that it has none."""
         ...
 
     def write_lag(self, rows: Sequence[LagRow], groups: Sequence[GroupLag]) -> None:

@@ -40,6 +40,7 @@ from collectors.record import (
 )
 from collectors.store import readers, summaries
 from collectors.store.interface import (
+    SEND_SPAN_SETTLE_MS,
     DeadLetter,
     EdgeBucket,
     FailedStep,
@@ -308,12 +309,12 @@ class SqliteStore:
         return new
 
     def propagation(self, since_ms: int, sample: int | None = None,
-                    settled_before_ms: int | None = None) -> list[PropagationRow]:
+                    now_ms: int | None = None) -> list[PropagationRow]:
         """Per topic and producer, the messages since since_ms (the newest `sample` of them,
-        when given) and those with trace context; unattributed messages from
-        settled_before_ms on are left out (their send span may still be on its way)."""
+        when given) and those with trace context; with now_ms, unattributed messages younger
+        than SEND_SPAN_SETTLE_MS are left out (their send span may still be on its way)."""
         newest = "ORDER BY timestamp_ms DESC LIMIT ?" if sample else ""
-        settled = 2**62 if settled_before_ms is None else settled_before_ms
+        settled = 2**62 if now_ms is None else now_ms - SEND_SPAN_SETTLE_MS
         return [PropagationRow(*row) for row in self.db.execute(
             "SELECT m.topic, COALESCE((SELECT s.service FROM spans s WHERE s.message_id = "
             "m.message_id AND s.operation IN ('send', 'create') LIMIT 1), "

@@ -34,7 +34,7 @@ def _topology() -> Topology:
 
 
 def test_edges_get_rates_and_shares_per_window() -> None:
-    edges = transforms.build_edges(_topology(), window_s=50)
+    edges = transforms.build_edges(_topology(), 50)
     consume = edges[(edges["source"] == "jobs")].iloc[0]
     assert consume["kind"] == "consume"
     assert consume["rate"] == 2.0
@@ -47,11 +47,13 @@ def test_rates_are_over_the_part_of_the_window_that_has_data() -> None:
     topology = _topology()
     # data since a minute ago in a 15-minute window: 100 messages are 100/60 a second
     recent = Topology(topology.nodes, topology.edges, first_bucket_s=int(now_s - 60))
-    edges = transforms.build_edges(recent, window_s=900, now_s=now_s)
+    edges = transforms.build_edges(recent, transforms.observed_seconds(
+        900, recent.first_bucket_s, now_s))
     assert edges[edges["source"] == "jobs"].iloc[0]["rate"] == pytest.approx(100 / 60)
     # data as old as the window: the whole window
     full = Topology(topology.nodes, topology.edges, first_bucket_s=int(now_s - 905))
-    edges = transforms.build_edges(full, window_s=900, now_s=now_s)
+    edges = transforms.build_edges(full, transforms.observed_seconds(
+        900, full.first_bucket_s, now_s))
     assert edges[edges["source"] == "jobs"].iloc[0]["rate"] == pytest.approx(100 / 900)
 
 
