@@ -8,16 +8,19 @@ aiokafka (`{topic} send`, `{topic} receive`), kafka-python and confluent-kafka
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from collectors.record import SpanRecord
+from collectors.record import INT64_MAX, INT64_MIN, SpanRecord
+from flowscope.settings import IngestLimits
 
 KINDS = {Span.SPAN_KIND_PRODUCER: "producer", Span.SPAN_KIND_CONSUMER: "consumer",
          Span.SPAN_KIND_CLIENT: "client", Span.SPAN_KIND_SERVER: "server",
@@ -41,8 +44,14 @@ OPERATIONS = {"send": "send", "publish": "send", "create": "create", "receive": 
               "settle": "settle", "commit": "settle", "ack": "settle"}
 NAME_PATTERNS = (re.compile(r"^(?P<op>[a-z]+) (?P<topic>\S+)$"),
                  re.compile(r"^(?P<topic>\S+) (?P<op>[a-z]+)$"))
-MESSAGE_ID_PATTERN = re.compile(r"^(?P<topic>.+)\.(?P<partition>\d+)\.(?P<offset>\d+)$")
+# ASCII digits only: str.isdigit() and \d accept '²' and other digits int() refuses.
+MESSAGE_ID_PATTERN = re.compile(
+    r"^(?P<topic>.+)\.(?P<partition>[0-9]{1,19})\.(?P<offset>[0-9]{1,19})$")
+INTEGER = re.compile(r"^\s*-?[0-9]{1,19}\s*$")
 MAX_TEXT = 512
+# Arrays and maps inside an attribute value are read this deep, no deeper.
+MAX_VALUE_DEPTH = 4
+DEFAULT_LIMITS = IngestLimits()
 # attribute name -> (role, rank): one pass over a span's attributes finds, for each role, the
 # value under its newest name, and never decodes attributes that play no role.
 ROLES: dict[str, tuple[str, int]] = {
@@ -67,8 +76,9 @@ class NormalizeReport:
         self.problems[reason] = self.problems.get(reason, 0) + 1
 
 
-def any_value(value: AnyValue) -> Any:  # noqa: PLR0911
-    """The Python value of an OTLP AnyValue (strings and ints first: most attributes are)."""
+def any_value(value: AnyValue, depth: int = 0) -> Any:  # noqa: PLR0911
+    """The Python value of an OTLP AnyValue (strings and ints first: most attributes are);
+    arrays and maps are read MAX_VALUE_DEPTH deep and MAX_TEXT items wide."""
     kind = value.WhichOneof("value")
     if kind == "string_value":
         return value.string_value
@@ -76,24 +86,36 @@ def any_value(value: AnyValue) -> Any:  # noqa: PLR0911
         return value.int_value
     if kind is None:
         return None
+    if kind in ("array_value", "kvlist_value") and depth >= MAX_VALUE_DEPTH:
+        return None
     if kind == "array_value":
-        return [any_value(v) for v in value.array_value.values]
+        return [any_value(v, depth + 1) for v in islice(value.array_value.values, MAX_TEXT)]
     if kind == "kvlist_value":
-        return {kv.key: any_value(kv.value) for kv in value.kvlist_value.values}
+        return {kv.key[:MAX_TEXT]: any_value(kv.value, depth + 1)
+                for kv in islice(value.kvlist_value.values, MAX_TEXT)}
     if kind == "bytes_value":
-        return value.bytes_value.hex()
+        return value.bytes_value[:MAX_TEXT].hex()
     return getattr(value, kind)
 
 
-def attribute_map(attributes: Iterable[KeyValue]) -> dict[str, Any]:
-    """OTLP attributes as a dict."""
-    return {kv.key: any_value(kv.value) for kv in attributes}
+def attribute_map(attributes: Iterable[KeyValue], limit: int = MAX_TEXT) -> dict[str, Any]:
+    """The first `limit` OTLP attributes as a dict."""
+    return {kv.key[:MAX_TEXT]: any_value(kv.value) for kv in islice(attributes, limit)}
 
 
-def role_values(attributes: Iterable[KeyValue]) -> dict[str, Any]:
-    """For each role, the value of the newest attribute name present (empty values skipped)."""
+def service_name(attributes: Iterable[KeyValue], limit: int) -> str:
+    """A resource's service.name (among its first `limit` attributes), else unknown_service."""
+    for kv in islice(attributes, limit):
+        if kv.key == "service.name":
+            return _as_text(any_value(kv.value)) or "unknown_service"
+    return "unknown_service"
+
+
+def role_values(attributes: Iterable[KeyValue], limit: int | None = None) -> dict[str, Any]:
+    """For each role, the value of the newest attribute name present (empty values skipped),
+    among the first `limit` attributes."""
     found: dict[str, tuple[int, Any]] = {}
-    for kv in attributes:
+    for kv in islice(attributes, limit):
         hit = ROLES.get(kv.key)
         if hit is None:
             continue
@@ -107,16 +129,32 @@ def role_values(attributes: Iterable[KeyValue]) -> dict[str, Any]:
     return {role: value for role, (_, value) in found.items()}
 
 
-def _as_int(value: Any) -> int | None:
+def as_int64(value: Any) -> int | None:
+    """An integer the store can hold (int64), from an int, a whole float or a decimal string
+    of ASCII digits; None for anything else (never raises)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
+    if isinstance(value, str):
+        value = int(value) if INTEGER.match(value) else None
+    elif isinstance(value, float):
+        value = int(value) if math.isfinite(value) and value.is_integer() else None
+    if isinstance(value, int) and INT64_MIN <= value <= INT64_MAX:
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
     return None
+
+
+def as_count(value: Any) -> int | None:
+    """A whole number of at least 0 the store can hold (an attempt, a batch size), else None."""
+    number = as_int64(value)
+    return number if number is not None and number >= 0 else None
+
+
+def _time_ns(value: int, report: NormalizeReport) -> int:
+    """A span time (uint64 on the wire) the store can hold: beyond int64 it is clamped."""
+    if value > INT64_MAX:
+        report.count("time beyond int64 (clamped)")
+        return INT64_MAX
+    return value
 
 
 def _as_text(value: Any) -> str | None:
@@ -144,43 +182,58 @@ def _topic_from_name(name: str) -> str | None:
     return None
 
 
-def normalize_span(span: Span, service: str, report: NormalizeReport) -> SpanRecord | None:
-    """One OTLP span as a SpanRecord; None (and counted) when it has no valid identity."""
+def _links(span: Span, limit: int, report: NormalizeReport) -> tuple[tuple[str, str], ...]:
+    if len(span.links) > limit:
+        report.count(f"links beyond {limit} per span (dropped)")
+    return tuple((link.trace_id.hex(), link.span_id.hex()) for link in islice(span.links, limit)
+                 if len(link.trace_id) == 16 and len(link.span_id) == 8)
+
+
+def normalize_span(span: Span, service: str, report: NormalizeReport,
+                   limits: IngestLimits = DEFAULT_LIMITS) -> SpanRecord | None:
+    """One OTLP span as a SpanRecord; None (and counted) when it has no valid identity.
+
+    Every text is cut at MAX_TEXT characters, every number outside int64 dropped (times
+    clamped), links and attributes read up to the limits; what was cut is counted."""
     if len(span.trace_id) != 16 or len(span.span_id) != 8:
         report.count("invalid trace or span id")
         return None
-    roles = role_values(span.attributes)
+    if len(span.attributes) > limits.max_attributes_per_span:
+        report.count(f"attributes beyond {limits.max_attributes_per_span} per span (not read)")
+    roles = role_values(span.attributes, limits.max_attributes_per_span)
     kind = KINDS.get(span.kind, "internal")
     error_type = roles.get("error_type")
+    # A name is cut before it is parsed, so a topic taken from it is never longer either.
+    name = span.name[:MAX_TEXT]
+    start_ns = _time_ns(span.start_time_unix_nano, report)
     base = {
         "trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(),
         "parent_span_id": span.parent_span_id.hex() if len(span.parent_span_id) == 8 else None,
-        "links": tuple((link.trace_id.hex(), link.span_id.hex()) for link in span.links
-                       if len(link.trace_id) == 16 and len(link.span_id) == 8),
-        "service": service, "name": span.name[:MAX_TEXT], "kind": kind,
-        "start_ns": span.start_time_unix_nano,
-        "end_ns": max(span.end_time_unix_nano, span.start_time_unix_nano),
+        "links": _links(span, limits.max_links_per_span, report),
+        "service": service, "name": name, "kind": kind,
+        "start_ns": start_ns,
+        "end_ns": max(_time_ns(span.end_time_unix_nano, report), start_ns),
         "error": span.status.code == Status.STATUS_CODE_ERROR or error_type is not None,
         "error_type": _as_text(error_type),
     }
     if "system" not in roles and kind not in ("producer", "consumer"):
         return SpanRecord(**base)
-    return SpanRecord(**base, **_messaging_fields(roles, kind, span.name, report))
+    return SpanRecord(**base, **_messaging_fields(roles, kind, name, report))
 
 
 def _messaging_fields(roles: Mapping[str, Any], kind: str, name: str,
                       report: NormalizeReport) -> dict[str, Any]:
     topic = _as_text(roles.get("topic")) or _topic_from_name(name)
-    partition = _as_int(roles.get("partition"))
-    offset = _as_int(roles.get("offset"))
+    partition = as_int64(roles.get("partition"))
+    offset = as_int64(roles.get("offset"))
     message_id = _as_text(roles.get("message_id"))
     parsed = MESSAGE_ID_PATTERN.match(message_id) if message_id else None
     if parsed:
         topic = topic or parsed["topic"]
-        partition = partition if partition is not None else int(parsed["partition"])
-        offset = offset if offset is not None else int(parsed["offset"])
+        partition = partition if partition is not None else as_int64(parsed["partition"])
+        offset = offset if offset is not None else as_int64(parsed["offset"])
     if topic and partition is not None and offset is not None:
-        message_id = f"{topic}.{partition}.{offset}"
+        message_id = f"{topic}.{partition}.{offset}"[:MAX_TEXT]
     if topic is None:
         report.count("messaging span without a destination")
     return {
@@ -190,20 +243,26 @@ def _messaging_fields(roles: Mapping[str, Any], kind: str, name: str,
         "consumer_group": _as_text(roles.get("group")),
         "correlation_id": _as_text(roles.get("conversation")),
         "message_key": _as_text(roles.get("key")),
-        "retry_attempt": _as_int(roles.get("retry")),
-        "batch_count": _as_int(roles.get("batch")),
+        "retry_attempt": as_count(roles.get("retry")),
+        "batch_count": as_count(roles.get("batch")),
     }
 
 
-def normalize_request(request: ExportTraceServiceRequest, report: NormalizeReport
-                      ) -> Iterator[SpanRecord]:
+def count_spans(request: ExportTraceServiceRequest) -> int:
+    """How many spans an export request holds."""
+    return sum(len(scope.spans) for resource in request.resource_spans
+               for scope in resource.scope_spans)
+
+
+def normalize_request(request: ExportTraceServiceRequest, report: NormalizeReport,
+                      limits: IngestLimits = DEFAULT_LIMITS) -> Iterator[SpanRecord]:
     """Every span of an OTLP export request, normalised."""
     for resource_spans in request.resource_spans:
-        resource = attribute_map(resource_spans.resource.attributes)
-        service = _as_text(resource.get("service.name")) or "unknown_service"
+        service = service_name(resource_spans.resource.attributes,
+                               limits.max_attributes_per_span)
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 report.spans += 1
-                record = normalize_span(span, service, report)
+                record = normalize_span(span, service, report, limits)
                 if record is not None:
                     yield record

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+# What the store's integers hold: numbers from outside beyond these are dropped or clamped.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
 
 @dataclass(slots=True)
 class SpanRecord:

@@ -16,8 +16,8 @@ import streamlit as st
 
 from collectors.record import GroupLag, LagRow
 from collectors.store.factory import open_store
-from collectors.store.interface import FailedStep, FlowRow, HopRow
-from collectors.store.sqlite import SqliteStore, StoreError
+from collectors.store.interface import FailedStep, FlowRow, HopRow, StoreError
+from collectors.store.sqlite import SqliteStore
 from dashboard import layout, transforms
 from flowscope.errors import FlowscopeError
 from flowscope.settings import Settings

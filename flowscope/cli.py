@@ -135,6 +135,7 @@ def _collect(settings: Settings, args: argparse.Namespace) -> int:
     from dataclasses import replace  # noqa: PLC0415
 
     from collectors.collect import run_collector  # noqa: PLC0415
+    from collectors.store.interface import StoreError  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s collect %(levelname)s %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
@@ -155,6 +156,10 @@ def _collect(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(run_collector(settings, kafka_spans=not args.no_kafka, on_ready=ready))
+    except StoreError as exc:
+        raise FlowscopeError("collect", f"cannot start: {exc}",
+                             hint="check that FLOWSCOPE_STORE and FLOWSCOPE_HOME are writable"
+                             ) from None
     except OSError as exc:
         if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES) and \
                 exc.filename is None:
@@ -171,7 +176,7 @@ def _collect(settings: Settings, args: argparse.Namespace) -> int:
 
 def _inspect(settings: Settings, args: argparse.Namespace) -> int:
     from collectors.store.factory import open_store  # noqa: PLC0415
-    from collectors.store.sqlite import StoreError  # noqa: PLC0415
+    from collectors.store.interface import StoreError  # noqa: PLC0415
     from flowscope import inspect  # noqa: PLC0415
 
     try:

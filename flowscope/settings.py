@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -82,6 +83,22 @@ class JaegerSettings:
 
 
 @dataclass(frozen=True)
+class IngestLimits:
+    """What one OTLP request may hold, so that no sender can stall ingest for the others.
+
+    Spans beyond max_spans_per_request answer 413; links and attributes beyond their limits
+    are not read (and counted): the span is kept, as the OpenTelemetry SDK keeps a span whose
+    limits it hit.
+    """
+
+    max_spans_per_request: int = 10_000
+    max_links_per_span: int = 128
+    max_attributes_per_span: int = 128
+    max_inflight_bytes: int = 64 * 1024 * 1024
+    body_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
 class CollectorSettings:
     """The collector: where spans come in, where they are stored, and how flows are judged."""
 
@@ -89,6 +106,7 @@ class CollectorSettings:
     otlp_host: str = LOOPBACK
     otlp_port: int = 4318
     max_body_bytes: int = 16 * 1024 * 1024
+    limits: IngestLimits = field(default_factory=IngestLimits)
     spans_topic: str = "otlp_spans"
     completed_topics: tuple[str, ...] = ("*files.notified", "*orders.completed")
     dead_letter_topics: tuple[str, ...] = ("*.dlq", "*.DLT", "*dead-letter*", "*deadletter*")
@@ -205,11 +223,12 @@ class Settings:
 
 def _collector_settings(reader: _EnvReader, home: Path) -> CollectorSettings:
     defaults = CollectorSettings(store=home / "flowscope.db")
+    limits = defaults.limits
     host, port = defaults.otlp_host, defaults.otlp_port
     address = reader.text("FLOWSCOPE_OTLP_ADDRESS")
     if address is not None:
         host, _, port_text = address.rpartition(":")
-        if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not host or not _digits(port_text, 5) or not 0 < int(port_text) < 65536:
             reader.problems.append(f"FLOWSCOPE_OTLP_ADDRESS={address!r} is not host:port")
             host, port_text = defaults.otlp_host, str(defaults.otlp_port)
         port = int(port_text)
@@ -217,7 +236,17 @@ def _collector_settings(reader: _EnvReader, home: Path) -> CollectorSettings:
     return CollectorSettings(
         store=Path(store).expanduser() if store else defaults.store,
         otlp_host=host, otlp_port=port,
-        max_body_bytes=int(reader.seconds("FLOWSCOPE_MAX_BODY_BYTES", defaults.max_body_bytes)),
+        max_body_bytes=reader.count("FLOWSCOPE_MAX_BODY_BYTES", defaults.max_body_bytes),
+        limits=IngestLimits(
+            max_spans_per_request=reader.count("FLOWSCOPE_MAX_SPANS_PER_REQUEST",
+                                               limits.max_spans_per_request),
+            max_links_per_span=reader.count("FLOWSCOPE_MAX_LINKS_PER_SPAN",
+                                            limits.max_links_per_span),
+            max_attributes_per_span=reader.count("FLOWSCOPE_MAX_ATTRIBUTES_PER_SPAN",
+                                                 limits.max_attributes_per_span),
+            max_inflight_bytes=reader.count("FLOWSCOPE_MAX_INFLIGHT_BYTES",
+                                            limits.max_inflight_bytes),
+            body_timeout_s=reader.seconds("FLOWSCOPE_BODY_TIMEOUT", limits.body_timeout_s)),
         spans_topic=reader.text("FLOWSCOPE_SPANS_TOPIC") or defaults.spans_topic,
         completed_topics=reader.patterns("FLOWSCOPE_FLOW_COMPLETED", defaults.completed_topics),
         dead_letter_topics=reader.patterns("FLOWSCOPE_FLOW_DEAD_LETTER",
@@ -246,6 +275,11 @@ def _check_distinct_ports(problems: list[str], kafka: KafkaSettings, jaeger: Jae
         ports[port] = role
 
 
+def _digits(text: str, most: int) -> bool:
+    """True for 1 to `most` ASCII digits ('²'.isdigit() is True, but int('²') raises)."""
+    return 0 < len(text) <= most and text.isascii() and text.isdigit()
+
+
 class _EnvReader:
     """Reads typed values and collects every problem instead of stopping at the first."""
 
@@ -261,7 +295,7 @@ class _EnvReader:
         value = self.text(name)
         if value is None:
             return default
-        if not value.isdigit() or not 1 <= int(value) <= 65535:
+        if not _digits(value, 5) or not 1 <= int(value) <= 65535:
             self.problems.append(f"{name}={value!r} is not a TCP port (1-65535)")
             return default
         return int(value)
@@ -274,10 +308,21 @@ class _EnvReader:
             seconds = float(value)
         except ValueError:
             seconds = -1.0
-        if seconds <= 0:
+        # nan and inf pass a `<= 0` test: a nan interval would make a loop spin
+        if not math.isfinite(seconds) or seconds <= 0:
             self.problems.append(f"{name}={value!r} is not a positive number of seconds")
             return default
         return seconds
+
+    def count(self, name: str, default: int) -> int:
+        """A positive whole number (bytes, spans, links...), at most 2**40."""
+        value = self.text(name)
+        if value is None:
+            return default
+        if not _digits(value, 13) or not 0 < int(value) <= 2**40:
+            self.problems.append(f"{name}={value!r} is not a positive whole number")
+            return default
+        return int(value)
 
     def choice(self, name: str, options: tuple[str, ...], default: str) -> str:
         value = self.text(name)

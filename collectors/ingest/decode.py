@@ -33,29 +33,44 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
         raise BadPayload(f"corrupt gzip body: {exc}") from None
     if len(data) > limit:
         raise OverflowError(f"decompressed body exceeds {limit} bytes")
+    if not inflater.eof:  # a cut-off stream inflates without error, minus its tail
+        raise BadPayload("truncated gzip body (the stream ends before its trailer)")
     return data
 
 
-def _hex_ids_to_base64(node: Any) -> Any:
-    """OTLP/JSON writes ids as hex; protobuf's JSON mapping wants base64."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in ID_FIELDS and isinstance(value, str) and value:
-                try:
-                    node[key] = base64.b64encode(bytes.fromhex(value)).decode()
-                except ValueError:
-                    raise BadPayload(f"{key} {value[:40]!r} is not hex") from None
-            else:
-                _hex_ids_to_base64(value)
-    elif isinstance(node, list):
-        for item in node:
-            _hex_ids_to_base64(item)
-    return node
+def _hex_ids_to_base64(document: Any) -> Any:
+    """OTLP/JSON writes ids as hex; protobuf's JSON mapping wants base64. Walked with a stack
+    of its own, so that no nesting depth can exhaust Python's."""
+    stack = [document]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ID_FIELDS and isinstance(value, str) and value:
+                    try:
+                        node[key] = base64.b64encode(bytes.fromhex(value)).decode()
+                    except ValueError:
+                        raise BadPayload(f"{key} {value[:40]!r} is not hex") from None
+                elif isinstance(value, dict | list):
+                    stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(item for item in node if isinstance(item, dict | list))
+    return document
+
+
+def is_json(content_type: str) -> bool:
+    """True for application/json, in any letter case and with any parameters."""
+    return media_type(content_type) == "application/json"
+
+
+def media_type(content_type: str) -> str:
+    """The media type of a Content-Type header, lower case, without parameters."""
+    return content_type.split(";", maxsplit=1)[0].strip().lower()
 
 
 def decode_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
     """An ExportTraceServiceRequest from a protobuf or OTLP/JSON body."""
-    kind = content_type.split(";", maxsplit=1)[0].strip().lower()
+    kind = media_type(content_type)
     request = ExportTraceServiceRequest()
     if kind in ("application/x-protobuf", "application/protobuf", ""):
         try:
@@ -67,9 +82,17 @@ def decode_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
     if kind == "application/json":
         try:
             document = _hex_ids_to_base64(json.loads(body))
+            if not isinstance(document, dict):
+                raise BadPayload(f"body is JSON {type(document).__name__}, not an object")
             json_format.ParseDict(document, request, ignore_unknown_fields=True)
-        except (ValueError, json_format.ParseError) as exc:
-            raise BadPayload(f"body is not OTLP/JSON: {str(exc)[:300]}") from None
+        except BadPayload:
+            raise
+        # ParseDict raises TypeError/AttributeError on values of the wrong shape, json and
+        # ParseDict RecursionError on deep nesting: all of them are a malformed body.
+        except (ValueError, TypeError, AttributeError, RecursionError,
+                json_format.ParseError) as exc:
+            raise BadPayload(f"body is not OTLP/JSON: {type(exc).__name__}: "
+                             f"{str(exc)[:300]}") from None
         return request
     raise BadPayload(f"unsupported Content-Type {kind!r} "
                      "(use application/x-protobuf or application/json)")

@@ -16,10 +16,14 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from collectors.ingest import headers as hdr
 from collectors.ingest.consuming import Batch, consume_until_stopped
 from collectors.ingest.pipeline import Pipeline
-from collectors.record import MessageRecord
+from collectors.normalize import as_count
+from collectors.record import INT64_MAX, INT64_MIN, MessageRecord
 
 log = logging.getLogger(__name__)
 TAP_GROUP = "flowscope-tap"
+# A message's time is kept in ms and compared in ns: both must fit the store's int64.
+MAX_TIMESTAMP_MS = INT64_MAX // 1_000_000
+MIN_TIMESTAMP_MS = INT64_MIN // 1_000_000 + 1
 
 
 def topic_pattern(include: str | None, exclude: tuple[str, ...]) -> re.Pattern[str]:
@@ -35,15 +39,16 @@ def tap_record(record: ConsumerRecord[bytes, bytes], *, keep_headers: bool) -> M
     headers = list(record.headers or ())
     correlation, cut_correlation = hdr.header_text(
         hdr.first_header(headers, "correlation-id"), 128)
-    attempt_text, _ = hdr.header_text(hdr.first_header(headers, "retry-attempt"), 8)
+    attempt_text, cut_attempt = hdr.header_text(hdr.first_header(headers, "retry-attempt"), 8)
     key, cut_key = hdr.header_text(record.key, 256)
     shown, cut_headers = hdr.bounded_headers(headers) if keep_headers else ([], False)
     return MessageRecord(
         topic=record.topic, partition=record.partition, offset=record.offset,
-        timestamp_ms=record.timestamp, key=key, size=len(record.value or b""),
+        timestamp_ms=min(max(record.timestamp, MIN_TIMESTAMP_MS), MAX_TIMESTAMP_MS),
+        key=key, size=len(record.value or b""),
         correlation_id=correlation,
         trace_id=hdr.trace_id_of(hdr.first_header(headers, "traceparent")),
-        retry_attempt=int(attempt_text) if attempt_text and attempt_text.isdigit() else None,
+        retry_attempt=None if cut_attempt else as_count(attempt_text),
         headers=json.dumps(shown) if keep_headers else None,
         truncated=cut_correlation or cut_key or cut_headers)
 

@@ -19,6 +19,16 @@ from collectors.record import GroupLag, LagRow, MessageRecord, SpanRecord
 SEND_SPAN_SETTLE_MS = 15_000
 
 
+class StoreError(Exception):
+    """The store cannot be opened or is of an unknown schema."""
+
+
+class StoreUnavailable(StoreError):
+    """A write failed for a reason of the store's, not of the records (disk full, file
+    read-only, I/O error, locked too long): nothing was written; the same write can succeed
+    once the cause is gone, so a consumer must not commit past it."""
+
+
 @dataclass(frozen=True)
 class WriteResult:
     """What a write did: spans new to the store, spans already there, hops created."""

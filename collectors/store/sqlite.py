@@ -8,11 +8,12 @@ known yet is kept as a placeholder hop and completed when the producer span arri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import operator
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from collectors.flows.assembler import (
@@ -49,6 +50,8 @@ from collectors.store.interface import (
     HopRow,
     LatencyBucket,
     PropagationRow,
+    StoreError,
+    StoreUnavailable,
     Topology,
     WriteResult,
 )
@@ -74,23 +77,40 @@ HOP_INSERT = (f"INSERT OR IGNORE INTO hops ({HOP_FIELDS}) "
               f"VALUES ({', '.join('?' * len(HOP_COLUMNS))})")
 
 
-class StoreError(Exception):
-    """The store cannot be opened or is of an unknown schema."""
+# SQLite's result codes that say the store, not the records, is the problem.
+UNAVAILABLE_CODES = ("SQLITE_FULL", "SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CANTOPEN",
+                     "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_PERM", "SQLITE_NOMEM",
+                     "SQLITE_PROTOCOL")
+
+
+def store_unavailable(exc: sqlite3.Error, path: Path) -> StoreUnavailable | None:
+    """The StoreUnavailable an sqlite3 error stands for, or None when it is about the data."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if not name.startswith(UNAVAILABLE_CODES):
+        return None
+    return StoreUnavailable(f"store {path}: {exc} ({name})")
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """A connection in WAL mode; readers never block the writer."""
-    if readonly:
-        if not path.exists():
-            raise StoreError(f"no store at {path}: run `flowscope collect` to create one")
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10,
-                                     check_same_thread=False)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(path, timeout=10, check_same_thread=False)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
-    connection.execute("PRAGMA busy_timeout=10000")
+    try:
+        if readonly:
+            if not path.exists():
+                raise StoreError(f"no store at {path}: run `flowscope collect` to create one")
+            # A URI built from the path itself would read '#' or '?' in a name as the URI's
+            # own, and open (and create) another file, read-write.
+            connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                         timeout=10, check_same_thread=False)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(path, timeout=10, check_same_thread=False)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA busy_timeout=10000")
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} cannot be opened as a Flowscope store: {exc}") from None
+    except OSError as exc:
+        raise StoreError(f"{path} cannot be opened as a Flowscope store: {exc}") from None
     return connection
 
 
@@ -113,6 +133,7 @@ class SqliteStore:
             self._migrate()
 
     def _migrate(self) -> None:
+        self._check_is_ours()
         with self.db:
             self.db.executescript(SCHEMA)
             row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -125,6 +146,23 @@ class SqliteStore:
             elif int(row[0]) != SCHEMA_VERSION:
                 raise StoreError(f"{self.path} has schema version {row[0]}; this Flowscope "
                                  f"reads version {SCHEMA_VERSION}")
+
+    def _check_is_ours(self) -> None:
+        """Refuse a file that is not SQLite, or another program's database: the collector
+        would add its tables to it (and drop an index that has one of its names)."""
+        try:
+            tables = [row[0] for row in self.db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a Flowscope store: {exc}") from None
+        if tables and "meta" not in tables:
+            raise StoreError(f"{self.path} is not a Flowscope store: it is another database "
+                             f"(tables {', '.join(tables[:5])}); set FLOWSCOPE_STORE to "
+                             "a new file")
+        if "meta" in tables and self.db.execute(
+                "SELECT 1 FROM meta WHERE key = 'schema_version'").fetchone() is None:
+            raise StoreError(f"{self.path} is not a Flowscope store: its meta table has no "
+                             "schema version")
 
     def _check_version(self) -> None:
         try:
@@ -142,16 +180,34 @@ class SqliteStore:
     # -- writing -------------------------------------------------------------------------------
 
     def write_spans(self, records: Sequence[SpanRecord]) -> WriteResult:
-        """Write spans and what derives from them, in one transaction."""
-        with self.db:
-            new, flow_of = self._insert_new(records)
-            flows = flow_deltas(new, self.rules, flow_of)
-            edges = edge_deltas([r for r in new if r.is_send], self.bucket_s)
-            hops = _HopMatcher(self.db, new, self.bucket_s, flows=flows, edges=edges,
-                               flow_of=flow_of).run()
-            self._merge_flows(flows)
-            self._merge_edges(edges)
+        """Write spans and what derives from them, in one transaction (all or nothing);
+        StoreUnavailable when the store, not the records, made it fail."""
+        self._pending_adopted = []  # what a rolled-back write adopted is not adopted
+        try:
+            with self._transaction():
+                new, flow_of = self._insert_new(records)
+                flows = flow_deltas(new, self.rules, flow_of)
+                edges = edge_deltas([r for r in new if r.is_send], self.bucket_s)
+                hops = _HopMatcher(self.db, new, self.bucket_s, flows=flows, edges=edges,
+                                   flow_of=flow_of).run()
+                self._merge_flows(flows)
+                self._merge_edges(edges)
+        finally:
+            self._pending_adopted = []
         return WriteResult(len(new), len(records) - len(new), hops)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction; an error of the store's own (disk full, read-only...) comes out
+        as StoreUnavailable, an error about the data as it is."""
+        try:
+            with self.db:
+                yield
+        except sqlite3.Error as exc:
+            unavailable = store_unavailable(exc, self.path)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
 
     def _insert_new(self, records: Sequence[SpanRecord]
                     ) -> tuple[list[SpanRecord], dict[str, str]]:
@@ -280,7 +336,7 @@ class SqliteStore:
 
     def write_messages(self, records: Sequence[MessageRecord]) -> int:
         """Record tapped messages (idempotent by coordinates) and fold them into their flows."""
-        with self.db:
+        with self._transaction():
             by_trace = self._known_flows({r.trace_id for r in records
                                           if r.trace_id and not r.correlation_id})
             rows = []
@@ -328,7 +384,7 @@ class SqliteStore:
     def write_lag(self, rows: Sequence[LagRow], groups: Sequence[GroupLag]) -> None:
         """Record one lag poll: the current figures and the history."""
         lag_values = [tuple(getattr(r, c) for c in LAG_COLUMNS) for r in rows]
-        with self.db:
+        with self._transaction():
             self.db.executemany(f"INSERT OR REPLACE INTO lag_current VALUES ({LAG_MARKS})",
                                 lag_values)
             self.db.executemany(f"INSERT OR IGNORE INTO lag_samples VALUES ({LAG_MARKS})",
@@ -360,7 +416,7 @@ class SqliteStore:
 
     def add_counters(self, counts: Mapping[str, int]) -> None:
         """Add to named counters."""
-        with self.db:
+        with self._transaction():
             self.db.executemany(
                 "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET "
                 "value = value + excluded.value", [(k, v) for k, v in counts.items() if v])
@@ -369,7 +425,7 @@ class SqliteStore:
         """Delete raw rows older than raw_retention_s and aggregates older than theirs."""
         raw_cut = now_ns - int(self.raw_retention_s * 1e9)
         agg_cut = int(now_ns / 1e9 - self.aggregate_retention_s)
-        with self.db:
+        with self._transaction():
             deleted = self.db.execute("DELETE FROM spans WHERE end_ns < ?", (raw_cut,)).rowcount
             deleted += self.db.execute("DELETE FROM hops WHERE consume_end_ns < ?",
                                        (raw_cut,)).rowcount

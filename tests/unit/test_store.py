@@ -11,8 +11,8 @@ import pytest
 from collectors.flows.assembler import FlowRules
 from collectors.normalize import NormalizeReport, normalize_request
 from collectors.record import MessageRecord, SpanRecord
-from collectors.store.interface import Store
-from collectors.store.sqlite import SqliteStore, StoreError
+from collectors.store.interface import Store, StoreError
+from collectors.store.sqlite import SqliteStore
 from tests.otlp_factory import BASE_NS, new_span_id, new_trace_id, request, span
 
 RULES = FlowRules(completed=("*done",), dead_letter=("*.dlq",), compensated=("*cancelled",),
