@@ -8,7 +8,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -17,16 +17,21 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from collectors.flows.assembler import DEAD_LETTERED
 from collectors.forward import JaegerForwarder
 from collectors.ingest import otlp_http
+from collectors.ingest.kafka_spans import COMPONENT as kafka_spans_component
 from collectors.ingest.kafka_spans import consume_spans_topic
 from collectors.ingest.pipeline import Pipeline
+from collectors.ingest.tap import COMPONENT as tap_component
 from collectors.ingest.tap import run_tap, topic_pattern
 from collectors.lag.poller import LagPoller
 from collectors.store.factory import flow_rules, open_store
-from collectors.store.sqlite import SqliteStore
+from collectors.store.interface import StoreUnavailable
+from collectors.supervise import Health, State, supervise
 from flowscope.settings import Settings
 
 log = logging.getLogger(__name__)
 RETENTION_EVERY_S = 60.0
+LAG_COMPONENT = "lag_poller"
+MAINTENANCE = "maintenance"
 
 
 async def ensure_spans_topic(bootstrap: str, topic: str) -> None:
@@ -45,42 +50,50 @@ async def ensure_spans_topic(bootstrap: str, topic: str) -> None:
 
 
 async def run_collector(settings: Settings, *, kafka_spans: bool = True,
-                        on_ready: Callable[[str], None] | None = None) -> None:
-    """Run until SIGINT/SIGTERM."""
+                        on_ready: Callable[[str], None] | None = None,
+                        stopping: asyncio.Event | None = None) -> None:
+    """Run until SIGINT/SIGTERM (or, when given, until stopping is set)."""
     collector = settings.collect
     store = open_store(settings)
     forwarder = None
     if settings.jaeger.external_otlp_endpoint:
         forwarder = JaegerForwarder(settings.jaeger.external_otlp_endpoint)
-    pipeline = Pipeline(store, forwarder)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopping.set)
-    runner = web.AppRunner(otlp_http.build_app(pipeline, collector.max_body_bytes),
+    pipeline = Pipeline(store, forwarder, collector.limits)
+    health = Health()
+    if stopping is None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+    runner = web.AppRunner(otlp_http.build_app(pipeline, health, collector.max_body_bytes),
                            access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, collector.otlp_host, collector.otlp_port)
+    components: dict[str, Callable[[], Awaitable[None]]] = {}
     tasks = []
     try:
         await site.start()
+        health.ok(otlp_http.COMPONENT)
         if forwarder is not None:
-            tasks.append(asyncio.ensure_future(forwarder.run(stopping)))
+            components["forwarder"] = lambda: forwarder.run(stopping)
         if kafka_spans:
             await ensure_spans_topic(settings.kafka.bootstrap, collector.spans_topic)
-            tasks.append(asyncio.ensure_future(consume_spans_topic(
-                settings.kafka.bootstrap, collector.spans_topic, pipeline, stopping)))
+            components[kafka_spans_component] = lambda: consume_spans_topic(
+                settings.kafka.bootstrap, collector.spans_topic, pipeline, health, stopping)
             if collector.tap:
                 rules = flow_rules(collector)
-                tasks.append(asyncio.ensure_future(run_tap(
+                components[tap_component] = lambda: run_tap(
                     settings.kafka.bootstrap,
                     topic_pattern(collector.tap_topics, (collector.spans_topic,)), pipeline,
-                    stopping, offset_reset=collector.tap_from,
-                    keep_headers_of=lambda topic: rules.flag_of(topic) == DEAD_LETTERED)))
-            tasks.append(asyncio.ensure_future(poll_lag(
-                settings.kafka.bootstrap, pipeline, store, stopping,
-                interval_s=collector.lag_interval_s, window=collector.lag_window)))
-        tasks.append(asyncio.ensure_future(_maintain(pipeline, store, stopping)))
+                    health, stopping, offset_reset=collector.tap_from,
+                    keep_headers_of=lambda topic: rules.flag_of(topic) == DEAD_LETTERED)
+            components[LAG_COMPONENT] = lambda: poll_lag(
+                settings.kafka.bootstrap, pipeline, health, stopping,
+                interval_s=collector.lag_interval_s, window=collector.lag_window)
+        components[MAINTENANCE] = lambda: _maintain(pipeline, health, stopping)
+        for name, run in components.items():
+            tasks.append(asyncio.ensure_future(supervise(
+                name, run, health=health, counters=pipeline.counters, stopping=stopping)))
         if on_ready is not None:
             on_ready(f"http://{collector.otlp_host}:{collector.otlp_port}")
         await stopping.wait()
@@ -91,13 +104,17 @@ async def run_collector(settings: Settings, *, kafka_spans: bool = True,
             await asyncio.wait(tasks, timeout=15)
         for task in tasks:
             task.cancel()
-        await pipeline.flush_counters()
+        try:
+            await pipeline.flush_counters()
+        except StoreUnavailable as exc:
+            log.error("counters not saved at exit: %s", exc)
         store.close()
 
 
-async def poll_lag(bootstrap: str, pipeline: Pipeline, store: SqliteStore,
-                   stopping: asyncio.Event, *, interval_s: float, window: int) -> None:
-    """Poll consumer lag every interval_s into the store; reconnect after broker trouble."""
+async def poll_lag(bootstrap: str, pipeline: Pipeline, health: Health, stopping: asyncio.Event,
+                   *, interval_s: float, window: int) -> None:
+    """Poll consumer lag every interval_s into the store; reconnect after broker trouble; a
+    poll the store cannot take is counted and the next one tried."""
     delay = 1.0
     while not stopping.is_set():
         poller = LagPoller(bootstrap, window=window)
@@ -107,12 +124,22 @@ async def poll_lag(bootstrap: str, pipeline: Pipeline, store: SqliteStore,
             while not stopping.is_set():
                 started = time.monotonic()
                 rows, groups = await poller.poll()
-                await pipeline.exclusive(store.write_lag, rows, groups)
+                if poller.skipped_groups:
+                    pipeline.count(f"{LAG_COMPONENT}_skipped_groups", poller.skipped_groups)
+                    poller.skipped_groups = 0
+                try:
+                    await pipeline.exclusive(pipeline.store.write_lag, rows, groups)
+                    health.ok(LAG_COMPONENT)
+                except StoreUnavailable as exc:
+                    pipeline.count(f"{LAG_COMPONENT}_store_unavailable")
+                    health.degraded(LAG_COMPONENT, f"store unavailable: {exc}")
+                    log.warning("lag poll not stored: %s", exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(),
                                            max(0.0, interval_s - (time.monotonic() - started)))
         except (KafkaError, TimeoutError, OSError) as exc:
-            pipeline.count("lag_poll_failures")
+            pipeline.count(f"{LAG_COMPONENT}_reconnects")
+            health.degraded(LAG_COMPONENT, f"broker: {type(exc).__name__}: {exc}; reconnecting")
             log.warning("lag polling on %s failed (%s); again in %.0fs", bootstrap,
                         type(exc).__name__, delay)
         finally:
@@ -122,15 +149,25 @@ async def poll_lag(bootstrap: str, pipeline: Pipeline, store: SqliteStore,
         delay = min(delay * 2, 30.0)
 
 
-async def _maintain(pipeline: Pipeline, store: SqliteStore, stopping: asyncio.Event) -> None:
-    """Flush counters every second; apply retention every minute."""
+async def _maintain(pipeline: Pipeline, health: Health, stopping: asyncio.Event) -> None:
+    """Every second: flush counters and health into the store; every minute: retention.
+    A store that cannot take them degrades this component; counters are kept until it can."""
     next_retention = 0.0
+    store = pipeline.store
     while not stopping.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), 1.0)
-        await pipeline.flush_counters()
-        if time.monotonic() >= next_retention:
-            deleted = await pipeline.exclusive(store.apply_retention, time.time_ns())
-            if deleted:
-                log.info("retention removed %d rows", deleted)
-            next_retention = time.monotonic() + RETENTION_EVERY_S
+        try:
+            await pipeline.flush_counters()
+            await pipeline.exclusive(store.write_health, health.snapshot(), time.time())
+            if time.monotonic() >= next_retention:
+                deleted = await pipeline.exclusive(store.apply_retention, time.time_ns())
+                if deleted:
+                    log.info("retention removed %d rows", deleted)
+                next_retention = time.monotonic() + RETENTION_EVERY_S
+            health.ok(MAINTENANCE)
+        except StoreUnavailable as exc:
+            pipeline.count(f"{MAINTENANCE}_store_unavailable")
+            if health.components[MAINTENANCE].state != State.DEGRADED:
+                log.warning("maintenance: %s; counters kept until the store takes them", exc)
+            health.degraded(MAINTENANCE, f"store unavailable: {exc}")

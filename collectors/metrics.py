@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from collectors.record import GroupLag, LagRow
+from collectors.supervise import ComponentHealth
 
 GROUP_STATUS_CODE = {"OK": 0, "WARN": 1, "ERR": 2}
 PARTITION_STATUS_CODE = {"OK": 0, "WARN": 1, "STOP": 2, "STALL": 3, "REWIND": 4}
+COMPONENT_STATE_CODE = {"ok": 0, "starting": 1, "degraded": 2, "down": 3}
 
 
 def _escape(value: str) -> str:
@@ -20,7 +22,8 @@ def _labels(**labels: object) -> str:
 
 
 def render_prometheus(rows: Iterable[LagRow], groups: Iterable[GroupLag],
-                      counters: Mapping[str, int]) -> str:
+                      counters: Mapping[str, int],
+                      components: Iterable[ComponentHealth] = ()) -> str:
     """The exposition text for the latest lag poll and the collector's counters."""
     families: dict[str, tuple[str, list[str]]] = {
         "flowscope_consumergroup_lag": ("Messages not yet consumed, per partition", []),
@@ -31,6 +34,10 @@ def render_prometheus(rows: Iterable[LagRow], groups: Iterable[GroupLag],
             "0 OK, 1 WARN, 2 STOP, 3 STALL, 4 REWIND", []),
         "flowscope_consumergroup_status": ("0 OK, 1 WARN, 2 ERR", []),
         "flowscope_collector_events_total": ("What the collector counted, by name", []),
+        "flowscope_collector_component_state": (
+            "0 ok, 1 starting, 2 degraded, 3 down, per collector component", []),
+        "flowscope_collector_component_restarts_total": (
+            "Restarts of a collector component after a failure", []),
     }
     for row in rows:
         labels = _labels(group=row.group, topic=row.topic, partition=row.partition)
@@ -49,6 +56,13 @@ def render_prometheus(rows: Iterable[LagRow], groups: Iterable[GroupLag],
     for name, value in sorted(counters.items()):
         families["flowscope_collector_events_total"][1].append(
             f"flowscope_collector_events_total{_labels(name=name)} {value}")
+    for component in components:
+        labels = _labels(component=component.name)
+        families["flowscope_collector_component_state"][1].append(
+            f"flowscope_collector_component_state{labels} "
+            f"{COMPONENT_STATE_CODE.get(str(component.state), 3)}")
+        families["flowscope_collector_component_restarts_total"][1].append(
+            f"flowscope_collector_component_restarts_total{labels} {component.restarts}")
     lines = []
     for name, (help_text, samples) in families.items():
         kind = "counter" if name.endswith("_total") else "gauge"

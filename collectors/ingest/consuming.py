@@ -1,9 +1,17 @@
-"""The loop every collector consumer runs: consume batches, handle, commit; through broker
-outages, reconnect with backoff from the last committed offsets."""
+"""The loop every collector consumer runs: consume batches, handle, commit.
+
+- A record the handler cannot take is counted, logged once with its topic, partition and
+  offset, and skipped: the loop commits past it and goes on.
+- When the store cannot take a write (disk full, read-only), nothing is committed: the
+  consumer leaves, waits with backoff and reads the same records again from the last commit.
+- Through broker outages it reconnects with backoff from the last committed offsets.
+Each of these shows in health and in the counters.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -11,14 +19,17 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from collectors.ingest.pipeline import Pipeline
+from collectors.store.interface import StoreUnavailable
+from collectors.supervise import Health
 
 log = logging.getLogger(__name__)
 Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+MAX_BACKOFF_S = 15.0
 
 
 async def consume_until_stopped(make_consumer: Callable[[], Awaitable[AIOKafkaConsumer]],
                                 handle: Callable[[Batch], Awaitable[None]], *, name: str,
-                                pipeline: Pipeline, stopping: asyncio.Event,
+                                pipeline: Pipeline, health: Health, stopping: asyncio.Event,
                                 max_records: int) -> None:
     """Run make_consumer's consumer until stopping; commit each batch after handle(batch)."""
     delay = 1.0
@@ -26,23 +37,57 @@ async def consume_until_stopped(make_consumer: Callable[[], Awaitable[AIOKafkaCo
         consumer: AIOKafkaConsumer | None = None
         try:
             consumer = await make_consumer()
-            delay = 1.0
+            health.ok(name)
             while not stopping.is_set():
                 batch = await consumer.getmany(timeout_ms=500, max_records=max_records)
                 if batch:
-                    await handle(batch)
+                    await handle_isolated(batch, handle, name=name, pipeline=pipeline)
                     await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
+                    delay = 1.0
+                health.ok(name)
+        except StoreUnavailable as exc:
+            pipeline.count(f"{name}_store_unavailable")
+            health.degraded(name, f"store unavailable, nothing committed: {exc}")
+            log.warning("%s: %s; nothing committed, reading again in %.0fs", name, exc, delay)
         except KafkaError as exc:
-            pipeline.count(f"{name.replace(' ', '_')}_reconnects")
+            pipeline.count(f"{name}_reconnects")
+            health.degraded(name, f"broker: {type(exc).__name__}: {exc}; reconnecting")
             log.warning("%s: %s; reconnecting in %.0fs", name, exc, delay)
         finally:
             if consumer is not None:
-                try:
-                    await consumer.stop()
-                except KafkaError:
-                    log.debug("%s: consumer stop failed", name, exc_info=True)
+                await _stop_quietly(consumer, name)
         if not stopping.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), delay)
-            except TimeoutError:
-                delay = min(delay * 2, 15.0)
+            delay = min(delay * 2, MAX_BACKOFF_S)
+
+
+async def handle_isolated(batch: Batch, handle: Callable[[Batch], Awaitable[None]], *,
+                          name: str, pipeline: Pipeline) -> None:
+    """handle(batch); when it fails on something in the batch, each record alone, so that
+    one record it cannot take costs only that record (counted and logged with where it is).
+    StoreUnavailable is no record's fault: it goes up, and nothing is skipped."""
+    try:
+        await handle(batch)
+        return
+    except StoreUnavailable:
+        raise
+    except Exception:
+        log.debug("%s: a batch failed; handling its records one by one", name, exc_info=True)
+    for tp, records in batch.items():
+        for record in records:
+            try:
+                await handle({tp: [record]})
+            except StoreUnavailable:
+                raise
+            except Exception:
+                pipeline.count(f"{name}_skipped_records")
+                log.exception("%s: skipped the record at %s[%d]@%d", name, tp.topic,
+                              tp.partition, record.offset)
+
+
+async def _stop_quietly(consumer: AIOKafkaConsumer, name: str) -> None:
+    try:
+        await asyncio.wait_for(consumer.stop(), 15)
+    except (KafkaError, TimeoutError, OSError):
+        log.debug("%s: consumer stop failed", name, exc_info=True)

@@ -12,8 +12,10 @@ from aiokafka import AIOKafkaConsumer
 from collectors.ingest.consuming import Batch, consume_until_stopped
 from collectors.ingest.decode import BadPayload, decode_request
 from collectors.ingest.pipeline import Pipeline
+from collectors.supervise import Health
 
 log = logging.getLogger(__name__)
+COMPONENT = "spans_topic"
 
 
 def group_for(topic: str) -> str:
@@ -22,8 +24,8 @@ def group_for(topic: str) -> str:
     return f"flowscope-collector.{topic}"
 
 
-async def consume_spans_topic(bootstrap: str, topic: str, pipeline: Pipeline,
-                              stopping: asyncio.Event, group: str | None = None) -> None:
+async def consume_spans_topic(bootstrap: str, topic: str, pipeline: Pipeline, health: Health,
+                              stopping: asyncio.Event, *, group: str | None = None) -> None:
     """Consume the spans topic until stopping; reconnect through broker outages."""
 
     async def make_consumer() -> AIOKafkaConsumer:
@@ -44,14 +46,14 @@ async def consume_spans_topic(bootstrap: str, topic: str, pipeline: Pipeline,
                 await _ingest_one(pipeline, record.value, record.topic, record.partition,
                                   record.offset)
 
-    await consume_until_stopped(make_consumer, handle, name="spans topic", pipeline=pipeline,
-                                stopping=stopping, max_records=50)
+    await consume_until_stopped(make_consumer, handle, name=COMPONENT, pipeline=pipeline,
+                                health=health, stopping=stopping, max_records=50)
 
 
 async def _ingest_one(pipeline: Pipeline, value: bytes | None, topic: str, partition: int,
                       offset: int) -> None:
     try:
-        export = decode_request(value or b"", "application/x-protobuf")
+        export = await asyncio.to_thread(decode_request, value or b"", "application/x-protobuf")
     except BadPayload as exc:
         pipeline.count("spans_topic_garbage")
         log.warning("skipping garbage on %s[%d]@%d: %s", topic, partition, offset, exc)

@@ -1,67 +1,168 @@
 """The OTLP/HTTP receiver: POST /v1/traces, protobuf or JSON, plain or gzip.
 
 Any OpenTelemetry SDK or Collector sends here once OTEL_EXPORTER_OTLP_ENDPOINT points at it.
-A malformed body gets 400 with the reason, an oversized one 413; both are counted.
+A malformed body gets 400 with the reason; an oversized one, or one with too many spans, 413;
+one not received in time 408; when the store cannot take spans, or too many bodies are in
+flight, 503 with Retry-After, which OTLP senders retry. Every rejection is counted. Bodies are
+decoded in worker threads, so that a large one never stalls /health or the consumers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 
-from collectors.ingest.decode import BadPayload, decode_request, decompress
+from collectors.ingest.decode import BadPayload, decode_request, decompress, is_json
 from collectors.ingest.pipeline import Pipeline
 from collectors.metrics import render_prometheus
+from collectors.normalize import NormalizeReport, count_spans
+from collectors.store.interface import StoreUnavailable, WriteResult
+from collectors.supervise import Health, State
 
 log = logging.getLogger(__name__)
+COMPONENT = "otlp_http"
+REJECTED = {413: "rejected_bodies_oversized", 400: "rejected_bodies_malformed",
+            408: "rejected_bodies_timed_out", 503: "rejected_bodies_unavailable",
+            500: "rejected_bodies_failed"}
 
 
-def build_app(pipeline: Pipeline, max_body_bytes: int) -> web.Application:
+def build_app(pipeline: Pipeline, health: Health, max_body_bytes: int) -> web.Application:
     """The receiver's aiohttp application."""
-
-    async def post_traces(request: web.Request) -> web.Response:
-        content_type = request.headers.get("Content-Type", "application/x-protobuf")
-        if request.content_length is not None and request.content_length > max_body_bytes:
-            return _reject(pipeline, 413, f"body of {request.content_length} bytes exceeds "
-                           f"the limit of {max_body_bytes}", content_type)
-        try:
-            raw = await _read_body(request, max_body_bytes)
-            if raw is None:
-                return _reject(pipeline, 413, f"body exceeds the limit of {max_body_bytes} "
-                               "bytes", content_type)
-            body = decompress(raw, request.headers.get("Content-Encoding", ""), max_body_bytes)
-            export = decode_request(body, content_type)
-        except OverflowError as exc:
-            return _reject(pipeline, 413, str(exc), content_type)
-        except BadPayload as exc:
-            return _reject(pipeline, 400, str(exc), content_type)
-        is_protobuf = not content_type.startswith("application/json")
-        result, report = await pipeline.ingest(export, body if is_protobuf else None, "otlp_http")
-        rejected = report.spans - result.written - result.duplicates
-        return _answer(content_type, rejected, report.problems)
-
-    async def health(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def metrics(_: web.Request) -> web.Response:
-        rows, groups = await pipeline.exclusive(pipeline.store.lag)
-        counters = await pipeline.exclusive(pipeline.store.counters)
-        return web.Response(text=render_prometheus(rows, groups, counters),
-                            content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type-Options": "nosniff"})
-
+    receiver = Receiver(pipeline, health, max_body_bytes)
     # auto_decompress off: gzip is inflated here, with the size limit applied to the result.
     app = web.Application(client_max_size=max_body_bytes + 1024,
                           handler_args={"auto_decompress": False})
-    app.router.add_post("/v1/traces", post_traces)
-    app.router.add_get("/health", health)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/traces", receiver.post_traces)
+    app.router.add_get("/health", receiver.health_report)
+    app.router.add_get("/metrics", receiver.metrics)
     return app
+
+
+class Receiver:
+    """The handlers of /v1/traces, /health and /metrics."""
+
+    def __init__(self, pipeline: Pipeline, health: Health, max_body_bytes: int) -> None:
+        self.pipeline, self.health, self.max_body_bytes = pipeline, health, max_body_bytes
+        self.limits = pipeline.limits
+        self.budget = ByteBudget(max(self.limits.max_inflight_bytes, max_body_bytes))
+
+    async def post_traces(self, request: web.Request) -> web.Response:
+        """POST /v1/traces: one OTLP export request."""
+        content_type = request.headers.get("Content-Type", "application/x-protobuf")
+        encoding = request.headers.get("Content-Encoding", "")
+        length = request.content_length
+        try:
+            if length is not None and length > self.max_body_bytes:
+                raise Rejection(413, f"body of {length} bytes exceeds the limit of "
+                                f"{self.max_body_bytes}")
+            # A body of unknown length, or one that inflates, may grow to the limit.
+            size = self.max_body_bytes if length is None or encoding.strip() else length
+            async with self.budget.hold(size, self.limits.body_timeout_s):
+                export, body = await self._decode(request, content_type, encoding)
+                spans = count_spans(export)
+                if spans > self.limits.max_spans_per_request:
+                    raise Rejection(413, f"{spans} spans in one request; the limit is "
+                                    f"{self.limits.max_spans_per_request} "
+                                    "(FLOWSCOPE_MAX_SPANS_PER_REQUEST): send smaller batches")
+                result, report = await self._store(export,
+                                                   None if is_json(content_type) else body)
+        except Rejection as rejection:
+            return _reject(self.pipeline, rejection.status, rejection.reason, content_type,
+                           retry_after=rejection.status == 503)
+        self.health.ok(COMPONENT)
+        rejected = report.spans - result.written - result.duplicates
+        return _answer(content_type, rejected, report.problems)
+
+    async def _decode(self, request: web.Request, content_type: str, encoding: str
+                      ) -> tuple[ExportTraceServiceRequest, bytes]:
+        try:
+            async with asyncio.timeout(self.limits.body_timeout_s):
+                raw = await _read_body(request, self.max_body_bytes)
+        except TimeoutError:
+            raise Rejection(408, f"body not received within {self.limits.body_timeout_s:g}s"
+                            ) from None
+        if raw is None:
+            raise Rejection(413, f"body exceeds the limit of {self.max_body_bytes} bytes")
+        try:
+            body = await asyncio.to_thread(decompress, raw, encoding, self.max_body_bytes)
+            return await asyncio.to_thread(decode_request, body, content_type), body
+        except OverflowError as exc:
+            raise Rejection(413, str(exc)) from None
+        except BadPayload as exc:
+            raise Rejection(400, str(exc)) from None
+
+    async def _store(self, export: ExportTraceServiceRequest, body: bytes | None
+                     ) -> tuple[WriteResult, NormalizeReport]:
+        try:
+            return await self.pipeline.ingest(export, body, "otlp_http")
+        except StoreUnavailable as exc:
+            self.health.degraded(COMPONENT, f"store unavailable: {exc}")
+            raise Rejection(503, f"the store cannot take spans now: {exc}") from None
+        except Exception:
+            self.pipeline.count(f"{COMPONENT}_failures")
+            log.exception("an OTLP body of %d spans could not be stored", count_spans(export))
+            raise Rejection(500, "the collector failed on this body (see its log)") from None
+
+    async def health_report(self, _: web.Request) -> web.Response:
+        """GET /health: every component's state; 503 while one is down."""
+        return web.json_response(self.health.snapshot(),
+                                 status=503 if self.health.status == State.DOWN else 200)
+
+    async def metrics(self, _: web.Request) -> web.Response:
+        """GET /metrics: lag, counters and component states in the Prometheus text format."""
+        rows, groups = await self.pipeline.exclusive(self.pipeline.store.lag)
+        counters = await self.pipeline.exclusive(self.pipeline.store.counters)
+        return web.Response(text=render_prometheus(rows, groups, counters,
+                                                   self.health.components.values()),
+                            content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
+
+class Rejection(Exception):
+    """A body answered with an HTTP error: its status and the reason the sender reads."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+class ByteBudget:
+    """Bytes of request bodies being received and decoded at once: a body waits (bounded)
+    for its share, so that many large bodies cannot exhaust memory together."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, size: int, timeout_s: float) -> AsyncIterator[None]:
+        """Hold `size` bytes (at most the whole budget) while the block runs; a 503
+        Rejection when they are not free within timeout_s."""
+        size = min(size, self.limit)
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(
+                    lambda: self.used + size <= self.limit), timeout_s)
+            except TimeoutError:
+                raise Rejection(503, "the collector is busy with other bodies; try again"
+                                ) from None
+            self.used += size
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.used -= size
+                self._changed.notify_all()
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes | None:
@@ -81,7 +182,7 @@ def _answer(content_type: str, rejected: int, problems: dict[str, int]) -> web.R
         response.partial_success.rejected_spans = rejected
         response.partial_success.error_message = "; ".join(
             f"{count} {reason}" for reason, count in problems.items())
-    if content_type.startswith("application/json"):
+    if is_json(content_type):
         body = {} if not rejected else {"partialSuccess": {
             "rejectedSpans": str(rejected),
             "errorMessage": response.partial_success.error_message}}
@@ -89,10 +190,13 @@ def _answer(content_type: str, rejected: int, problems: dict[str, int]) -> web.R
     return web.Response(body=response.SerializeToString(), content_type="application/x-protobuf")
 
 
-def _reject(pipeline: Pipeline, status: int, reason: str, content_type: str) -> web.Response:
-    pipeline.count("rejected_bodies_oversized" if status == 413 else "rejected_bodies_malformed")
+def _reject(pipeline: Pipeline, status: int, reason: str, content_type: str, *,
+            retry_after: bool = False) -> web.Response:
+    pipeline.count(REJECTED.get(status, f"rejected_bodies_{status}"))
     log.warning("rejected an OTLP body (%d): %s", status, reason)
-    if content_type.startswith("application/json"):
+    # OTLP/HTTP senders retry 503 (and 429), after Retry-After when given; not 4xx.
+    headers = {"Retry-After": "5"} if retry_after else None
+    if is_json(content_type):
         return web.Response(status=status, text=json.dumps({"error": reason}),
-                            content_type="application/json")
-    return web.Response(status=status, text=reason, content_type="text/plain")
+                            content_type="application/json", headers=headers)
+    return web.Response(status=status, text=reason, content_type="text/plain", headers=headers)

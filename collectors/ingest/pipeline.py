@@ -19,9 +19,13 @@ from collectors.forward import JaegerForwarder
 from collectors.normalize import NormalizeReport, normalize_request
 from collectors.record import MessageRecord
 from collectors.store.interface import Store, WriteResult
+from flowscope.settings import IngestLimits
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+WRITE_CHUNK = 2000  # spans per write: a large request never holds the writer for long
 
 
 @dataclass
@@ -30,24 +34,35 @@ class Pipeline:
 
     store: Store
     forwarder: JaegerForwarder | None = None
+    limits: IngestLimits = field(default_factory=IngestLimits)
     counters: Counter[str] = field(default_factory=Counter)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def ingest(self, request: ExportTraceServiceRequest, raw: bytes | None, source: str
                      ) -> tuple[WriteResult, NormalizeReport]:
-        """Store one export request (idempotently) and queue it for Jaeger."""
+        """Store one export request (idempotently) and queue it for Jaeger when any of its
+        spans was new (a replay is not forwarded twice). Normalising runs in a worker thread,
+        and the spans are written in chunks, so that other senders' writes interleave."""
         report = NormalizeReport()
-        records = list(normalize_request(request, report))
-        async with self._lock:
-            result = await asyncio.to_thread(self.store.write_spans, records)
-        self.counters[f"spans_received_{source}"] += report.spans
-        self.counters["spans_written"] += result.written
-        self.counters["spans_duplicate"] += result.duplicates
-        for reason, count in report.problems.items():
-            self.counters[f"unplaced: {reason}"] += count
-        if self.forwarder is not None and report.spans:
+        records = await asyncio.to_thread(
+            lambda: list(normalize_request(request, report, self.limits)))
+        written = duplicates = hops = 0
+        try:
+            for start in range(0, len(records), WRITE_CHUNK):
+                result = await self.exclusive(self.store.write_spans,
+                                              records[start:start + WRITE_CHUNK])
+                written += result.written
+                duplicates += result.duplicates
+                hops += result.hops
+        finally:
+            self.counters[f"spans_received_{source}"] += report.spans
+            self.counters["spans_written"] += written
+            self.counters["spans_duplicate"] += duplicates
+            for reason, count in report.problems.items():
+                self.counters[f"unplaced: {reason}"] += count
+        if self.forwarder is not None and written:
             self.forwarder.submit(raw if raw is not None else request.SerializeToString())
-        return result, report
+        return WriteResult(written, duplicates, hops), report
 
     async def write_messages(self, records: list[MessageRecord]) -> None:
         """Store what the message tap saw."""
@@ -65,10 +80,16 @@ class Pipeline:
         self.counters[name] += amount
 
     async def flush_counters(self) -> None:
-        """Move the counters into the store, where inspect and the dashboard read them."""
-        pending = dict(self.counters)
+        """Move the counters into the store, where inspect and the dashboard read them; when
+        the store cannot take them they are kept for the next flush."""
+        pending = Counter(self.counters)
         if self.forwarder is not None:
             pending.update(self.forwarder.take_counters())
         self.counters.clear()
-        if pending:
-            await self.exclusive(self.store.add_counters, pending)
+        if not pending:
+            return
+        try:
+            await self.exclusive(self.store.add_counters, dict(pending))
+        except BaseException:
+            self.counters.update(pending)
+            raise

@@ -18,9 +18,11 @@ from collectors.ingest.consuming import Batch, consume_until_stopped
 from collectors.ingest.pipeline import Pipeline
 from collectors.normalize import as_count
 from collectors.record import INT64_MAX, INT64_MIN, MessageRecord
+from collectors.supervise import Health
 
 log = logging.getLogger(__name__)
 TAP_GROUP = "flowscope-tap"
+COMPONENT = "tap"
 # A message's time is kept in ms and compared in ns: both must fit the store's int64.
 MAX_TIMESTAMP_MS = INT64_MAX // 1_000_000
 MIN_TIMESTAMP_MS = INT64_MIN // 1_000_000 + 1
@@ -53,7 +55,7 @@ def tap_record(record: ConsumerRecord[bytes, bytes], *, keep_headers: bool) -> M
         truncated=cut_correlation or cut_key or cut_headers)
 
 
-async def run_tap(bootstrap: str, pattern: re.Pattern[str], pipeline: Pipeline,
+async def run_tap(bootstrap: str, pattern: re.Pattern[str], pipeline: Pipeline, health: Health,
                   stopping: asyncio.Event, *, keep_headers_of: Callable[[str], bool],
                   offset_reset: str = "earliest", group: str = TAP_GROUP) -> None:
     """Tap the matching topics until stopping; reconnect through broker outages."""
@@ -71,5 +73,5 @@ async def run_tap(bootstrap: str, pattern: re.Pattern[str], pipeline: Pipeline,
         await pipeline.write_messages([tap_record(r, keep_headers=keep_headers_of(r.topic))
                                        for records in batch.values() for r in records])
 
-    await consume_until_stopped(make_consumer, handle, name="message tap", pipeline=pipeline,
-                                stopping=stopping, max_records=500)
+    await consume_until_stopped(make_consumer, handle, name=COMPONENT, pipeline=pipeline,
+                                health=health, stopping=stopping, max_records=500)

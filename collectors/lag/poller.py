@@ -52,6 +52,7 @@ class LagPoller:
         self.reader: AIOKafkaConsumer | None = None
         # The time a message was written never changes: read it once per committed offset.
         self.message_times: dict[TopicPartition, tuple[int, float | None]] = {}
+        self.skipped_groups = 0  # groups left out of a poll on an unexpected error
 
     async def start(self) -> None:
         """Connect (the admin client and an offsets-only consumer without a group)."""
@@ -98,10 +99,15 @@ class LagPoller:
         rows: list[LagRow] = []
         lookup_deadline = time.monotonic() + LOOKUP_BUDGET_S
         for group, offsets in committed.items():
-            for tp in sorted(offsets):
-                rows.append(await self._row(
-                    group, tp, offsets[tp], end=ends.get(tp), now_s=now_s,
-                    may_look_up=time.monotonic() < lookup_deadline))
+            try:
+                rows += [await self._row(group, tp, offsets[tp], end=ends.get(tp), now_s=now_s,
+                                         may_look_up=time.monotonic() < lookup_deadline)
+                         for tp in sorted(offsets)]
+            except (KafkaError, TimeoutError, OSError):
+                raise
+            except Exception:  # one group's odd figures must not cost every group its poll
+                self.skipped_groups += 1
+                log.exception("lag: skipped group %r this round", group)
         return rows, self._groups(rows, now_s)
 
     async def _group_offsets(self, group: str) -> dict[TopicPartition, int] | None:

@@ -195,6 +195,19 @@ class DeadLetter:
     truncated: bool
 
 
+@dataclass(frozen=True)
+class ComponentRow:
+    """One collector component as its last health report saw it; at_s is that report's time
+    (a collector that stopped reporting leaves an old at_s)."""
+
+    component: str
+    state: str  # ok | starting | degraded | down
+    reason: str | None
+    since_s: float
+    restarts: int
+    at_s: float
+
+
 class Store(Protocol):
     """Storage of spans, hops, flows and edge aggregates."""
 
@@ -287,6 +300,14 @@ class Store(Protocol):
 
     def apply_retention(self, now_ns: int) -> int:
         """Delete raw rows and aggregates past their retention; how many rows went."""
+        ...
+
+    def write_health(self, snapshot: Mapping[str, object], at_s: float) -> None:
+        """Replace the collector's component health with this report (Health.snapshot())."""
+        ...
+
+    def collector_health(self) -> list[ComponentRow]:
+        """The collector's components as last reported, by name."""
         ...
 
     def close(self) -> None:

@@ -2,8 +2,9 @@
 
 # 2: flow_latency_buckets, search and time indexes, the covering status index (a version-1
 # store is migrated in place when the collector opens it).
-SCHEMA_VERSION = 2
-MIGRATES_FROM = (1,)
+# 3: collector_health (each component's state, for the dashboard).
+SCHEMA_VERSION = 3
+MIGRATES_FROM = (1, 2)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -105,4 +106,11 @@ CREATE INDEX IF NOT EXISTS messages_by_flow ON messages (flow_id) WHERE flow_id 
 
 -- What could not be placed, and other counters, by name.
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+
+-- The collector's components as its last health report saw them (at_s: that report's time,
+-- so that a reader can tell a collector that stopped reporting).
+CREATE TABLE IF NOT EXISTS collector_health (
+    component TEXT PRIMARY KEY, state TEXT NOT NULL, reason TEXT, since_s REAL NOT NULL,
+    restarts INTEGER NOT NULL, at_s REAL NOT NULL
+) WITHOUT ROWID;
 """

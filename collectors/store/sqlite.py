@@ -42,6 +42,7 @@ from collectors.record import (
 from collectors.store import readers, summaries
 from collectors.store.interface import (
     SEND_SPAN_SETTLE_MS,
+    ComponentRow,
     DeadLetter,
     EdgeBucket,
     FailedStep,
@@ -420,6 +421,22 @@ class SqliteStore:
             self.db.executemany(
                 "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET "
                 "value = value + excluded.value", [(k, v) for k, v in counts.items() if v])
+
+    def write_health(self, snapshot: Mapping[str, object], at_s: float) -> None:
+        """Replace the collector's component health with this report (Health.snapshot())."""
+        components = snapshot.get("components") or {}
+        assert isinstance(components, Mapping)
+        with self._transaction():
+            self.db.execute("DELETE FROM collector_health")
+            self.db.executemany("INSERT INTO collector_health VALUES (?,?,?,?,?,?)", [
+                (name, c["state"], c["reason"], c["since_s"], c["restarts"], at_s)
+                for name, c in components.items()])
+
+    def collector_health(self) -> list[ComponentRow]:
+        """The collector's components as last reported, by name."""
+        return [ComponentRow(*row) for row in self.db.execute(
+            "SELECT component, state, reason, since_s, restarts, at_s FROM collector_health "
+            "ORDER BY component")]
 
     def apply_retention(self, now_ns: int) -> int:
         """Delete raw rows older than raw_retention_s and aggregates older than theirs."""
