@@ -12,6 +12,8 @@ from collections import Counter, deque
 
 import aiohttp
 
+from flowscope.settings import redact_url
+
 log = logging.getLogger(__name__)
 
 
@@ -59,7 +61,7 @@ class JaegerForwarder:
                 await self._post(session, self.queue.popleft(), stopping)
         if self.counters["forward_failed_batches"]:
             log.warning("%d batches could not be forwarded to Jaeger at %s",
-                        self.counters["forward_failed_batches"], self.url)
+                        self.counters["forward_failed_batches"], redact_url(self.url))
 
     async def _post(self, session: aiohttp.ClientSession, body: bytes,
                     stopping: asyncio.Event) -> None:
@@ -82,4 +84,4 @@ class JaegerForwarder:
                 delay *= 2
         self.counters["forward_failed_batches"] += 1
         if not stopping.is_set():
-            log.warning("forwarding to Jaeger at %s failed: %s", self.url, problem)
+            log.warning("forwarding to Jaeger at %s failed: %s", redact_url(self.url), problem)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from flowscope import __version__
 from flowscope.errors import FlowscopeError
 from flowscope.infra import jaeger, kafka
-from flowscope.settings import Settings
+from flowscope.settings import Settings, redact_url
 
 
 def _kafka_start(settings: Settings, _: argparse.Namespace) -> int:
@@ -59,7 +59,8 @@ def _jaeger_start(settings: Settings, _: argparse.Namespace) -> int:
 
 def _jaeger_stop(settings: Settings, _: argparse.Namespace) -> int:
     if settings.jaeger.external:
-        print(f"jaeger: using the external Jaeger at {settings.jaeger.query_url}; nothing to stop")
+        print(f"jaeger: using the external Jaeger at {redact_url(settings.jaeger.query_url)}; "
+              "nothing to stop")
         return 0
     pid = jaeger.stop(settings)
     print(f"jaeger: stopped (pid {pid})" if pid else "jaeger: not running")
@@ -149,7 +150,7 @@ def _collect(settings: Settings, args: argparse.Namespace) -> int:
     settings = replace(settings, collector=collector)
 
     def ready(url: str) -> None:
-        forward = settings.jaeger.external_otlp_endpoint or "off"
+        forward = redact_url(settings.jaeger.external_otlp_endpoint or "off")
         print(f"collect: ready; OTLP/HTTP on {url}/v1/traces, spans topic "
               f"{collector.spans_topic} on {settings.kafka.bootstrap}, store {collector.store}, "
               f"forwarding to Jaeger: {forward}", flush=True)

@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from flowscope.errors import SettingsError
 
@@ -273,6 +274,18 @@ def _check_distinct_ports(problems: list[str], kafka: KafkaSettings, jaeger: Jae
         if port in ports:
             problems.append(f"port {port} is given to both {ports[port]} and {role}")
         ports[port] = role
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for a log line: a user and password in it are replaced by '***'."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _digits(text: str, most: int) -> bool:
