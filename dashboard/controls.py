@@ -4,12 +4,14 @@ shared as a link), refresh interval and pause; and the helpers pages use to stay
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from urllib.parse import quote, urlsplit
 
 import streamlit as st
 
 from dashboard import queries, transforms
+from dashboard.collector_health import collector_notes
 
 log = logging.getLogger(__name__)
 ALL = "(everything)"
@@ -68,10 +70,31 @@ def apply_focus_request() -> None:
 
 
 def live(body: Callable[[], None]) -> None:
-    """Run a page's body as a fragment that reruns itself every refresh interval."""
+    """Run a page's body as a fragment that reruns itself every refresh interval, under what
+    the collector says of itself."""
     interval = None if st.session_state.get("paused") else \
         float(st.session_state.get("refresh_s") or queries.settings().dashboard.refresh_s)
-    st.fragment(run_every=interval)(body)()
+
+    def page() -> None:
+        show_collector_health()
+        body()
+
+    st.fragment(run_every=interval)(page)()
+
+
+def show_collector_health() -> None:
+    """A box for each collector component that is down or degraded, or for a collector that
+    stopped reporting; nothing when all is well (or the store cannot be read: the page says)."""
+    try:
+        with queries.guarded_store().use() as store:
+            rows = store.collector_health()
+    except Exception:  # the page's own query reports an unreadable store
+        log.debug("collector health not read", exc_info=True)
+        return
+    for note in collector_notes(rows, time.time()):
+        (st.error if note.level == "error" else st.warning)(note.headline)
+        if note.reason:
+            st.code(note.reason, language=None)
 
 
 def load(loader: Callable[[float], object]) -> object | None:

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 COMPONENT = "demo"
 SETTLE_S = 3.0
+HEALTH_EVERY_S = 2.0  # how often the collector's /health is read while the demo runs
 LOCK_MARKER = "flowscope"
 READY_TIMEOUT_S = {"collect": 60.0, "services": 120.0, "dashboard": 60.0}
 STOP_TIMEOUT_S = {"loadgen": 5.0, "dashboard": 10.0, "services": 30.0, "collect": 30.0}
@@ -130,6 +131,39 @@ def http_says(url: str, answer: str) -> bool:
             return bool(response.status == 200 and response.read().decode().strip() == answer)
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+def collector_health(url: str) -> dict[str, tuple[str, str | None]] | None:
+    """Each component's (state, reason) from the collector's /health; None when it does not
+    answer (its own exit is reported by the child check)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            body = json.load(response)
+    except urllib.error.HTTPError as error:  # 503 while a component is down: the body says
+        try:
+            body = json.load(error)
+        except ValueError:
+            return None
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    components = body.get("components") if isinstance(body, dict) else None
+    if not isinstance(components, dict):
+        return None
+    return {str(name): (str(c.get("state")), c.get("reason"))
+            for name, c in components.items() if isinstance(c, dict)}
+
+
+def health_changes(before: dict[str, tuple[str, str | None]],
+                   now: dict[str, tuple[str, str | None]]) -> list[str]:
+    """Lines for the components that went down or degraded, or came back, since before."""
+    lines = []
+    for name, (state, reason) in sorted(now.items()):
+        was = before.get(name, ("ok", None))[0]
+        if state in ("down", "degraded") and state != was:
+            lines.append(f"collector: {name} is {state}: {reason or 'no reason given'}")
+        elif state == "ok" and was in ("down", "degraded"):
+            lines.append(f"collector: {name} is ok again")
+    return lines
 
 
 def log_has(log: Path, text: str) -> bool:
@@ -337,8 +371,13 @@ class Demo:
         steps = plan_steps(self.options)
         limit = self.options.duration_s
         started, chunks = time.monotonic(), 0
+        health: dict[str, tuple[str, str | None]] = {}
+        next_health = 0.0
         while not self.stopping.wait(0.25):
             elapsed = time.monotonic() - started
+            if elapsed >= next_health:
+                health = self._watch_collector(health)
+                next_health = elapsed + HEALTH_EVERY_S
             while steps and steps[0].at_s <= elapsed:
                 self._run_step(steps.pop(0))
             loading = self._check_children()
@@ -349,6 +388,17 @@ class Demo:
                 self.progress.say(f"{limit:g}s of traffic sent; letting the last flows finish")
                 self.stopping.wait(SETTLE_S)
                 return
+
+    def _watch_collector(self, before: dict[str, tuple[str, str | None]]
+                         ) -> dict[str, tuple[str, str | None]]:
+        """Say when a collector component goes down or degraded, and when it is back."""
+        collector = self.settings.collect
+        now = collector_health(f"http://{collector.otlp_host}:{collector.otlp_port}/health")
+        if now is None:
+            return before
+        for line in health_changes(before, now):
+            self.progress.say(f"{line} (log: {self.dir / 'collect.log'})")
+        return now
 
     def _run_step(self, step: Step) -> None:
         if step.text:

@@ -1,0 +1,57 @@
+"""What the pages say about the collector itself: a component that is down or degraded, or a
+collector that stopped reporting (pure; no st.*)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from collectors.store.interface import ComponentRow
+
+# The collector reports every second: a report older than this means it is not running (or
+# cannot write its store), and every figure on the page is as old.
+STALE_S = 30.0
+
+
+@dataclass(frozen=True)
+class Note:
+    """One line about the collector: 'error' or 'warning', a headline, and the reason as the
+    collector gave it (untrusted text: shown as code, never as Markdown)."""
+
+    level: str
+    headline: str
+    reason: str | None = None
+
+
+def collector_notes(rows: Sequence[ComponentRow], now_s: float) -> list[Note]:
+    """The notes for the collector's last health report; none when all is well or when no
+    collector ever reported into this store."""
+    if not rows:
+        return []
+    reported = max(row.at_s for row in rows)
+    if now_s - reported > STALE_S:
+        return [Note("warning", f"The collector has not reported for {_age(now_s - reported)} "
+                     f"(last report {_clock(reported)}): it is stopped or cannot write the "
+                     "store, and what the pages show is as old.")]
+    notes = []
+    for row in rows:
+        if row.state == "down":
+            notes.append(Note("error", f"Collector component `{row.component}` is down since "
+                              f"{_clock(row.since_s)} (restarted {row.restarts} times); "
+                              "what it feeds is missing meanwhile.", row.reason))
+        elif row.state == "degraded":
+            notes.append(Note("warning", f"Collector component `{row.component}` is degraded "
+                              f"since {_clock(row.since_s)}.", row.reason))
+    return notes
+
+
+def _age(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def _clock(at_s: float) -> str:
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(at_s))
+    except (OverflowError, OSError, ValueError):
+        return "an unknown time"
