@@ -10,6 +10,7 @@ import gzip
 import json
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -261,12 +262,18 @@ def test_bad_bodies_get_400_or_413_and_are_counted(collector: Collector) -> None
     assert after["rejected_bodies_oversized"] >= before.get("rejected_bodies_oversized", 0) + 2
 
 
-async def _produce_span_batches(bootstrap: str, topic: str, flows: list[str]) -> None:
+async def _produce_span_batches(bootstrap: str, topic: str, flows: list[str],
+                                per_second: float | None = None) -> None:
+    """One garbage record, then a batch (a produce and its consume) per flow; at a steady
+    rate when per_second is given, else as fast as the broker takes them."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
     await producer.start()
+    started = time.monotonic()
     try:
         await producer.send_and_wait(topic, b"\x08\x96\x01 not an export request \xff")
-        for flow in flows:
+        for index, flow in enumerate(flows):
+            if per_second is not None:  # pace, not synchronise: the test waits on the store
+                await asyncio.sleep(max(0.0, started + index / per_second - time.monotonic()))
             trace, producer_span = new_trace_id(), new_span_id()
             batch = request({"kafka-svc": [
                 span(name="send kt", kind="producer", trace_id=trace, span_id=producer_span,
@@ -288,16 +295,27 @@ def test_collector_killed_mid_run_loses_and_duplicates_no_span_from_the_topic(
     own = Collector.create(tmp_path, kafka_bootstrap, jaeger_endpoints.otlp_http,
                            jaeger_endpoints.query, f"spans-kill-{uuid.uuid4().hex[:8]}")
     spawned.append(own)
-    flows = [f"kill-flow-{i}" for i in range(400)]
+    flows = [f"kill-flow-{i}" for i in range(600)]
     own.start()
-    asyncio.run(_produce_span_batches(kafka_bootstrap, own.env["FLOWSCOPE_SPANS_TOPIC"], flows))
-    own.wait_for(lambda r: len(r["flows"]) >= 50, "flows", "--since", "100000d",
-                 "--limit", "1000")
-    counters = own.wait_for(lambda c: c["counters"].get("spans_topic_garbage", 0) >= 1,
-                            "counters")["counters"]
-    assert counters["spans_topic_garbage"] == 1
-    own.kill()
-    own.start()
+    # Spans keep arriving at a steady rate (about 15 s of them) while the collector is killed
+    # and started again.
+    sender = threading.Thread(target=asyncio.run, args=(_produce_span_batches(
+        kafka_bootstrap, own.env["FLOWSCOPE_SPANS_TOPIC"], flows, per_second=40),))
+    sender.start()
+    try:
+        own.wait_for(lambda r: 50 <= len(r["flows"]) < len(flows), "flows", "--since",
+                     "100000d", "--limit", "1000")
+        counters = own.wait_for(lambda c: c["counters"].get("spans_topic_garbage", 0) >= 1,
+                                "counters")["counters"]
+        assert counters["spans_topic_garbage"] == 1
+        own.kill()
+        own.start()
+        stored_at_restart = len(own.inspect("flows", "--since", "100000d",
+                                            "--limit", "1000")["flows"])  # type: ignore[arg-type]
+        assert stored_at_restart < len(flows)  # the restart happened while spans arrived
+    finally:
+        sender.join(timeout=60)
+    assert not sender.is_alive()
     result = own.wait_for(lambda r: len(r["flows"]) == len(flows), "flows", "--since",
                           "100000d", "--limit", "1000", timeout_s=120)
     assert sorted(f["id"] for f in result["flows"]) == sorted(flows)
