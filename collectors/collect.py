@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 RETENTION_EVERY_S = 60.0
 LAG_COMPONENT = "lag_poller"
 MAINTENANCE = "maintenance"
+FORWARDER = "forwarder"
 
 
 async def ensure_spans_topic(bootstrap: str, topic: str) -> None:
@@ -75,7 +76,7 @@ async def run_collector(settings: Settings, *, kafka_spans: bool = True,
         await site.start()
         health.ok(otlp_http.COMPONENT)
         if forwarder is not None:
-            components["forwarder"] = lambda: forwarder.run(stopping)
+            components[FORWARDER] = lambda: forwarder.run(stopping)
         if kafka_spans:
             await ensure_spans_topic(settings.kafka.bootstrap, collector.spans_topic)
             components[kafka_spans_component] = lambda: consume_spans_topic(
@@ -166,8 +167,21 @@ async def _maintain(pipeline: Pipeline, health: Health, stopping: asyncio.Event)
                     log.info("retention removed %d rows", deleted)
                 next_retention = time.monotonic() + RETENTION_EVERY_S
             health.ok(MAINTENANCE)
+            _forwarder_health(pipeline, health)
         except StoreUnavailable as exc:
             pipeline.count(f"{MAINTENANCE}_store_unavailable")
             if health.components[MAINTENANCE].state != State.DEGRADED:
                 log.warning("maintenance: %s; counters kept until the store takes them", exc)
             health.degraded(MAINTENANCE, f"store unavailable: {exc}")
+
+
+def _forwarder_health(pipeline: Pipeline, health: Health) -> None:
+    """The forwarder is degraded while Jaeger does not take its batches (a forwarder that is
+    down is the supervisor's to report)."""
+    component = health.components.get(FORWARDER)
+    if pipeline.forwarder is None or component is None or component.state == State.DOWN:
+        return
+    if pipeline.forwarder.problem:
+        health.degraded(FORWARDER, pipeline.forwarder.problem)
+    else:
+        health.ok(FORWARDER)

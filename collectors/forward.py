@@ -30,6 +30,7 @@ class JaegerForwarder:
         self.queue: deque[bytes] = deque(maxlen=max_batches)
         self.ready = asyncio.Event()
         self.counters: Counter[str] = Counter()
+        self.problem: str | None = None  # why the last batch could not be posted, if it failed
 
     def submit(self, body: bytes) -> None:
         """Queue one serialized ExportTraceServiceRequest (never waits)."""
@@ -72,6 +73,7 @@ class JaegerForwarder:
                         "Content-Type": "application/x-protobuf"}) as answer:
                     if answer.status < 300:
                         self.counters["forwarded_batches"] += 1
+                        self.problem = None
                         return
                     problem = f"HTTP {answer.status}"
                     if answer.status < 500 and answer.status != 429:
@@ -83,5 +85,6 @@ class JaegerForwarder:
                 await asyncio.sleep(delay)
                 delay *= 2
         self.counters["forward_failed_batches"] += 1
+        self.problem = f"posting to {redact_url(self.url)} failed: {problem}"
         if not stopping.is_set():
             log.warning("forwarding to Jaeger at %s failed: %s", redact_url(self.url), problem)
