@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import html
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+
+from dashboard.transforms import TEXT_LIMIT, cut_text
 
 # One palette for the whole dashboard.
 STATUS_COLORS = {"OK": "#2e7d32", "WARN": "#f9a825", "ERR": "#c62828", "STOP": "#c62828",
@@ -20,11 +23,25 @@ SEGMENT_COLORS = {"produce": "#5c6bc0", "wait": "#cfd8dc", "process": "#26a69a"}
 ERROR_COLOR = "#e53935"
 PERCENTILE_DASH = {"p50_ms": "dot", "p95_ms": "solid", "p99_ms": "dash"}
 HEIGHT = 360
+LABEL_LIMIT = 60  # characters of a name drawn on a chart; hovers show up to TEXT_LIMIT
+BREAK_LABELS = 12  # collapsed stretches of a waterfall labelled with their length, at most
 
 
-def safe(text: object) -> str:
-    """Untrusted text as Plotly shows it literally."""
-    return html.escape(str(text), quote=True)
+def safe(text: object, limit: int = TEXT_LIMIT) -> str:
+    """Untrusted text as Plotly shows it literally, cut to `limit` characters (before it is
+    escaped, so that no entity is cut in half)."""
+    return html.escape(cut_text(text, limit), quote=True)
+
+
+def distinct(labels: list[str]) -> list[str]:
+    """Labels made distinct with a counter where cutting made two alike: a bar chart draws
+    bars of one label on one row."""
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
+    return out
 
 
 def _layout(fig: go.Figure, x_title: str, y_title: str, height: int = HEIGHT) -> go.Figure:
@@ -43,14 +60,11 @@ def flow_map(nodes: pd.DataFrame, edges: pd.DataFrame, statuses: dict[str, str],
     position = {n: (x, y) for n, x, y in zip(nodes["node"], nodes["x"], nodes["y"], strict=True)}
     prefix = common_prefix(list(nodes.loc[nodes["kind"] == "topic", "node"]))
     fig = go.Figure()
-    for edge in edges.itertuples():
-        (x0, y0), (x1, y1) = position[edge.source], position[edge.target]
-        dimmed = bool(focus) and focus not in (edge.source, edge.target)
-        color = ERROR_COLOR if edge.error_rate > 0.05 else "#78909c"
-        fig.add_annotation(x=x1, y=y1, ax=x0, ay=y0, xref="x", yref="y", axref="x", ayref="y",
-                           showarrow=True, arrowhead=2, arrowsize=1.2, standoff=14,
-                           startstandoff=14, arrowwidth=1 + min(3.0, edge.rate / 20),
-                           arrowcolor=color, opacity=0.25 if dimmed else 0.9, text="")
+    # One layout update for every arrow: each add_annotation copies all the annotations
+    # before it, so adding them one by one takes time quadratic in the edges.
+    arrows = [_arrow(position[e.source], position[e.target], e.error_rate, e.rate,
+                     bool(focus) and focus not in (e.source, e.target))
+              for e in edges.itertuples()]
     # Labels sit 40% of the way along: an edge and its reverse (a retry loop) stay apart.
     labels = edges.assign(
         mx=[0.6 * position[s][0] + 0.4 * position[t][0]
@@ -73,13 +87,15 @@ def flow_map(nodes: pd.DataFrame, edges: pd.DataFrame, statuses: dict[str, str],
                               for n in part["node"]],
                     "line": {"width": [4 if n == focus else 1 for n in part["node"]],
                              "color": "#263238"}},
-            text=[safe(n.removeprefix(prefix)) for n in part["node"]],
+            text=[safe(n.removeprefix(prefix), LABEL_LIMIT) for n in part["node"]],
             textposition="top center", textfont={"size": 11},
-            hovertext=[f"{kind} {safe(n)}<br>lag status: {statuses.get(n, 'none')}"
+            hovertext=[f"{kind} {safe(n)}<br>lag status: {safe(statuses.get(n, 'none'))}"
                        for n in part["node"]], hoverinfo="text", customdata=list(part["node"])))
     if prefix:
-        fig.add_annotation(x=0, y=1, xref="paper", yref="paper", showarrow=False,
-                           xanchor="left", text=f"topics: {safe(prefix)}…", font={"size": 11})
+        arrows.append({"x": 0, "y": 1, "xref": "paper", "yref": "paper", "showarrow": False,
+                       "xanchor": "left", "text": f"topics: {safe(prefix, LABEL_LIMIT)}…",
+                       "font": {"size": 11}})
+    fig.update_layout(annotations=arrows)
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     fig.update_layout(height=max(HEIGHT, 90 * (int(nodes.groupby("layer").size().max())
@@ -87,6 +103,16 @@ def flow_map(nodes: pd.DataFrame, edges: pd.DataFrame, statuses: dict[str, str],
                       margin={"l": 10, "r": 10, "t": 10, "b": 10}, template="plotly_white",
                       clickmode="event+select")
     return fig
+
+
+def _arrow(start: tuple[float, float], end: tuple[float, float], error_rate: float,
+           rate: float, dimmed: bool) -> dict[str, object]:
+    """An edge of the flow map as an arrow annotation (no text)."""
+    return {"x": end[0], "y": end[1], "ax": start[0], "ay": start[1], "xref": "x", "yref": "y",
+            "axref": "x", "ayref": "y", "showarrow": True, "arrowhead": 2, "arrowsize": 1.2,
+            "standoff": 14, "startstandoff": 14, "arrowwidth": 1 + min(3.0, rate / 20),
+            "arrowcolor": ERROR_COLOR if error_rate > 0.05 else "#78909c",
+            "opacity": 0.25 if dimmed else 0.9, "text": ""}
 
 
 def common_prefix(names: list[str]) -> str:
@@ -129,7 +155,7 @@ def lines(frame: pd.DataFrame, x: str, y: str, color: str, *, x_title: str, y_ti
     fig = go.Figure()
     for name, part in frame.groupby(color, sort=True):
         mode = "lines+markers" if len(part) <= MARKERS_UP_TO else "lines"
-        fig.add_trace(go.Scatter(x=part[x], y=part[y], mode=mode, name=safe(name),
+        fig.add_trace(go.Scatter(x=part[x], y=part[y], mode=mode, name=safe(name, LABEL_LIMIT),
                                  marker={"size": 4}))
     fig.update_yaxes(rangemode="tozero")
     return _layout(fig, x_title, y_title)
@@ -139,7 +165,8 @@ def attempts(frame: pd.DataFrame) -> go.Figure:
     """Messages per attempt number, one bar colour per topic."""
     fig = go.Figure()
     for topic, part in frame.groupby("topic", sort=True):
-        fig.add_trace(go.Bar(x=part["attempt"], y=part["messages"], name=safe(topic)))
+        fig.add_trace(go.Bar(x=part["attempt"], y=part["messages"],
+                             name=safe(topic, LABEL_LIMIT)))
     fig.update_layout(barmode="group")
     fig.update_xaxes(dtick=1)
     return _layout(fig, "attempt (1 = first try)", "messages")
@@ -149,24 +176,55 @@ def waterfall(segments: pd.DataFrame, breaks: list[tuple[float, float]]) -> go.F
     """A flow's hops in time order: producing, waiting in the topic (hatched) and processing;
     long idle stretches collapsed and marked with their true length."""
     fig = go.Figure()
-    for kind in ("produce", "wait", "process"):
-        part = segments[segments["kind"] == kind]
-        colors = [ERROR_COLOR if err else SEGMENT_COLORS[kind] for err in part["error"]]
+    names = {"produce": "producing", "wait": "waiting in topic", "process": "processing"}
+    # One colour per trace, failed steps a trace of their own: Plotly checks a list of
+    # colours one by one, seconds for a long flow.
+    for kind, failed in (("produce", False), ("wait", False), ("process", False),
+                         ("process", True)):
+        part = segments[(segments["kind"] == kind) & (segments["error"] == failed)]
+        if failed and part.empty:
+            continue
         fig.add_trace(go.Bar(
-            y=[safe(h) for h in part["hop"]], x=part["width_ms"], base=part["start_ms"],
-            orientation="h", name={"produce": "producing", "wait": "waiting in topic",
-                                   "process": "processing"}[kind],
-            marker={"color": colors, "pattern": {"shape": "/" if kind == "wait" else ""}},
-            hovertext=[f"{kind}: {ms:,.1f} ms" for ms in part["true_ms"]], hoverinfo="text"))
-    for position, true_ms in breaks:
-        fig.add_vline(x=position, line_dash="dot", line_color="#455a64")
-        fig.add_annotation(x=position, y=1.0, yref="paper", yanchor="bottom", showarrow=False,
-                           text=f"⋯ {_ms_text(true_ms)} collapsed", font={"size": 10})
-    fig.update_yaxes(autorange="reversed")
+            y=[safe(h, LABEL_LIMIT) for h in part["hop"]], x=part["width_ms"],
+            base=part["start_ms"], orientation="h",
+            name="failed" if failed else names[kind],
+            marker={"color": ERROR_COLOR if failed else SEGMENT_COLORS[kind],
+                    "pattern": {"shape": "/" if kind == "wait" else ""}},
+            customdata=part["true_ms"].to_numpy(dtype=float),
+            hovertemplate=f"{kind}: %{{customdata:,.1f}} ms<extra></extra>"))
+    # Every collapsed stretch is a dotted line, all of them one trace on an axis of their own
+    # (0 to 1, top to bottom): Plotly takes a thousand shapes or add_vline calls in seconds.
+    if breaks:  # x, x, NaN per line: a NaN ends a line (arrays: Plotly checks lists slowly)
+        lines_x = np.repeat(np.array([x for x, _ in breaks], dtype=float), 3)
+        lines_x[2::3] = np.nan
+        fig.add_trace(go.Scatter(
+            x=lines_x, y=np.tile([0.0, 1.0, np.nan], len(breaks)), yaxis="y2", mode="lines",
+            line={"dash": "dot", "color": "#455a64", "width": 1}, hoverinfo="skip",
+            showlegend=False))
+    span = float((segments["start_ms"] + segments["width_ms"]).max()) if breaks else 0.0
+    fig.update_layout(
+        yaxis={"autorange": "reversed"},
+        yaxis2={"overlaying": "y", "range": [0, 1], "visible": False, "fixedrange": True},
+        annotations=[{"x": x, "y": 1.0, "yref": "paper", "yanchor": "bottom",
+                      "showarrow": False, "text": f"⋯ {_ms_text(true_ms)} collapsed",
+                      "font": {"size": 10}} for x, true_ms in labelled_breaks(breaks, span)])
     fig.update_layout(barmode="overlay", legend={"y": 1.12})
     rows = segments["row"].nunique() if not segments.empty else 1
     return _layout(fig, "time since the flow started (ms; long idle stretches collapsed)", "hop",
                    height=max(220, 60 + 38 * rows))
+
+
+def labelled_breaks(breaks: list[tuple[float, float]], span: float
+                    ) -> list[tuple[float, float]]:
+    """The collapsed stretches a waterfall labels: the longest first, each at least a
+    BREAK_LABELS-th of the axis (`span`) from the others, so that no two labels overlap."""
+    chosen: list[tuple[float, float]] = []
+    for position, true_ms in sorted(breaks, key=lambda b: b[1], reverse=True):
+        if all(abs(position - other) >= span / BREAK_LABELS for other, _ in chosen):
+            chosen.append((position, true_ms))
+            if len(chosen) == BREAK_LABELS:
+                break
+    return chosen
 
 
 def _ms_text(ms: float) -> str:
@@ -180,16 +238,17 @@ def latency(series: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
     for flow_type, part in series.groupby("flow_type", sort=True):
         for column, dash in PERCENTILE_DASH.items():
-            fig.add_trace(go.Scatter(x=part["time"], y=part[column], mode="lines",
-                                     line={"dash": dash}, legendgroup=safe(flow_type),
-                                     name=f"{safe(flow_type)} {column.removesuffix('_ms')}"))
+            fig.add_trace(go.Scatter(
+                x=part["time"], y=part[column], mode="lines", line={"dash": dash},
+                legendgroup=safe(flow_type),
+                name=f"{safe(flow_type, LABEL_LIMIT)} {column.removesuffix('_ms')}"))
     return _layout(fig, "time (UTC)", "end-to-end latency (ms)")
 
 
 def breakdown(hops: pd.DataFrame) -> go.Figure:
     """Where the time goes per hop: p95 waiting in the topic against p95 processing."""
     fig = go.Figure()
-    labels = [safe(h) for h in hops["hop"]]
+    labels = distinct([safe(h, LABEL_LIMIT) for h in hops["hop"]])
     fig.add_trace(go.Bar(y=labels, x=hops["queue_p95_ms"], orientation="h",
                          name="waiting in topic (p95)",
                          marker={"color": SEGMENT_COLORS["wait"], "pattern": {"shape": "/"}}))
@@ -202,8 +261,8 @@ def breakdown(hops: pd.DataFrame) -> go.Figure:
 
 def propagation(frame: pd.DataFrame) -> go.Figure:
     """Share of messages with a valid trace context per topic and producer."""
-    labels = [f"{safe(t)} ← {safe(p)}" for t, p in zip(frame["topic"], frame["producer"],
-                                                       strict=True)]
+    labels = distinct([f"{safe(t, LABEL_LIMIT)} ← {safe(p, LABEL_LIMIT)}"
+                       for t, p in zip(frame["topic"], frame["producer"], strict=True)])
     colors = [STATUS_COLORS["OK"] if s >= 0.99 else STATUS_COLORS["WARN"] if s >= 0.5
               else STATUS_COLORS["ERR"] for s in frame["share"]]
     fig = go.Figure(go.Bar(y=labels, x=frame["share"] * 100, orientation="h",

@@ -3,15 +3,18 @@ collector that stopped reporting (pure; no st.*)."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from collectors.store.interface import ComponentRow
+from dashboard.transforms import cut_text
 
 # The collector reports every second: a report older than this means it is not running (or
 # cannot write its store), and every figure on the page is as old.
 STALE_S = 30.0
+NAME_LIMIT = 60  # characters of a component's name in a headline
 
 
 @dataclass(frozen=True)
@@ -36,14 +39,22 @@ def collector_notes(rows: Sequence[ComponentRow], now_s: float) -> list[Note]:
                      "store, and what the pages show is as old.")]
     notes = []
     for row in rows:
+        name = _name(row.component)
         if row.state == "down":
-            notes.append(Note("error", f"Collector component `{row.component}` is down since "
+            notes.append(Note("error", f"Collector component `{name}` is down since "
                               f"{_clock(row.since_s)} (restarted {row.restarts} times); "
                               "what it feeds is missing meanwhile.", row.reason))
         elif row.state == "degraded":
-            notes.append(Note("warning", f"Collector component `{row.component}` is degraded "
+            notes.append(Note("warning", f"Collector component `{name}` is degraded "
                               f"since {_clock(row.since_s)}.", row.reason))
     return notes
+
+
+def _name(component: str) -> str:
+    """A component's name for inline code in a headline: cut, and without the backticks,
+    line breaks and control characters that would end the code span or hide in it (the store
+    may hold any text)."""
+    return cut_text(re.sub(r"[`\s\x00-\x1f\x7f-\x9f]+", " ", component), NAME_LIMIT) or "?"
 
 
 def _age(seconds: float) -> str:

@@ -16,6 +16,7 @@ from dashboard.collector_health import collector_notes
 log = logging.getLogger(__name__)
 ALL = "(everything)"
 REFRESH_CHOICES = (2, 5, 10, 30, 60)
+FOCUS_LABEL = 80  # characters of a service or topic name the focus control shows
 
 
 def render_sidebar() -> None:
@@ -27,6 +28,7 @@ def render_sidebar() -> None:
                      index=list(transforms.WINDOWS).index(transforms.DEFAULT_WINDOW),
                      key="window", bind="query-params")
         st.selectbox("Focus on", [ALL, *_nodes()], key="focus", bind="query-params",
+                     format_func=lambda node: transforms.cut_text(node, FOCUS_LABEL),
                      help="Narrow every page to one service or topic; or click a node of "
                      "the flow map.")
         default = queries.settings().dashboard.refresh_s

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -24,6 +24,11 @@ from flowscope.settings import Settings
 
 CACHE_TTL_S = 2
 RECENT_FLOWS = 200
+# Senders create services and topics at will: the pages draw the busiest edges only, and a
+# flow's first hops, so that their cost stays bounded whatever the store holds.
+MAP_EDGES = 200
+FLOW_HOPS = 500
+SERIES_EDGES = 8  # lines of a throughput or retries chart
 PROPAGATION_SAMPLE = 10_000  # the newest messages of the window the share is computed on
 ATTEMPTS_SAMPLE = 10_000  # and those the attempt distribution is drawn from
 
@@ -37,11 +42,11 @@ class FlowMap:
     """The flow map page: the graph, its edges, node statuses and the overview."""
 
     nodes: pd.DataFrame
-    edges: pd.DataFrame
+    edges: pd.DataFrame  # the MAP_EDGES busiest
+    edges_total: int  # in the window
     statuses: dict[str, str]
     metrics: list[tuple[str, str, str | None]]
     worst: GroupLag | None
-    series: pd.DataFrame
 
 
 @dataclass(frozen=True)
@@ -55,12 +60,14 @@ class Lag:
 
 @dataclass(frozen=True)
 class Retries:
-    """The retries page: retry shares per hop, attempts, retries over time, dead letters."""
+    """The retries page: retry shares per hop, attempts, the edges that saw retries (most
+    first, for the chart over time), dead letters."""
 
     rates: pd.DataFrame
     attempts: pd.DataFrame
-    series: pd.DataFrame
+    retried: pd.DataFrame
     dead_letters: pd.DataFrame
+    edges_total: int
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,7 @@ class Latency:
 
     series: pd.DataFrame
     hops: pd.DataFrame
+    edges_total: int
 
 
 # -- opening the store -----------------------------------------------------------------------
@@ -119,21 +127,31 @@ def tick() -> int:
 # -- plain loaders -----------------------------------------------------------------------------
 
 
-def load_flow_map(store: SqliteStore, window_s: float, now_ns: int) -> FlowMap:
-    """Topology, lag statuses and the overview with deltas against the window before."""
+def load_flow_map(store: SqliteStore, window_s: float, now_ns: int,
+                  focus: str | None = None) -> FlowMap:
+    """Topology (the busiest edges, the focused node's first), lag statuses and the
+    overview with deltas against the window before."""
     since = now_ns - int(window_s * 1e9)
-    topology = store.topology(since)
+    topology, total = store.busiest_topology(since, MAP_EDGES, touching=focus)
     observed = transforms.observed_seconds(window_s, topology.first_bucket_s, now_ns / 1e9,
                                            store.bucket_s)
     edges = transforms.build_edges(topology, observed)
     rows, groups = store.lag()
     counts = store.flow_counts(int(window_s * 1e9), now_ns)
-    series = transforms.edge_series(store.edge_buckets(since), store.bucket_s, since / 1e9,
-                                    now_ns / 1e9)
-    return FlowMap(layout.layout_nodes(topology.nodes, edges), edges,
+    return FlowMap(layout.layout_nodes(topology.nodes, edges), edges, total,
                    transforms.node_statuses(topology.nodes, edges, rows, groups),
                    transforms.overview_metrics(counts, window_s, observed),
-                   transforms.worst_group(groups), series)
+                   transforms.worst_group(groups))
+
+
+def load_edge_series(store: SqliteStore, argument: tuple[float, tuple[tuple[str, str], ...]],
+                     now_ns: int) -> pd.DataFrame:
+    """Messages and retries per second over the window (argument: the window in seconds and
+    the (source, target) edges to read)."""
+    window_s, edges = argument
+    since = now_ns - int(window_s * 1e9)
+    return transforms.edge_series(store.edge_buckets(since, edges), store.bucket_s,
+                                  since / 1e9, now_ns / 1e9)
 
 
 def load_lag(store: SqliteStore, window_s: float, now_ns: int) -> Lag:
@@ -142,26 +160,30 @@ def load_lag(store: SqliteStore, window_s: float, now_ns: int) -> Lag:
     return Lag(rows, groups, transforms.lag_trend(store.lag_trend(now_ns / 1e9 - window_s)))
 
 
-def load_retries(store: SqliteStore, window_s: float, now_ns: int) -> Retries:
-    """Retry shares from the edge aggregates, attempts and dead letters from the tap."""
+def load_retries(store: SqliteStore, window_s: float, now_ns: int,
+                 focus: str | None = None) -> Retries:
+    """Retry shares from the edge aggregates (of the edges with the most retries, the
+    focused node's first), attempts and dead letters from the tap."""
     since = now_ns - int(window_s * 1e9)
-    edges = transforms.build_edges(store.topology(since), window_s)
-    series = transforms.edge_series(store.edge_buckets(since), store.bucket_s, since / 1e9,
-                                    now_ns / 1e9)
-    retried = set(series.loc[series["retries"] > 0, "edge"])
+    topology, total = store.busiest_topology(since, MAP_EDGES, by="retries", touching=focus)
+    edges = transforms.build_edges(topology, window_s)
+    retried = edges[edges["retries"] > 0].sort_values(["retries", "count"], ascending=False)
     return Retries(transforms.retry_rates(edges),
                    transforms.attempts_table(store.retry_attempts(since // 1_000_000,
                                                                   ATTEMPTS_SAMPLE)),
-                   series[series["edge"].isin(retried)],
-                   transforms.dead_letter_table(store.dead_letters(since // 1_000_000)))
+                   retried[["source", "target", "retries"]],
+                   transforms.dead_letter_table(store.dead_letters(since // 1_000_000)), total)
 
 
-def load_latency(store: SqliteStore, window_s: float, now_ns: int) -> Latency:
-    """Completed flows' end-to-end latency over time, and the per-hop breakdown."""
+def load_latency(store: SqliteStore, window_s: float, now_ns: int,
+                 focus: str | None = None) -> Latency:
+    """Completed flows' end-to-end latency over time, and the per-hop breakdown (of the
+    busiest edges, the focused node's first)."""
     since = now_ns - int(window_s * 1e9)
-    edges = transforms.build_edges(store.topology(since), window_s)
+    topology, total = store.busiest_topology(since, MAP_EDGES, touching=focus)
+    edges = transforms.build_edges(topology, window_s)
     return Latency(transforms.latency_series(store.flow_latency(since), since / 1e9, window_s),
-                   transforms.hop_breakdown(edges))
+                   transforms.hop_breakdown(edges), total)
 
 
 def load_propagation(store: SqliteStore, window_s: float, now_ns: int) -> pd.DataFrame:
@@ -178,26 +200,27 @@ def load_recent_flows(store: SqliteStore, window_s: float, now_ns: int) -> list[
 
 @dataclass(frozen=True)
 class FoundFlow:
-    """A search's result: every flow it matched, and the first with its hops and dead
-    letters."""
+    """A search's result: every flow it matched, and the first with its first FLOW_HOPS hops
+    (and how many more it has) and dead letters."""
 
     matches: list[str]
     flow: FlowRow | None
     hops: list[HopRow]
     dead_letters: pd.DataFrame
     failed_steps: list[FailedStep]
+    hops_left_out: int = 0
 
 
 def load_flow(store: SqliteStore, text: str, now_ns: int) -> FoundFlow:
     """The flows a search names, and the first of them with its hops and dead letters."""
     matches = store.find_flows(text)
-    found = store.flow(matches[0], now_ns) if matches else None
+    found = store.flow_head(matches[0], now_ns, FLOW_HOPS) if matches else None
     if found is None:
         return FoundFlow(matches, None, [], transforms.dead_letter_table([]), [])
-    flow, hops = found
+    flow, hops, left_out = found
     return FoundFlow(matches, flow, hops, transforms.dead_letter_table(
         store.dead_letters(0, 20, flow_id=flow.id) if flow.status == "dead-lettered" else []),
-        store.failed_steps(flow.id) if flow.errors else [])
+        store.failed_steps(flow.id) if flow.errors else [], left_out)
 
 
 # -- cached, for the pages ---------------------------------------------------------------------
@@ -205,7 +228,7 @@ def load_flow(store: SqliteStore, text: str, now_ns: int) -> FoundFlow:
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False, max_entries=64)
-def _cached(loader: str, path: str, argument: float | str, at_tick: int) -> object:
+def _cached(loader: str, path: str, argument: Hashable, at_tick: int) -> object:
     del path, at_tick  # cache keys
     with guarded_store().use() as store:
         return LOADERS[loader](store, argument, time.time_ns())  # type: ignore[operator]
@@ -216,13 +239,20 @@ def load_nodes(store: SqliteStore, window_s: float, now_ns: int) -> list[str]:
     return list(store.topology_nodes(now_ns - int(window_s * 1e9)))
 
 
-# Each loader takes (store, its argument: a window in seconds or a search, now in ns).
-LOADERS = {"nodes": load_nodes, "flow_map": load_flow_map, "lag": load_lag, "flow": load_flow,
-           "retries": load_retries, "latency": load_latency, "propagation": load_propagation,
-           "recent_flows": load_recent_flows}
+def _focused(load: Callable[..., object]) -> Callable[..., object]:
+    """A loader of (window, focus) from one of a window with a focus keyword."""
+    return lambda store, argument, now_ns: load(store, argument[0], now_ns, focus=argument[1])
 
 
-def _load(loader: str, argument: float | str) -> object:
+# Each loader takes (store, its argument: a window in seconds, a search, or a window with a
+# focus or with edges; now in ns).
+LOADERS = {"nodes": load_nodes, "flow_map": _focused(load_flow_map), "lag": load_lag,
+           "flow": load_flow, "retries": _focused(load_retries),
+           "latency": _focused(load_latency), "propagation": load_propagation,
+           "recent_flows": load_recent_flows, "edge_series": load_edge_series}
+
+
+def _load(loader: str, argument: Hashable) -> object:
     return _cached(loader, str(settings().collect.store), argument, tick())
 
 
@@ -231,9 +261,9 @@ def nodes(window_s: float) -> list[str]:
     return _load("nodes", window_s)  # type: ignore[return-value]
 
 
-def flow_map(window_s: float) -> FlowMap:
+def flow_map(window_s: float, focus: str | None = None) -> FlowMap:
     """The flow map page's data."""
-    return _load("flow_map", window_s)  # type: ignore[return-value]
+    return _load("flow_map", (window_s, focus))  # type: ignore[return-value]
 
 
 def lag(window_s: float) -> Lag:
@@ -241,14 +271,14 @@ def lag(window_s: float) -> Lag:
     return _load("lag", window_s)  # type: ignore[return-value]
 
 
-def retries(window_s: float) -> Retries:
+def retries(window_s: float, focus: str | None = None) -> Retries:
     """The retries page's data."""
-    return _load("retries", window_s)  # type: ignore[return-value]
+    return _load("retries", (window_s, focus))  # type: ignore[return-value]
 
 
-def latency(window_s: float) -> Latency:
+def latency(window_s: float, focus: str | None = None) -> Latency:
     """The latency page's data."""
-    return _load("latency", window_s)  # type: ignore[return-value]
+    return _load("latency", (window_s, focus))  # type: ignore[return-value]
 
 
 def propagation(window_s: float) -> pd.DataFrame:
@@ -264,3 +294,8 @@ def recent_flows(window_s: float) -> list[FlowRow]:
 def flow(text: str) -> FoundFlow:
     """The flows a search names, and the first with its hops and dead letters."""
     return _load("flow", text)  # type: ignore[return-value]
+
+
+def edge_series(window_s: float, edges: Iterable[tuple[str, str]]) -> pd.DataFrame:
+    """Messages and retries per second of these (source, target) edges over the window."""
+    return _load("edge_series", (window_s, tuple(edges)))  # type: ignore[return-value]

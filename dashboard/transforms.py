@@ -27,6 +27,48 @@ DEFAULT_WINDOW = "15m"
 STATUS_RANK = {"OK": 0, "WARN": 1, "ERR": 2, "STOP": 2, "STALL": 2, "REWIND": 2}
 REASON_HEADERS = ("dlq-reason", "kafka_dlt-exception-message", "x-exception-message",
                   "error", "reason")
+TEXT_LIMIT = 200  # characters of untrusted text a table cell shows
+# pandas holds times as int64 nanoseconds: from 1677-09-21 to 2262-04-11; -2**63 is NaT.
+TIME_RANGE_NS = (-(2**63) + 1, 2**63 - 1)
+TIME_RANGE_S = (-9_223_372_036.0, 9_223_372_036.0)
+UNIT_NS = {"s": 1_000_000_000, "ms": 1_000_000, "ns": 1}
+
+
+def cut_text(text: object, limit: int = TEXT_LIMIT) -> str:
+    """Text of at most `limit` characters, marked with '…' where it was cut."""
+    text = "" if text is None else str(text)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def cut_columns(frame: pd.DataFrame, keep: Iterable[str] = (), limit: int = TEXT_LIMIT
+                ) -> pd.DataFrame:
+    """The frame with the text of its columns cut to `limit` characters, except the columns
+    in `keep` (links, which must stay whole to work)."""
+    kept = set(keep)
+    texts = [c for c in frame.columns if c not in kept and (
+        frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c].dtype))]
+    if not texts:
+        return frame
+    return frame.assign(**{c: frame[c].map(lambda v: cut_text(v, limit) if isinstance(v, str)
+                                           else v) for c in texts})
+
+
+def utc_time(value: float | None, unit: str = "ns") -> pd.Timestamp:
+    """A time as a UTC timestamp; one beyond the years pandas holds (1677 to 2262) is shown
+    at that end instead of raising, and None is NaT."""
+    if value is None or pd.isna(value):
+        return pd.NaT
+    if isinstance(value, int):
+        ns = min(max(value * UNIT_NS[unit], TIME_RANGE_NS[0]), TIME_RANGE_NS[1])
+        return pd.Timestamp(ns, unit="ns", tz="UTC")
+    seconds = min(max(value * UNIT_NS[unit] / 1e9, TIME_RANGE_S[0]), TIME_RANGE_S[1])
+    return pd.Timestamp(seconds, unit="s", tz="UTC")
+
+
+def utc_times(values: pd.Series, unit: str = "s") -> pd.Series:
+    """A column of times as UTC timestamps, held to the years pandas holds as utc_time."""
+    seconds = pd.to_numeric(values, errors="coerce").astype("float64") * (UNIT_NS[unit] / 1e9)
+    return pd.to_datetime(seconds.clip(*TIME_RANGE_S), unit="s", utc=True)
 
 
 def window_seconds(name: str | None) -> int:
@@ -148,7 +190,7 @@ def lag_table(rows: Sequence[LagRow], focus: str | None = None) -> pd.DataFrame:
 def lag_trend(rows: Sequence[tuple[str, float, int, float | None]]) -> pd.DataFrame:
     """Per group and poll: total offset lag and the largest lag in seconds."""
     trend = pd.DataFrame(list(rows), columns=["group", "at_s", "lag", "lag_seconds"])
-    trend["time"] = pd.to_datetime(trend["at_s"], unit="s", utc=True)
+    trend["time"] = utc_times(trend["at_s"])
     return trend.drop(columns=["at_s"])
 
 
@@ -209,7 +251,7 @@ def dead_letter_table(letters: Sequence[DeadLetter]) -> pd.DataFrame:
     for letter in letters:
         headers = {k.lower(): v for k, v in letter.headers}
         reason = next((headers[h] for h in REASON_HEADERS if h in headers), "")
-        rows.append({"time": pd.Timestamp(letter.timestamp_ms, unit="ms", tz="UTC"),
+        rows.append({"time": utc_time(letter.timestamp_ms, "ms"),
                      "topic": letter.topic,
                      "message": f"{letter.topic}.{letter.partition}.{letter.offset}",
                      "reason": reason, "correlation_id": letter.correlation_id or "",
@@ -228,14 +270,16 @@ def latency_series(buckets: Sequence[LatencyBucket], since_s: float, window_s: f
     width = max(window_s / points, 1.0)
     merged: dict[tuple[float, str], tuple[int, Histogram]] = {}
     for bucket in buckets:
-        key = (since_s + ((bucket.bucket_start - since_s) // width) * width, bucket.flow_type)
+        # a bucket stamped past the window's end (a sender's clock) counts in its last point
+        slot = min((bucket.bucket_start - since_s) // width, max(window_s // width - 1, 0))
+        key = (since_s + max(slot, 0) * width, bucket.flow_type)
         count, histogram = merged.get(key, (0, Histogram()))
         merged[key] = (count + bucket.count, histogram.merge(bucket.latency))
     rows = [(start, flow_type, count, histogram.percentile(50), histogram.percentile(95),
              histogram.percentile(99))
             for (start, flow_type), (count, histogram) in sorted(merged.items())]
     series = pd.DataFrame(rows, columns=["start", *columns[1:]])
-    series["time"] = pd.to_datetime(series["start"], unit="s", utc=True)
+    series["time"] = utc_times(series["start"])
     return series[columns]
 
 
@@ -270,7 +314,7 @@ def edge_series(buckets: Sequence[EdgeBucket], bucket_s: int, since_s: float, no
         frame["source"] = [k[0] for k in frame["edge_key"]]
         frame["target"] = [k[1] for k in frame["edge_key"]]
         frame = frame[columns]
-    frame["time"] = pd.to_datetime(frame["bucket_start"], unit="s", utc=True)
+    frame["time"] = utc_times(frame["bucket_start"])
     frame["edge"] = frame["source"] + " → " + frame["target"]
     frame["rate"] = frame["count"] / bucket_s
     frame["retry_rate"] = frame["retries"] / bucket_s

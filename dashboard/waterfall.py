@@ -3,6 +3,7 @@ collapsed, so a flow with a 10-minute retry backoff stays readable. Pure pandas.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 
 import pandas as pd
@@ -29,16 +30,19 @@ def build_waterfall(hops: Sequence[HopRow], collapse_after_ms: float = 2000.0,
                "true_ms"]
     if not segments:
         return pd.DataFrame(columns=columns), []
-    frame = pd.DataFrame(segments)
-    origin = int(frame["start_ns"].min())
-    busy = sorted((s - origin, e - origin) for s, e, k in zip(
-        frame["start_ns"], frame["end_ns"], frame["kind"], strict=True) if k != "wait")
-    gaps = _idle_gaps(busy, int(frame["end_ns"].max()) - origin, collapse_after_ms * 1e6)
+    # Offsets in Python integers: times at both ends of int64 overflow its differences.
+    origin = min(s["start_ns"] for s in segments)
+    busy = sorted((s["start_ns"] - origin, s["end_ns"] - origin) for s in segments
+                  if s["kind"] != "wait")
+    gaps = _idle_gaps(busy, max(s["end_ns"] for s in segments) - origin,
+                      collapse_after_ms * 1e6)
     to_display = _display_axis(gaps, collapsed_ms * 1e6)
-    frame["start_ms"] = [to_display(s - origin) / 1e6 for s in frame["start_ns"]]
-    frame["width_ms"] = [to_display(e - origin) / 1e6 - a for e, a in
-                         zip(frame["end_ns"], frame["start_ms"], strict=True)]
-    frame["true_ms"] = (frame["end_ns"] - frame["start_ns"]) / 1e6
+    for segment in segments:
+        start = to_display(segment["start_ns"] - origin) / 1e6
+        segment.update(start_ms=start,
+                       width_ms=to_display(segment["end_ns"] - origin) / 1e6 - start,
+                       true_ms=(segment["end_ns"] - segment["start_ns"]) / 1e6)
+    frame = pd.DataFrame(segments)
     breaks = [(to_display(start) / 1e6, (end - start) / 1e6) for start, end in gaps]
     return frame[columns], breaks
 
@@ -64,18 +68,20 @@ def _idle_gaps(busy: list[tuple[int, int]], end: int, longer_than: float
 
 
 def _display_axis(gaps: list[tuple[int, int]], width: float):  # type: ignore[no-untyped-def]
-    """Map true ns offsets to display ns offsets, each gap squeezed to width."""
+    """Map true ns offsets to display ns offsets, each gap squeezed to width; a binary search
+    among the gaps, so a flow with thousands of them costs no more than one with a few."""
+    starts = [start for start, _ in gaps]
+    removed_before = [0.0]
+    for start, end in gaps:
+        removed_before.append(removed_before[-1] + (end - start) - width)
 
-    def to_display(t: float) -> float:
-        removed = 0.0
-        for start, end in gaps:
-            if t >= end:
-                removed += (end - start) - width
-            elif t > start:
-                removed += (t - start) * (1 - width / (end - start))
-                break
-            else:
-                break
-        return t - removed
+    def to_display(t: int) -> float:
+        index = bisect_right(starts, t) - 1  # the last gap starting at or before t
+        if index < 0:
+            return float(t)
+        start, end = gaps[index]
+        if t >= end:
+            return float(t) - removed_before[index + 1]
+        return float(t) - removed_before[index] - (t - start) * (1 - width / (end - start))
 
     return to_display

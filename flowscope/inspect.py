@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from collectors.store.interface import FlowRow, HopRow, Store, Topology
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Senders create services and topics at will: a command prints the busiest edges and a
+# flow's first hops, and says how many it left out.
+EDGES_SHOWN = 500
+HOPS_SHOWN = 1000
+CELL_LIMIT = 120  # characters of a table cell; --json prints every character
+# Control characters (a terminal's escape sequences, line breaks) in untrusted text are
+# printed as escapes, so that a name cannot rewrite the terminal or break a table's rows.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def parse_duration(text: str) -> float:
@@ -21,23 +31,42 @@ def parse_duration(text: str) -> float:
     return float(match[1]) * UNITS[match[2] or "s"]
 
 
+def _datetime(ns: int) -> datetime:
+    """A time in ns since 1970; one beyond what datetime holds is shown at that end."""
+    try:
+        return EPOCH + timedelta(microseconds=ns // 1000)
+    except OverflowError:
+        return datetime.max.replace(tzinfo=UTC) if ns > 0 else datetime.min.replace(tzinfo=UTC)
+
+
 def _time(ns: int | None) -> str:
     if ns is None:
         return "-"
-    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%H:%M:%S.%f")[:-3]
+    return _datetime(ns).strftime("%H:%M:%S.%f")[:-3]
 
 
 def _iso(ns: int | None) -> str | None:
-    return None if ns is None else datetime.fromtimestamp(ns / 1e9, UTC).isoformat()
+    return None if ns is None else _datetime(ns).isoformat()
+
+
+def _finite(value: float | None) -> float | None:
+    """A number JSON can carry (json.dumps writes Infinity and NaN, which is not JSON)."""
+    return value if value is None or math.isfinite(value) else None
 
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def cell(value: object) -> str:
+    """A value as a table cell: control characters escaped, cut to CELL_LIMIT characters."""
+    text = CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", "-" if value is None else str(value))
+    return text if len(text) <= CELL_LIMIT else text[:CELL_LIMIT - 1] + "…"
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """Rows under a header, columns aligned."""
-    cells = [list(header)] + [["-" if c is None else str(c) for c in row] for row in rows]
+    cells = [list(header)] + [[cell(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                      for row in cells)
@@ -70,16 +99,22 @@ def hop_json(hop: HopRow) -> dict[str, object]:
             "error": hop.error, "trace_id": hop.trace_id}
 
 
-def inspect_topology(store: Store, since_s: float, as_json: bool) -> str:
-    """The topology over the last since_s seconds."""
-    topology = store.topology(time.time_ns() - int(since_s * 1e9))
+def inspect_topology(store: Store, since_s: float, as_json: bool,
+                     limit: int = EDGES_SHOWN) -> str:
+    """The topology over the last since_s seconds: its `limit` busiest edges."""
+    topology, total = store.busiest_topology(time.time_ns() - int(since_s * 1e9), limit)
+    left_out = total - len(topology.edges)
     if as_json:
-        return json.dumps(topology_json(topology))
+        return json.dumps({**topology_json(topology), "edges_left_out": left_out})
     if not topology.edges:
         return "no messages in this window (is `flowscope collect` receiving spans?)"
-    return table(["SOURCE", "TARGET", "COUNT", "ERRORS", "RETRIES", "P50_MS", "P95_MS"],
+    text = table(["SOURCE", "TARGET", "COUNT", "ERRORS", "RETRIES", "P50_MS", "P95_MS"],
                  [(e.source, e.target, e.count, e.errors, e.retries, _ms(e.p50_ms),
                    _ms(e.p95_ms)) for e in topology.edges])
+    if left_out:
+        text += (f"\n\n{len(topology.edges):,} edges of {total:,} shown (the busiest); "
+                 f"{left_out:,} left out")
+    return text
 
 
 def inspect_flows(store: Store, since_s: float, as_json: bool, limit: int) -> str:
@@ -95,26 +130,32 @@ def inspect_flows(store: Store, since_s: float, as_json: bool, limit: int) -> st
                   for f in flows])
 
 
-def inspect_flow(store: Store, flow_id: str, as_json: bool) -> str | None:
-    """One flow and its hops in time order; None when it is not in the store."""
-    found = store.flow(flow_id, time.time_ns())
+def inspect_flow(store: Store, flow_id: str, as_json: bool, limit: int = HOPS_SHOWN
+                 ) -> str | None:
+    """One flow and its first `limit` hops in time order; None when it is not in the
+    store."""
+    found = store.flow_head(flow_id, time.time_ns(), limit)
     if found is None:
         return None
-    flow, hops = found
+    flow, hops, left_out = found
     failed = store.failed_steps(flow.id) if flow.errors else []
     if as_json:
         return json.dumps({**flow_json(flow), "hop_list": [hop_json(h) for h in hops],
+                           "hops_left_out": left_out,
                            "failed_steps": [{"at_ns": f.start_ns, "service": f.service,
                                              "step": f.name, "kind": f.kind,
                                              "error": f.error_type, "trace_id": f.trace_id}
                                             for f in failed]})
-    head = (f"flow {flow.id}: {flow.status}, {flow.hops} hops, {flow.retries} retries, "
+    head = (f"flow {cell(flow.id)}: {flow.status}, {flow.hops} hops, {flow.retries} retries, "
             f"{_time(flow.started_ns)} -> {_time(flow.ended_ns)}")
     rows = [(_time(h.produce_end_ns or h.consume_start_ns), h.producer_service, h.topic,
              h.consumer_service or "(waiting)", _ms(h.queue_ms), _ms(h.processing_ms),
              h.retry_attempt, "error" if h.error else "") for h in hops]
     text = head + "\n" + table(["AT", "PRODUCER", "TOPIC", "CONSUMER", "QUEUE_MS",
                                 "PROCESS_MS", "ATTEMPT", ""], rows)
+    if left_out:
+        text += (f"\n({len(hops):,} hops of {len(hops) + left_out:,} shown, the first in time "
+                 f"order; {left_out:,} left out)")
     if failed:
         text += "\n\nfailed steps:\n" + table(
             ["AT", "SERVICE", "STEP", "KIND", "ERROR"],
@@ -143,13 +184,14 @@ def inspect_lag(store: Store, group: str | None, as_json: bool) -> str:
         return json.dumps({
             "partitions": [{"group": r.group, "topic": r.topic, "partition": r.partition,
                             "committed": r.committed, "end": r.end, "lag": r.lag,
-                            "lag_seconds": r.lag_seconds, "status": r.status,
-                            "at": r.at_s} for r in rows],
+                            "lag_seconds": _finite(r.lag_seconds), "status": r.status,
+                            "at": _finite(r.at_s)} for r in rows],
             "groups": [{"group": g.group, "status": g.status,
                         "worst_partition": g.worst_partition, "lag": g.lag,
-                        "lag_seconds": g.lag_seconds, "consume_rate": g.consume_rate,
-                        "lag_rate": g.lag_rate, "catch_up_s": g.catch_up_s, "at": g.at_s}
-                       for g in groups]})
+                        "lag_seconds": _finite(g.lag_seconds),
+                        "consume_rate": _finite(g.consume_rate),
+                        "lag_rate": _finite(g.lag_rate), "catch_up_s": _finite(g.catch_up_s),
+                        "at": _finite(g.at_s)} for g in groups]})
     if not rows:
         return "no consumer groups seen yet (is `flowscope collect` running with Kafka?)"
     partitions = table(["GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "LAG_S",

@@ -227,8 +227,20 @@ class Store(Protocol):
         """The service/topic graph from the edge aggregates since since_ns."""
         ...
 
+    def busiest_topology(self, since_ns: int, limit: int, by: str = "count",
+                         touching: str | None = None) -> tuple[Topology, int]:
+        """The graph of the `limit` busiest edges since since_ns (by messages, or by
+        retries; those of the node `touching` first), and how many edges there are in all:
+        what a reader draws, whatever senders created."""
+        ...
+
     def flows(self, since_ns: int, now_ns: int, limit: int = 100) -> list[FlowRow]:
         """Flows active since since_ns, newest first."""
+        ...
+
+    def flow_head(self, flow_or_trace_id: str, now_ns: int, limit: int | None
+                  ) -> tuple[FlowRow, list[HopRow], int] | None:
+        """One flow with its first `limit` hops in time order, and how many more it has."""
         ...
 
     def flow(self, flow_or_trace_id: str, now_ns: int) -> tuple[FlowRow, list[HopRow]] | None:
@@ -275,8 +287,10 @@ class Store(Protocol):
         """The nodes of the topology since since_ns (name -> 'service' or 'topic')."""
         ...
 
-    def edge_buckets(self, since_ns: int) -> list[EdgeBucket]:
-        """Every edge per time bucket since since_ns, oldest first."""
+    def edge_buckets(self, since_ns: int, edges: Sequence[tuple[str, str]] | None = None
+                     ) -> list[EdgeBucket]:
+        """Every edge (or these (source, target) edges) per time bucket since since_ns,
+        oldest first."""
         ...
 
     def flow_latency(self, since_ns: int) -> list[LatencyBucket]:

@@ -13,28 +13,64 @@ from collectors.store.interface import EdgeRow, FlowRow, HopRow, Topology
 StatusOf = Callable[[int, int, int], str]  # (flags, errors, last_ns) -> status
 
 
-def read_topology(db: sqlite3.Connection, since_bucket: int) -> Topology:
-    """Merge the edge buckets since since_bucket into one graph."""
-    merged: dict[tuple[str, str], list] = {}  # type: ignore[type-arg]
+def read_topology(db: sqlite3.Connection, since_bucket: int, limit: int | None = None,
+                  by: str = "count", touching: str | None = None) -> tuple[Topology, int]:
+    """Merge the edge buckets since since_bucket into one graph of the `limit` busiest edges
+    (by messages, or with by="retries" by retries, then messages; the edges of the node
+    `touching` first) and their nodes; and how many edges the window has in all. Edges are
+    ranked by sums SQL takes, so that only the kept edges' histograms are decoded: decoding
+    is what a window of thousands of edges costs."""
+    totals = db.execute(
+        "SELECT source, target, MIN(source_kind), MIN(target_kind), TOTAL(count), "
+        "TOTAL(errors), TOTAL(retries), MIN(bucket_start) FROM edge_buckets "
+        "WHERE bucket_start >= ? GROUP BY source, target", (since_bucket,)).fetchall()
+    first = min((row[7] for row in totals), default=None)
+    kept = totals if limit is None or len(totals) <= limit else \
+        sorted(totals, key=_rank(by, touching))[:limit]
+    histograms = _edge_histograms(db, since_bucket, None if len(kept) == len(totals)
+                                  else [(r[0], r[1]) for r in kept])
     nodes: dict[str, str] = {}
-    first: int | None = None
-    for start, source, source_kind, target, target_kind, count, errors, retries, latency, \
-            processing in db.execute(
-                "SELECT bucket_start, source, source_kind, target, target_kind, count, errors, "
-                "retries, latency, processing FROM edge_buckets WHERE bucket_start >= ?",
-                (since_bucket,)):
-        first = start if first is None else min(first, start)
+    edges = []
+    for source, target, source_kind, target_kind, count, errors, retries, _ in kept:
         nodes[source], nodes[target] = source_kind, target_kind
-        entry = merged.setdefault((source, target), [0, 0, 0, Histogram(), Histogram()])
-        entry[0] += count
-        entry[1] += errors
-        entry[2] += retries
-        entry[3].merge(Histogram.from_json(latency))
-        entry[4].merge(Histogram.from_json(processing))
-    edges = [EdgeRow(source, target, c, e, r, lat.percentile(50), lat.percentile(95),
-                     proc.percentile(50), proc.percentile(95))
-             for (source, target), (c, e, r, lat, proc) in sorted(merged.items())]
-    return Topology(dict(sorted(nodes.items())), edges, first)
+        latency, processing = histograms.get((source, target), (Histogram(), Histogram()))
+        edges.append(EdgeRow(source, target, int(count), int(errors), int(retries),
+                             latency.percentile(50), latency.percentile(95),
+                             processing.percentile(50), processing.percentile(95)))
+    edges.sort(key=lambda e: (e.source, e.target))
+    return Topology(dict(sorted(nodes.items())), edges, first), len(totals)
+
+
+def _rank(by: str, touching: str | None) -> Callable[[tuple], tuple]:  # type: ignore[type-arg]
+    """The sort key of read_topology's edge totals, busiest first."""
+
+    def key(row: tuple) -> tuple:  # type: ignore[type-arg]
+        source, target, _, _, count, _, retries, _ = row
+        elsewhere = touching is not None and touching not in (source, target)
+        return (elsewhere, -retries if by == "retries" else 0, -count, source, target)
+
+    return key
+
+
+def _edge_histograms(db: sqlite3.Connection, since_bucket: int,
+                     only: list[tuple[str, str]] | None
+                     ) -> dict[tuple[str, str], tuple[Histogram, Histogram]]:
+    """The merged latency and processing histograms of these edges (None: of every edge)."""
+    merged: dict[tuple[str, str], tuple[Histogram, Histogram]] = {}
+    if only == []:
+        return merged
+    among = ""
+    params: list[object] = [since_bucket]
+    if only is not None:
+        among = f" AND (source, target) IN (VALUES {', '.join(['(?, ?)'] * len(only))})"
+        params += [name for pair in only for name in pair]
+    for source, target, latency, processing in db.execute(
+            "SELECT source, target, latency, processing FROM edge_buckets "
+            f"WHERE bucket_start >= ?{among}", params):
+        entry = merged.setdefault((source, target), (Histogram(), Histogram()))
+        entry[0].merge(Histogram.from_json(latency))
+        entry[1].merge(Histogram.from_json(processing))
+    return merged
 
 
 FLOW_FIELDS = ("flow_id, started_ns, last_ns, hops, retries, errors, flags, services, topics, "
@@ -55,9 +91,40 @@ def read_flows(db: sqlite3.Connection, since_ns: int, limit: int, status_of: Sta
     return [_flow_row(row, status_of) for row in rows]
 
 
-def read_flow(db: sqlite3.Connection, flow_or_trace_id: str, status_of: StatusOf
-              ) -> tuple[FlowRow, list[HopRow]] | None:
-    """One flow by correlation ID, or by a trace ID of one of its spans, with its hops."""
+HOP_SELECT = (
+    "SELECT topic, partition, \"offset\", producer_service, consumer_service, consumer_group, "
+    "produce_start_ns, produce_end_ns, consume_start_ns, consume_end_ns, retry_attempt, error, "
+    "consumer_trace_id FROM hops WHERE flow_id = ? "
+    "ORDER BY COALESCE(produce_start_ns, consume_start_ns), consume_start_ns LIMIT ?")
+# Sends no consumer took (yet): no hop is keyed by their span (hop keys are
+# 'trace:span|consumer service'; '}' is the character after '|'). A unary + keeps SQLite
+# from looking hops up by flow, which reads every hop of the flow for every send.
+PENDING_WHERE = (
+    "FROM spans s WHERE s.flow_id = ? AND s.operation IN ('send', 'create') AND NOT EXISTS ("
+    "SELECT 1 FROM hops h WHERE h.hop_key >= s.trace_id || ':' || s.span_id || '|' "
+    "AND h.hop_key < s.trace_id || ':' || s.span_id || '}' AND +h.flow_id = s.flow_id)")
+PENDING_SELECT = (
+    "SELECT s.topic, s.partition, s.\"offset\", s.service, s.start_ns, s.end_ns, "
+    f"s.retry_attempt, s.error, s.trace_id {PENDING_WHERE} ORDER BY s.start_ns LIMIT ?")
+# Messages only the tap saw: no send span and no hop of the flow names them (looked up by
+# message id, as above).
+TAPPED_WHERE = (
+    "FROM messages m WHERE m.flow_id = ? AND NOT EXISTS (SELECT 1 FROM spans s WHERE "
+    "s.message_id = m.message_id AND s.operation IN ('send', 'create') AND "
+    "+s.flow_id = m.flow_id) AND NOT EXISTS (SELECT 1 FROM hops h WHERE h.message_id = "
+    "m.message_id AND h.producer_span_id IS NULL AND +h.flow_id = m.flow_id)")
+TAPPED_SELECT = (
+    "SELECT topic, partition, \"offset\", timestamp_ms, retry_attempt, trace_id "
+    f"{TAPPED_WHERE} ORDER BY timestamp_ms LIMIT ?")
+# The milliseconds whose nanoseconds an int64 holds, as every other time of the store.
+MS_RANGE = (-(2**63 // 1_000_000), (2**63 - 1) // 1_000_000)
+
+
+def read_flow(db: sqlite3.Connection, flow_or_trace_id: str, status_of: StatusOf,
+              limit: int | None = None) -> tuple[FlowRow, list[HopRow], int] | None:
+    """One flow by correlation ID, or by a trace ID of one of its spans, with its first
+    `limit` hops in time order (its consumed messages, its sends no consumer took yet and
+    the messages only the tap saw) and how many more it has."""
     row = db.execute(f"SELECT {FLOW_FIELDS} FROM flows WHERE flow_id = ?",
                      (flow_or_trace_id,)).fetchone()
     if row is None:
@@ -70,27 +137,35 @@ def read_flow(db: sqlite3.Connection, flow_or_trace_id: str, status_of: StatusOf
         if row is None:
             return None
     flow = _flow_row(row, status_of)
-    hops = [HopRow(*r[:11], bool(r[11]), r[12]) for r in db.execute(
-        "SELECT topic, partition, \"offset\", producer_service, consumer_service, "
-        "consumer_group, produce_start_ns, produce_end_ns, consume_start_ns, consume_end_ns, "
-        "retry_attempt, error, consumer_trace_id FROM hops WHERE flow_id = ? "
-        "ORDER BY COALESCE(produce_start_ns, consume_start_ns), consume_start_ns",
-        (flow.id,))]
-    matched = set(db.execute("SELECT producer_trace_id, producer_span_id FROM hops WHERE "
-                             "flow_id = ? AND producer_span_id IS NOT NULL", (flow.id,)))
-    pending = [HopRow(r[0], r[1], r[2], r[3], None, None, r[4], r[5], None, None,
-                      r[6], bool(r[7]), r[8]) for r in db.execute(
-        "SELECT s.topic, s.partition, s.\"offset\", s.service, s.start_ns, s.end_ns, "
-        "s.retry_attempt, s.error, s.trace_id, s.span_id FROM spans s WHERE s.flow_id = ? "
-        "AND s.operation IN ('send', 'create')", (flow.id,)) if (r[8], r[9]) not in matched]
-    known = {(h.topic, h.partition, h.offset) for h in hops + pending}
-    tapped = [HopRow(r[0], r[1], r[2], None, None, None, r[3] * 1_000_000, r[3] * 1_000_000,
+    bound = -1 if limit is None else limit  # SQLite: a negative LIMIT is none
+    hops = [HopRow(*r[:11], bool(r[11]), r[12])
+            for r in db.execute(HOP_SELECT, (flow.id, bound))]
+    pending = [HopRow(r[0], r[1], r[2], r[3], None, None, r[4], r[5], None, None, r[6],
+                      bool(r[7]), r[8]) for r in db.execute(PENDING_SELECT, (flow.id, bound))]
+    tapped = [HopRow(r[0], r[1], r[2], None, None, None, _ms_to_ns(r[3]), _ms_to_ns(r[3]),
                      None, None, r[4], False, r[5] or "")
-              for r in db.execute(
-                  "SELECT topic, partition, \"offset\", timestamp_ms, retry_attempt, "
-                  "trace_id FROM messages WHERE flow_id = ?", (flow.id,))
-              if (r[0], r[1], r[2]) not in known]
-    ordered = sorted(hops + pending + tapped,
-                     key=lambda h: (h.produce_start_ns or h.consume_start_ns or 0,
-                                    h.consume_start_ns or 0))
-    return flow, ordered
+              for r in db.execute(TAPPED_SELECT, (flow.id, bound))]
+    ordered = sorted(hops + pending + tapped, key=_hop_order)[:limit]
+    total = sum(_count(db, rows, limit, query, flow.id) for rows, query in (
+        (hops, "FROM hops WHERE flow_id = ?"), (pending, PENDING_WHERE), (tapped, TAPPED_WHERE)))
+    return flow, ordered, total - len(ordered)
+
+
+def _hop_order(hop: HopRow) -> tuple[int, int]:
+    """Time order, as the queries above sort: a hop by when it was produced (else consumed)."""
+    start = hop.produce_start_ns if hop.produce_start_ns is not None else hop.consume_start_ns
+    return (0 if start is None else start,
+            0 if hop.consume_start_ns is None else hop.consume_start_ns)
+
+
+def _count(db: sqlite3.Connection, rows: list[HopRow], limit: int | None, where: str,
+           flow_id: str) -> int:
+    """How many rows a query of the flow has: those read, unless the limit cut them."""
+    if limit is None or len(rows) < limit:
+        return len(rows)
+    return int(db.execute(f"SELECT COUNT(*) {where}", (flow_id,)).fetchone()[0])
+
+
+def _ms_to_ns(ms: int) -> int:
+    """Milliseconds as nanoseconds, held to int64 as the store's other times are."""
+    return min(max(ms, MS_RANGE[0]), MS_RANGE[1]) * 1_000_000

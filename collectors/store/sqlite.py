@@ -411,9 +411,11 @@ class SqliteStore:
 
     def lag_trend(self, since_s: float) -> list[tuple[str, float, int, float | None]]:
         """Per group and poll since since_s: (group, at_s, total lag, largest lag seconds)."""
+        # TOTAL, not SUM: a sum past int64 is an error in SQLite; the cast saturates instead.
         return self.db.execute(
-            'SELECT "group", at_s, COALESCE(SUM(lag), 0), MAX(lag_seconds) FROM lag_samples '
-            'WHERE at_s >= ? GROUP BY "group", at_s ORDER BY at_s', (since_s,)).fetchall()
+            'SELECT "group", at_s, CAST(TOTAL(lag) AS INTEGER), MAX(lag_seconds) FROM '
+            'lag_samples WHERE at_s >= ? GROUP BY "group", at_s ORDER BY at_s',
+            (since_s,)).fetchall()
 
     def add_counters(self, counts: Mapping[str, int]) -> None:
         """Add to named counters."""
@@ -469,8 +471,17 @@ class SqliteStore:
 
     def topology(self, since_ns: int) -> Topology:
         """The service/topic graph from the edge aggregates since since_ns."""
-        return readers.read_topology(self.db, int(since_ns // 1_000_000_000) // self.bucket_s
-                                     * self.bucket_s)
+        return readers.read_topology(self.db, self._bucket(since_ns))[0]
+
+    def busiest_topology(self, since_ns: int, limit: int, by: str = "count",
+                         touching: str | None = None) -> tuple[Topology, int]:
+        """The graph of the `limit` busiest edges since since_ns (by messages, or by
+        retries; those of the node `touching` first), and how many edges there are in
+        all."""
+        return readers.read_topology(self.db, self._bucket(since_ns), limit, by, touching)
+
+    def _bucket(self, ns: int) -> int:
+        return int(ns // 1_000_000_000) // self.bucket_s * self.bucket_s
 
     def flows(self, since_ns: int, now_ns: int, limit: int = 100) -> list[FlowRow]:
         """Flows active since since_ns, newest first."""
@@ -480,9 +491,16 @@ class SqliteStore:
 
     def flow(self, flow_or_trace_id: str, now_ns: int) -> tuple[FlowRow, list[HopRow]] | None:
         """One flow with its hops in time order."""
+        found = self.flow_head(flow_or_trace_id, now_ns, None)
+        return None if found is None else found[:2]
+
+    def flow_head(self, flow_or_trace_id: str, now_ns: int, limit: int | None
+                  ) -> tuple[FlowRow, list[HopRow], int] | None:
+        """One flow with its first `limit` hops in time order, and how many more it has."""
         return readers.read_flow(self.db, flow_or_trace_id,
                                  lambda flags, errors, last: flow_status(
-                                     flags, errors, last, now_ns, self.rules.stuck_after_s))
+                                     flags, errors, last, now_ns, self.rules.stuck_after_s),
+                                 limit)
 
     def failed_steps(self, flow_id: str, limit: int = 50) -> list[FailedStep]:
         """The spans of a flow that ended in error, oldest first (read by the flow index)."""
@@ -497,21 +515,23 @@ class SqliteStore:
     def topology_nodes(self, since_ns: int) -> dict[str, str]:
         """The nodes of the topology since since_ns (name -> 'service' or 'topic'), without
         reading the edges' histograms."""
-        since = int(since_ns // 1_000_000_000) // self.bucket_s * self.bucket_s
-        return dict(sorted(self.db.execute(
-            "SELECT source, source_kind FROM edge_buckets WHERE bucket_start >= ? UNION "
-            "SELECT target, target_kind FROM edge_buckets WHERE bucket_start >= ?",
-            (since, since)).fetchall()))
+        nodes: dict[str, str] = {}
+        # one pass over the window's buckets (a UNION of sources and targets takes two)
+        for source, source_kind, target, target_kind in self.db.execute(
+                "SELECT DISTINCT source, source_kind, target, target_kind FROM edge_buckets "
+                "WHERE bucket_start >= ?", (self._bucket(since_ns),)):
+            nodes[source], nodes[target] = source_kind, target_kind
+        return dict(sorted(nodes.items()))
 
-    def edge_buckets(self, since_ns: int) -> list[EdgeBucket]:
-        """Every edge per time bucket since since_ns, oldest first."""
-        return summaries.read_edge_buckets(
-            self.db, int(since_ns // 1_000_000_000) // self.bucket_s * self.bucket_s)
+    def edge_buckets(self, since_ns: int, edges: Sequence[tuple[str, str]] | None = None
+                     ) -> list[EdgeBucket]:
+        """Every edge (or these (source, target) edges) per time bucket since since_ns,
+        oldest first."""
+        return summaries.read_edge_buckets(self.db, self._bucket(since_ns), edges)
 
     def flow_latency(self, since_ns: int) -> list[LatencyBucket]:
         """End-to-end latency histograms of completed flows per bucket and type."""
-        return summaries.read_flow_latency(
-            self.db, int(since_ns // 1_000_000_000) // self.bucket_s * self.bucket_s)
+        return summaries.read_flow_latency(self.db, self._bucket(since_ns))
 
     def find_flows(self, text: str) -> list[str]:
         """Flow ids named by a correlation ID, trace ID, message id or message key."""

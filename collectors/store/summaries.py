@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from collections.abc import Sequence
 
 from collectors.flows.assembler import flow_status
 from collectors.flows.histogram import Histogram
@@ -46,11 +47,18 @@ def count_flows(db: sqlite3.Connection, window_ns: int, now_ns: int, stuck_after
     return counts
 
 
-def read_edge_buckets(db: sqlite3.Connection, since_bucket: int) -> list[EdgeBucket]:
-    """Every edge's counts per time bucket since since_bucket, oldest first."""
+def read_edge_buckets(db: sqlite3.Connection, since_bucket: int,
+                      edges: Sequence[tuple[str, str]] | None = None) -> list[EdgeBucket]:
+    """Every edge's (or these (source, target) edges') counts per time bucket since
+    since_bucket, oldest first."""
+    if edges is not None and not edges:
+        return []
+    among = "" if edges is None else \
+        f" AND (source, target) IN (VALUES {', '.join(['(?, ?)'] * len(edges))})"
+    params = [since_bucket, *(name for pair in edges or () for name in pair)]
     return [EdgeBucket(*row) for row in db.execute(
         "SELECT bucket_start, source, target, count, errors, retries FROM edge_buckets "
-        "WHERE bucket_start >= ? ORDER BY bucket_start", (since_bucket,))]
+        f"WHERE bucket_start >= ?{among} ORDER BY bucket_start", params)]
 
 
 def read_flow_latency(db: sqlite3.Connection, since_bucket: int) -> list[LatencyBucket]:
@@ -65,7 +73,7 @@ def find_flow_ids(db: sqlite3.Connection, text: str, limit: int = 20) -> list[st
     """Flows that a correlation ID, trace ID, message id (topic.partition.offset) or message
     key names, in that order of precedence."""
     text = text.strip()
-    if not text:
+    if not text or not _storable(text):
         return []
     if db.execute("SELECT 1 FROM flows WHERE flow_id = ?", (text,)).fetchone():
         return [text]
@@ -76,7 +84,9 @@ def find_flow_ids(db: sqlite3.Connection, text: str, limit: int = 20) -> list[st
             return [row[0]]
     found: list[str] = []
     match = MESSAGE_ID.match(text)
-    if match and int(match["partition"]) < 2**31 and int(match["offset"]) < 2**63:
+    # Lengths first: int() refuses strings of over 4,300 digits (a ValueError).
+    if match and len(match["partition"]) <= 10 and len(match["offset"]) <= 19 \
+            and int(match["partition"]) < 2**31 and int(match["offset"]) < 2**63:
         found += [r[0] for r in db.execute(
             "SELECT flow_id FROM spans WHERE message_id = ? AND operation IN ('send', 'create')",
             (text,))]
@@ -91,6 +101,16 @@ def find_flow_ids(db: sqlite3.Connection, text: str, limit: int = 20) -> list[st
         "SELECT flow_id FROM messages WHERE \"key\" = ? AND \"key\" IS NOT NULL AND "
         "flow_id IS NOT NULL LIMIT ?", (text, limit))]
     return list(dict.fromkeys(found))[:limit]
+
+
+def _storable(text: str) -> bool:
+    """False for text SQLite cannot take (lone surrogates are not UTF-8); the store holds
+    none, so such a search matches nothing."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_retry_attempts(db: sqlite3.Connection, since_ms: int, sample: int | None
@@ -125,6 +145,15 @@ def read_dead_letters(db: sqlite3.Connection, topics: list[str], since_ms: int,
         f"headers, truncated FROM messages WHERE topic IN ({marks}) AND timestamp_ms >= ? "
         f"{of_flow} ORDER BY timestamp_ms DESC LIMIT ?", (*topics, since_ms, *params, limit))
     return [DeadLetter(topic, partition, offset, ts, key, correlation, flow,
-                       tuple((str(k), str(v)) for k, v in json.loads(headers or "[]")),
-                       bool(truncated))
+                       _header_pairs(headers), bool(truncated))
             for topic, partition, offset, ts, key, correlation, flow, headers, truncated in rows]
+
+
+def _header_pairs(text: str | None) -> tuple[tuple[str, str], ...]:
+    """Stored headers ([[name, value], ...]) as text pairs; anything else is kept whole, as
+    one pair with no name, rather than lost or an error."""
+    try:
+        decoded = json.loads(text or "[]")
+        return tuple((str(k), str(v)) for k, v in decoded)
+    except (ValueError, TypeError):
+        return (("", str(text)),)

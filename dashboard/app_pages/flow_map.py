@@ -2,6 +2,7 @@
 
 from functools import partial
 
+import pandas as pd
 import streamlit as st
 
 from dashboard import charts, controls, queries, transforms
@@ -12,11 +13,11 @@ st.title("Flow map")
 def render() -> None:
     """The overview metrics, the graph and the edge table, narrowed to the focus."""
     controls.apply_focus_request()
-    data = controls.load(queries.flow_map)
+    focus = controls.focus()
+    data = controls.load(lambda window: queries.flow_map(window, focus))
     if data is None:
         return
     assert isinstance(data, queries.FlowMap)
-    focus = controls.focus()
     columns = st.columns(len(data.metrics) + 1)
     inverse = {"Failed", "Dead-lettered", "Stuck"}
     for column, (label, value, delta) in zip(columns, data.metrics, strict=False):
@@ -42,10 +43,15 @@ def render() -> None:
                "consumer groups (green OK, amber WARN, red ERR, grey none). Edge labels: "
                "messages/s, p95 time in queue, error and retry shares. Click a node, or an edge's "
                "label for its topic, to focus every page on it.")
+    if data.edges_total > len(data.edges):
+        which = "the focused node's first, then the busiest" if focus else "the busiest"
+        st.caption(f"{len(data.edges):,} edges of {data.edges_total:,} shown ({which}); "
+                   f"{data.edges_total - len(data.edges):,} left out.")
     edges = transforms.focus_edges(data.edges, focus)
     st.subheader("Edges" + (" (focused)" if focus else ""))
-    st.dataframe(edges[["source", "target", "rate", "count", "p50_ms", "p95_ms",
-                        "processing_p95_ms", "error_rate", "retry_rate"]],
+    st.dataframe(transforms.cut_columns(edges[[
+                     "source", "target", "rate", "count", "p50_ms", "p95_ms",
+                     "processing_p95_ms", "error_rate", "retry_rate"]]),
                  hide_index=True, width="stretch", column_config={
                      "rate": st.column_config.NumberColumn("msg/s", format="%.2f"),
                      "count": st.column_config.NumberColumn("messages"),
@@ -58,12 +64,10 @@ def render() -> None:
                      "error_rate": st.column_config.NumberColumn("errors", format="percent"),
                      "retry_rate": st.column_config.NumberColumn("retries",
                                                                  format="percent")})
-    series = data.series
-    if focus:
-        series = series[(series["source"] == focus) | (series["target"] == focus)]
-    busiest = edges.nlargest(8, "count")["source"] + " → " + edges.nlargest(8, "count")["target"]
-    series = series[series["edge"].isin(set(busiest))]
-    if not series.empty:
+    busiest = edges.nlargest(queries.SERIES_EDGES, "count")
+    pairs = list(zip(busiest["source"], busiest["target"], strict=True))
+    series = controls.load(lambda window: queries.edge_series(window, pairs))
+    if isinstance(series, pd.DataFrame) and not series.empty:
         st.subheader("Throughput")
         st.plotly_chart(charts.lines(series, "time", "rate", "edge", x_title="time (UTC)",
                                      y_title="messages/s"), width="stretch")

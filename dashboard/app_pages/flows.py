@@ -3,7 +3,6 @@ see its hops as a waterfall, with a link to its trace in Jaeger."""
 
 import json
 import re
-from datetime import UTC, datetime
 
 import pandas as pd
 import streamlit as st
@@ -15,6 +14,7 @@ st.title("Flow explorer")
 st.text_input("Search", key="flow", bind="query-params",
               placeholder="correlation ID, trace ID, message key or topic.partition.offset")
 TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
+TEXT_LINE = 1000  # characters of a flow's services or topics, listed on one line
 
 
 def render() -> None:
@@ -38,11 +38,12 @@ def show_search(found: queries.FoundFlow) -> None:
         return
     if len(matches) > 1:
         st.caption(f"{len(matches)} flows match; showing the first. The others:")
-        st.dataframe(pd.DataFrame({"flow": matches[1:],
-                                   "open": [controls.flow_link(m) for m in matches[1:]]}),
+        st.dataframe(transforms.cut_columns(
+            pd.DataFrame({"flow": matches[1:], "open": [controls.flow_link(m)
+                                                        for m in matches[1:]]}), keep=["open"]),
                      hide_index=True, column_config={"open": st.column_config.LinkColumn(
                          "", display_text="open")})
-    started = datetime.fromtimestamp(flow.started_ns / 1e9, UTC)
+    started = transforms.utc_time(flow.started_ns)
     columns = st.columns(5)
     columns[0].metric("Status", flow.status)
     columns[1].metric("Hops", flow.hops)
@@ -50,8 +51,10 @@ def show_search(found: queries.FoundFlow) -> None:
     columns[3].metric("Errors", flow.errors)
     columns[4].metric("Duration", transforms.duration_text((flow.ended_ns - flow.started_ns)
                                                            / 1e9))
-    st.text(f"Flow {flow.id}\nstarted {started:%Y-%m-%d %H:%M:%S.%f} UTC\n"
-            f"services: {', '.join(flow.services)}\ntopics: {', '.join(flow.topics)}")
+    st.text(f"Flow {transforms.cut_text(flow.id)}\n"
+            f"started {started:%Y-%m-%d %H:%M:%S.%f} UTC\n"
+            f"services: {transforms.cut_text(', '.join(flow.services), TEXT_LINE)}\n"
+            f"topics: {transforms.cut_text(', '.join(flow.topics), TEXT_LINE)}")
     settings = queries.settings()
     jaeger = settings.dashboard.jaeger_ui_url
     traces = [t for t in flow.trace_ids if TRACE_ID.match(t)]
@@ -64,10 +67,10 @@ def show_search(found: queries.FoundFlow) -> None:
     if found.failed_steps:
         st.subheader("Failed steps")
         # error types are the instrumented code's text: a table shows them as text only
-        st.dataframe(pd.DataFrame([{
-            "at": pd.Timestamp(step.start_ns, unit="ns", tz="UTC"), "service": step.service,
+        st.dataframe(transforms.cut_columns(pd.DataFrame([{
+            "at": transforms.utc_time(step.start_ns), "service": step.service,
             "step": step.name, "kind": step.kind, "error": step.error_type or "(no type given)",
-            "trace_id": step.trace_id} for step in found.failed_steps]),
+            "trace_id": step.trace_id} for step in found.failed_steps])),
             hide_index=True, width="stretch", column_config={
                 "at": st.column_config.DatetimeColumn("at (UTC)", format="HH:mm:ss.SSS")})
     for letter in found.dead_letters.itertuples():
@@ -76,17 +79,23 @@ def show_search(found: queries.FoundFlow) -> None:
         st.code(json.dumps({"message": letter.message, "reason": letter.reason,
                             "key": letter.key, "headers": letter.headers}, indent=2,
                            ensure_ascii=False), language="json")
+    if found.hops_left_out:
+        st.caption(f"The first {len(hops):,} of this flow's {len(hops) + found.hops_left_out:,} "
+                   f"hops are shown, in time order; {found.hops_left_out:,} left out.")
     segments, breaks = waterfall.build_waterfall(hops)
     if segments.empty:
         st.info("This flow has no timed hops yet (its spans may still be on their way).")
         return
     st.plotly_chart(charts.waterfall(segments, breaks), width="stretch", key="waterfall")
-    st.dataframe(pd.DataFrame([{
+    if len(breaks) > charts.BREAK_LABELS:
+        st.caption(f"{len(breaks):,} idle stretches collapsed (dotted lines); the longest "
+                   "are labelled with their length, as many as fit.")
+    st.dataframe(transforms.cut_columns(pd.DataFrame([{
         "topic": h.topic, "partition": h.partition, "offset": h.offset,
         "producer": h.producer_service, "consumer": h.consumer_service,
         "group": h.consumer_group, "attempt": h.retry_attempt, "queue_ms": h.queue_ms,
         "processing_ms": h.processing_ms, "error": h.error, "trace_id": h.trace_id}
-        for h in hops]), hide_index=True, width="stretch", column_config={
+        for h in hops])), hide_index=True, width="stretch", column_config={
             "queue_ms": st.column_config.NumberColumn("queue (ms)", format="%.1f"),
             "processing_ms": st.column_config.NumberColumn("processing (ms)", format="%.1f")})
 
@@ -97,11 +106,11 @@ def show_recent(flows: list[FlowRow]) -> None:
         controls.empty("No flows in this window yet.")
         return
     st.subheader("Newest flows")
-    st.dataframe(pd.DataFrame([{
+    st.dataframe(transforms.cut_columns(pd.DataFrame([{
         "open": controls.flow_link(f.id), "flow": f.id, "status": f.status,
-        "started": pd.Timestamp(f.started_ns, unit="ns", tz="UTC"),
+        "started": transforms.utc_time(f.started_ns),
         "duration_ms": (f.ended_ns - f.started_ns) / 1e6, "hops": f.hops,
-        "retries": f.retries, "errors": f.errors} for f in flows]),
+        "retries": f.retries, "errors": f.errors} for f in flows]), keep=["open"]),
         hide_index=True, width="stretch", column_config={
             "open": st.column_config.LinkColumn("", display_text="open"),
             "started": st.column_config.DatetimeColumn("started (UTC)", format="HH:mm:ss"),

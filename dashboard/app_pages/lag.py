@@ -29,7 +29,7 @@ def render() -> None:
         columns=["group", "status", "lag", "lag_seconds", "consume_rate", "lag_rate",
                  "outlook"])
     st.subheader("Consumer groups, furthest behind first")
-    st.dataframe(groups, hide_index=True, width="stretch", column_config={
+    st.dataframe(transforms.cut_columns(groups), hide_index=True, width="stretch", column_config={
         "lag": st.column_config.NumberColumn("lag (messages)"),
         "lag_seconds": st.column_config.NumberColumn("lag (s)", format="%.1f"),
         "consume_rate": st.column_config.NumberColumn("consuming (msg/s)", format="%.1f"),
@@ -48,8 +48,8 @@ def render() -> None:
                                         x_title="time (UTC)", y_title="lag (s)"),
                            width="stretch")
     st.subheader("Partitions")
-    partitions = partitions.sort_values(["lag", "group", "topic", "partition"],
-                                        ascending=[False, True, True, True])
+    partitions = transforms.cut_columns(partitions.sort_values(
+        ["lag", "group", "topic", "partition"], ascending=[False, True, True, True]))
     st.dataframe(partitions, hide_index=True, width="stretch", column_config={
         "lag": st.column_config.NumberColumn("lag (messages)"),
         "lag_seconds": st.column_config.NumberColumn("lag (s)", format="%.1f")})

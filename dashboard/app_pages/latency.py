@@ -2,14 +2,16 @@
 
 import streamlit as st
 
-from dashboard import charts, controls, queries
+from dashboard import charts, controls, queries, transforms
 
 st.title("Latency")
+BREAKDOWN_HOPS = 30  # bars of the chart; the table lists every hop
 
 
 def render() -> None:
     """Percentiles of completed flows over time, and queue against processing per hop."""
-    data = controls.load(queries.latency)
+    focus = controls.focus()
+    data = controls.load(lambda window: queries.latency(window, focus))
     if data is None:
         return
     assert isinstance(data, queries.Latency)
@@ -25,13 +27,21 @@ def render() -> None:
                    "dashed p99.")
     st.subheader("Where the time goes, per hop")
     hops = data.hops
-    focus = controls.focus()
     if focus:
         hops = hops[(hops["topic"] == focus) | (hops["service"] == focus)]
+    if data.edges_total > queries.MAP_EDGES:
+        first = ", the focused node's first" if focus else ""
+        st.caption(f"Hops of the {queries.MAP_EDGES:,} busiest edges{first}; "
+                   f"{data.edges_total - queries.MAP_EDGES:,} edges left out.")
     if not hops.empty:
-        st.plotly_chart(charts.breakdown(hops), width="stretch")
-        st.dataframe(hops.drop(columns=["topic", "service"]), hide_index=True, width="stretch",
-                     column_config={
+        charted = hops.nlargest(BREAKDOWN_HOPS, "count") if len(hops) > BREAKDOWN_HOPS \
+            else hops
+        st.plotly_chart(charts.breakdown(charted), width="stretch")
+        if len(hops) > len(charted):
+            st.caption(f"The chart shows the {len(charted)} busiest hops; the table all "
+                       f"{len(hops):,}.")
+        st.dataframe(transforms.cut_columns(hops.drop(columns=["topic", "service"])),
+                     hide_index=True, width="stretch", column_config={
             c: st.column_config.NumberColumn(c.replace("_ms", " (ms)"), format="%.1f")
             for c in ("queue_p50_ms", "queue_p95_ms", "processing_p50_ms",
                       "processing_p95_ms")})

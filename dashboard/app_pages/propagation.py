@@ -2,9 +2,10 @@
 
 import streamlit as st
 
-from dashboard import charts, controls, queries
+from dashboard import charts, controls, queries, transforms
 
 st.title("Trace-context propagation")
+CHARTED = 60  # bars of the chart; the table lists every topic and producer
 
 
 def render() -> None:
@@ -18,12 +19,16 @@ def render() -> None:
     if data.empty:
         controls.empty("No tapped messages in this window (the collector's tap reads them).")
         return
-    st.plotly_chart(charts.propagation(data), width="stretch")
+    charted = data.nlargest(CHARTED, "messages") if len(data) > CHARTED else data
+    st.plotly_chart(charts.propagation(charted), width="stretch")
+    if len(data) > len(charted):
+        st.caption(f"The chart shows the {CHARTED} topics and producers with the most "
+                   f"messages; the table all {len(data):,}.")
     st.caption("Green: every message carries trace context; amber: some; red: under half. "
                "Producer 'unknown': no send span names the message (an uninstrumented "
                f"producer). Computed on the newest {queries.PROPAGATION_SAMPLE:,} tapped "
                "messages of the window.")
-    st.dataframe(data, hide_index=True, width="stretch", column_config={
+    st.dataframe(transforms.cut_columns(data), hide_index=True, width="stretch", column_config={
         "messages": st.column_config.NumberColumn("messages"),
         "with_context": st.column_config.NumberColumn("with trace context"),
         # green like the chart: a full bar is the healthy state

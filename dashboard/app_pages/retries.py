@@ -2,20 +2,21 @@
 
 import json
 
+import pandas as pd
 import streamlit as st
 
-from dashboard import charts, controls, queries
+from dashboard import charts, controls, queries, transforms
 
 st.title("Retries & dead letters")
 
 
 def render() -> None:
     """Retry shares, the attempt distribution, retries over time and the dead letters."""
-    data = controls.load(queries.retries)
+    focus = controls.focus()
+    data = controls.load(lambda window: queries.retries(window, focus))
     if data is None:
         return
     assert isinstance(data, queries.Retries)
-    focus = controls.focus()
     rates = data.rates
     if focus:
         rates = rates[(rates["topic"] == focus) | (rates["service"] == focus)]
@@ -24,7 +25,11 @@ def render() -> None:
         return
     left, right = st.columns(2)
     left.subheader("Retry rate per topic and service")
-    left.dataframe(rates, hide_index=True, width="stretch", column_config={
+    if data.edges_total > queries.MAP_EDGES:
+        first = ", the focused node's first" if focus else ""
+        left.caption(f"Of the {queries.MAP_EDGES:,} edges with the most retries{first}; "
+                     f"{data.edges_total - queries.MAP_EDGES:,} edges left out.")
+    left.dataframe(transforms.cut_columns(rates), hide_index=True, width="stretch", column_config={
         "count": st.column_config.NumberColumn("messages"),
         "retry_rate": st.column_config.ProgressColumn("retried", format="percent",
                                                       min_value=0.0, max_value=1.0,
@@ -38,11 +43,16 @@ def render() -> None:
     else:
         right.plotly_chart(charts.attempts(attempts), width="stretch")
         right.caption(f"The newest {queries.ATTEMPTS_SAMPLE:,} tapped messages of the window.")
-    series = data.series
+    retried = data.retried
     if focus:
-        series = series[(series["source"] == focus) | (series["target"] == focus)]
-    if not series.empty:
+        retried = retried[(retried["source"] == focus) | (retried["target"] == focus)]
+    pairs = list(zip(retried["source"], retried["target"], strict=True))[:queries.SERIES_EDGES]
+    series = controls.load(lambda window: queries.edge_series(window, pairs)) if pairs else None
+    if isinstance(series, pd.DataFrame) and not series.empty:
         st.subheader("Retries over time")
+        if len(retried) > len(pairs):
+            st.caption(f"The {len(pairs)} edges with the most retries; "
+                       f"{len(retried) - len(pairs):,} more left out.")
         st.plotly_chart(charts.lines(series, "time", "retry_rate", "edge", x_title="time (UTC)",
                                      y_title="retries/s"), width="stretch")
     st.subheader("Dead letters")
@@ -54,11 +64,13 @@ def render() -> None:
         return
     letters = letters.assign(open=[controls.flow_link(f) if f else None
                                    for f in letters["flow"]])
-    st.dataframe(letters, hide_index=True, width="stretch", column_config={
-        "time": st.column_config.DatetimeColumn("time (UTC)", format="HH:mm:ss"),
-        "open": st.column_config.LinkColumn("flow", display_text="open flow"),
-        "flow": None})
+    st.dataframe(transforms.cut_columns(letters, keep=["open"]), hide_index=True,
+                 width="stretch", column_config={
+                     "time": st.column_config.DatetimeColumn("time (UTC)", format="HH:mm:ss"),
+                     "open": st.column_config.LinkColumn("flow", display_text="open flow"),
+                     "flow": None})
     chosen = st.selectbox("Dead letter", list(letters["message"]), key="dead_letter",
+                          format_func=transforms.cut_text,
                           help="topic.partition.offset of the message whose details to show")
     row = letters[letters["message"] == chosen].iloc[0]
     # Header values come from other systems: shown in a code block, as text, never markup.
