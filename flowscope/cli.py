@@ -196,6 +196,8 @@ def _inspect(settings: Settings, args: argparse.Namespace) -> int:
             print(inspect.inspect_propagation(store, since, args.json))
         elif args.what == "counters":
             print(inspect.inspect_counters(store, args.json))
+        elif args.what == "health":
+            print(inspect.inspect_health(store, args.json))
         else:
             if not args.id:
                 raise FlowscopeError("inspect", "`inspect flow` needs a correlation or trace id")
@@ -266,7 +268,7 @@ def _add_collector_commands(groups: argparse._SubParsersAction[argparse.Argument
         description="Read the store named by FLOWSCOPE_STORE.")
     inspect_parser.add_argument("what",
                                 choices=["topology", "flows", "flow", "lag", "propagation",
-                                         "counters"])
+                                         "counters", "health"])
     inspect_parser.add_argument("--group", help="only this consumer group (for lag)")
     inspect_parser.add_argument("id", nargs="?", help="correlation or trace id (for flow)")
     inspect_parser.add_argument("--since", default="15m", help="window, e.g. 30s, 15m, 2h")

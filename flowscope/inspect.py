@@ -17,6 +17,7 @@ UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 EDGES_SHOWN = 500
 HOPS_SHOWN = 1000
 CELL_LIMIT = 120  # characters of a table cell; --json prints every character
+STALE_REPORT_S = 30  # the collector writes its health every second
 # Control characters (a terminal's escape sequences, line breaks) in untrusted text are
 # printed as escapes, so that a name cannot rewrite the terminal or break a table's rows.
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -170,6 +171,26 @@ def inspect_counters(store: Store, as_json: bool) -> str:
     if as_json:
         return json.dumps({"counters": counters})
     return table(["COUNTER", "VALUE"], sorted(counters.items())) if counters else "no counters"
+
+
+def inspect_health(store: Store, as_json: bool, now_s: float | None = None) -> str:
+    """The collector's components as it last reported them: state, since when, why,
+    restarts; and how old that report is."""
+    rows = store.collector_health()
+    now_s = time.time() if now_s is None else now_s
+    age = now_s - max((row.at_s for row in rows), default=now_s)
+    if as_json:
+        return json.dumps({"reported_s_ago": round(age, 1) if rows else None, "components": [
+            {"component": r.component, "state": r.state, "reason": r.reason,
+             "since": _iso(int(r.since_s * 1e9)), "restarts": r.restarts} for r in rows]})
+    if not rows:
+        return "no health report in this store (is `flowscope collect` running?)"
+    text = table(["COMPONENT", "STATE", "SINCE", "RESTARTS", "REASON"],
+                 [(r.component, r.state, _time(int(r.since_s * 1e9)), r.restarts,
+                   r.reason or "") for r in rows])
+    return f"{text}\n\nreported {age:.0f}s ago" + (
+        " (the collector reports every second: it is stopped or cannot write the store)"
+        if age > STALE_REPORT_S else "")
 
 
 def _seconds(value: float | None) -> str:

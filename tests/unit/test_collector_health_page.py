@@ -77,3 +77,25 @@ def test_the_demo_says_when_a_component_goes_down_and_comes_back() -> None:
     assert health_changes(down, ok) == ["collector: tap is ok again"]
     assert health_changes({}, {"x": ("degraded", None)}) == [
         "collector: x is degraded: no reason given"]
+
+
+def test_inspect_health_lists_components_and_the_age_of_the_report(tmp_path: Path) -> None:
+    import json  # noqa: PLC0415
+
+    from flowscope.inspect import inspect_health  # noqa: PLC0415
+
+    store = SqliteStore(tmp_path / "s.db", RULES)
+    assert "no health report" in inspect_health(store, False)
+    health = Health()
+    health.down("tap", "RuntimeError: boom")
+    health.ok("spans_topic")
+    store.write_health(health.snapshot(), NOW)
+    text = inspect_health(store, False, now_s=NOW + 5)
+    assert "tap" in text
+    assert "RuntimeError: boom" in text
+    assert "reported 5s ago" in text
+    assert "stopped" in inspect_health(store, False, now_s=NOW + 300)
+    document = json.loads(inspect_health(store, True, now_s=NOW + 5))
+    assert {c["component"]: c["state"] for c in document["components"]} == {
+        "spans_topic": "ok", "tap": "down"}
+    store.close()
