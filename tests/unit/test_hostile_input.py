@@ -212,3 +212,35 @@ def test_a_read_only_store_file_is_unavailable_not_a_bad_record(tmp_path: Path) 
     assert store.write_spans(records).written == 1
     store.close()
     assert stat.S_ISREG((tmp_path / "s.db").stat().st_mode)
+
+
+def test_credentials_in_a_jaeger_url_stay_out_of_log_lines() -> None:
+    from flowscope.settings import redact_url  # noqa: PLC0415
+
+    assert redact_url("https://user:secret@jaeger.example:4318/v1/traces") == \
+        "https://***@jaeger.example:4318/v1/traces"
+    assert redact_url("http://token@[::1]:4318") == "http://***@[::1]:4318"
+    assert redact_url("http://127.0.0.1:14318") == "http://127.0.0.1:14318"
+
+
+async def test_bodies_beyond_the_in_flight_budget_wait_and_are_refused_in_time() -> None:
+    import asyncio  # noqa: PLC0415
+
+    from collectors.ingest.otlp_http import ByteBudget, Rejection  # noqa: PLC0415
+
+    budget = ByteBudget(100)
+    async with budget.hold(80, 1):
+        with pytest.raises(Rejection) as refused:
+            async with budget.hold(30, 0.05):
+                pass
+        assert refused.value.status == 503
+        waiting = asyncio.create_task(_hold(budget, 30))
+        await asyncio.sleep(0)
+        assert not waiting.done()  # it waits for the first body's bytes
+    await asyncio.wait_for(waiting, 1)
+    assert budget.used == 0
+
+
+async def _hold(budget: object, size: int) -> None:
+    async with budget.hold(size, 1):  # type: ignore[attr-defined]
+        pass
