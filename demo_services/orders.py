@@ -1,10 +1,11 @@
 """orders: an HTTP API that places orders, and the saga's bookkeeper.
 
 POST /orders {"customer": str, "items": [{"sku": str, "quantity": int}], "amount": number}
-answers 202 and publishes `order.placed`. The service then follows its orders through the
-choreography: it records payments (it shares `payments.charged` with inventory: pub/sub), and
-ends each saga in exactly one terminal state: `orders.completed` once shipping dispatched, or
-`orders.cancelled` once the payment was refunded (compensation after a failed reservation).
+answers 202 once `order.placed` is written (503 with the reason when it cannot be). The
+service then follows its orders through the choreography: it records payments (it shares
+`payments.charged` with inventory: pub/sub), and ends each saga in exactly one terminal state:
+`orders.completed` once shipping dispatched, or `orders.cancelled` once the payment was
+refunded (compensation after a failed reservation).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def build_app(service: Service) -> web.Application:
     async def post_order(request: web.Request) -> web.Response:
         body, correlation_id = await http.accept_request(request, validate_order)
         order_id = str(uuid.uuid4())
-        await service.send(topics.ORDERS_PLACED, {
+        await http.send_or_503(service, topics.ORDERS_PLACED, {
             "type": "order.placed", "order_id": order_id, "customer": body["customer"],
             "items": body["items"], "amount": body["amount"], "placed_at": time.time(),
             "simulate": body.get("simulate") or {}},

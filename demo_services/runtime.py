@@ -1,9 +1,12 @@
 """What every demo service shares: a traced producer, consumer workers, retries, dead letters,
 pause commands and a clean stop on SIGINT/SIGTERM.
 
-Delivery: producers are idempotent (acks=all); a worker commits a message's offset only after
-the message was handled and everything it produced was acknowledged, or after it was handed to
-a retry or dead-letter topic, so a crash replays messages instead of losing them.
+Delivery: producers are idempotent (acks=all) and replaced when their state turns fatal; a
+worker commits a message's offset only after the message was handled and everything it produced
+was acknowledged, or after it was handed to a retry or dead-letter topic, so a crash replays
+messages instead of losing them. A message whose outputs could not be sent is handled again
+(after a backoff) without leaving the consumer group; a consumer error reconnects the consumer
+from the last committed offsets.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
@@ -28,7 +31,8 @@ from demo_services import instrumentation as inst
 from demo_services import topics
 from demo_services.config import DemoConfig
 from demo_services.faults import Simulation
-from demo_services.retry import RetryPolicy
+from demo_services.producer import ReplaceableProducer, SendFailed
+from demo_services.retry import Backoff, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +95,7 @@ class Service:
     name: str
     config: DemoConfig
     tracer: trace.Tracer
-    producer: AIOKafkaProducer | None = None
+    producer: ReplaceableProducer | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     paused_until: dict[str, float] = field(default_factory=dict)
 
@@ -109,19 +113,22 @@ class Service:
 
     async def start(self) -> None:
         """Connect the idempotent producer."""
-        self.producer = AIOKafkaProducer(bootstrap_servers=self.config.bootstrap,
-                                         enable_idempotence=True, client_id=self.client_id,
-                                         request_timeout_ms=15_000)
+        self.producer = ReplaceableProducer(self._new_producer, name=self.name)
         await self.producer.start()
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(bootstrap_servers=self.config.bootstrap, enable_idempotence=True,
+                                client_id=self.client_id, request_timeout_ms=15_000)
 
     async def close(self) -> None:
         """Flush and disconnect the producer."""
         if self.producer is not None:
-            await self.producer.stop()
+            await self.producer.close()
 
     async def send(self, topic: str, payload: dict[str, Any] | bytes, *, key: str | None,
                    correlation_id: str, headers: Iterable[tuple[str, bytes]] = ()) -> None:
-        """Send one message in a PRODUCER span and wait for the broker's acknowledgement."""
+        """Send one message in a PRODUCER span and wait for the broker's acknowledgement;
+        SendFailed when it was not written."""
         assert self.producer is not None, "Service.start() first"
         full_topic = self.config.topic(topic)
         value = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -140,6 +147,9 @@ class Service:
                 full_topic, value, key=key.encode() if key is not None else None, headers=out)
             inst.set_attributes(span, inst.sent_attributes(full_topic, sent.partition,
                                                            sent.offset))
+        except SendFailed as exc:
+            inst.mark_error(span, exc.error_type, exc.reason)
+            raise
         except Exception as exc:
             inst.mark_error(span, type(exc).__qualname__, str(exc))
             raise
@@ -190,6 +200,29 @@ class Service:
         """True while group is paused."""
         return time.monotonic() < self.paused_until.get(group, 0.0)
 
+    async def sleep(self, seconds: float) -> None:
+        """Wait seconds, or less when the service stops meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer, owner: str) -> None:
+    """Stop a consumer, whatever state a broker outage left it in."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        # aiokafka's fetcher cancels its pending fetch tasks and awaits them without catching
+        # their CancelledError: a stop while a fetch waits out an error backoff raises it here
+        # (it is not this task's cancellation) and skips closing the client's connections.
+        log.warning("%s: consumer stop was interrupted by a pending fetch; closing its client",
+                    owner)
+        await consumer._client.close()
+    except KafkaError as exc:
+        log.warning("%s: stopping the consumer failed: %s", owner, exc)
+
 
 @dataclass
 class Worker:
@@ -202,6 +235,8 @@ class Worker:
     dlq_topic: str
     honour_not_before: bool = False
     max_wait_s: float = 30.0
+    reconnects: Backoff = field(default_factory=lambda: Backoff(0.5, 10.0))
+    redeliveries: Backoff = field(default_factory=lambda: Backoff(0.2, 5.0))
 
     @property
     def group_id(self) -> str:
@@ -209,21 +244,16 @@ class Worker:
         return self.service.config.group(self.group)
 
     async def run(self) -> None:
-        """Consume until the service stops; on a broker error, reconnect from the last commit."""
-        delay = 0.5
+        """Consume until the service stops; on a consumer error, reconnect from the last commit."""
         while not self.service.stopping.is_set():
             try:
                 await self._consume()
                 return
             except KafkaError as exc:
+                delay = self.reconnects.next_s()
                 log.error("%s: Kafka error (%s); reconnecting in %.1fs from the last committed "
                           "offsets", self.group_id, exc, delay)
-                await self._sleep(delay)
-                delay = min(delay * 2, 10.0)
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.service.stopping.wait(), seconds)
+                await self.service.sleep(delay)
 
     async def _consume(self) -> None:
         config = self.service.config
@@ -240,12 +270,33 @@ class Worker:
                 elif consumer.paused():
                     consumer.resume(*consumer.paused())
                 batch = await consumer.getmany(timeout_ms=300, max_records=50)
-                for tp, records in batch.items():
-                    for record in records:
-                        await self._handle(record)
-                    await consumer.commit({tp: records[-1].offset + 1})
+                handled = [await self._handle_partition(consumer, tp, records)
+                           for tp, records in batch.items()]
+                if not all(handled):
+                    await self.service.sleep(self.redeliveries.next_s())
+                elif handled:
+                    self.redeliveries.reset()
         finally:
-            await consumer.stop()
+            await stop_consumer(consumer, self.group_id)
+
+    async def _handle_partition(self, consumer: AIOKafkaConsumer, tp: TopicPartition,
+                                records: list[ConsumerRecord[bytes, bytes]]) -> bool:
+        """Handle records in order and commit them; at the first whose outputs failed, commit
+        those before it and seek back to it, so it is handled again (False)."""
+        for record in records:
+            try:
+                await self._handle(record)
+            except SendFailed as exc:
+                log.warning("%s: outputs of %s[%d]@%d failed (%s); it will be handled again",
+                            self.group_id, record.topic, record.partition, record.offset,
+                            exc.reason)
+                if record is not records[0]:
+                    await consumer.commit({tp: record.offset})
+                consumer.seek(tp, record.offset)
+                return False
+        await consumer.commit({tp: records[-1].offset + 1})
+        self.reconnects.reset()
+        return True
 
     async def _handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         correlation_id = (inst.header_text(record.headers, inst.CORRELATION_HEADER)
@@ -275,11 +326,24 @@ class Worker:
         if text and text.isdigit():
             wait = min(int(text) / 1000 - time.time(), self.max_wait_s)
             if wait > 0:
-                await self._sleep(wait)
+                await self.service.sleep(wait)
 
 
 async def listen_for_commands(service: Service) -> None:
-    """Apply pause commands from the control topic to this service's consumer groups."""
+    """Apply pause commands from the control topic to this service's consumer groups; on a
+    broker error, reconnect."""
+    backoff = Backoff(0.5, 10.0)
+    while not service.stopping.is_set():
+        try:
+            await _follow_commands(service)
+            return
+        except KafkaError as exc:
+            delay = backoff.next_s()
+            log.error("control topic: Kafka error (%s); reconnecting in %.1fs", exc, delay)
+            await service.sleep(delay)
+
+
+async def _follow_commands(service: Service) -> None:
     consumer = AIOKafkaConsumer(service.config.topic(topics.CONTROL),
                                 bootstrap_servers=service.config.bootstrap, group_id=None,
                                 auto_offset_reset="latest")
@@ -295,7 +359,7 @@ async def listen_for_commands(service: Service) -> None:
                 except (ValueError, KeyError, TypeError, AttributeError):
                     log.warning("ignoring malformed control message at offset %d", record.offset)
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer, "control topic")
 
 
 def new_correlation_id() -> str:

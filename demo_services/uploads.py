@@ -2,8 +2,9 @@
 
 POST /files {"name": str, "size": int, "callback_url": "http(s)://...", "simulate": {...}?}
 answers 202 {"correlation_id", "file_id", "status": "queued"} once the `file.uploaded` message
-is acknowledged by Kafka; processing happens later, elsewhere. An X-Correlation-ID request
-header, when it is a sensible ID, becomes the flow's correlation ID.
+is acknowledged by Kafka (503 with the reason when it cannot be written); processing happens
+later, elsewhere. An X-Correlation-ID request header, when it is a sensible ID, becomes the
+flow's correlation ID.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ def build_app(service: Service) -> web.Application:
         message = {"type": "file.uploaded", "file_id": file_id, "name": body["name"],
                    "size": body["size"], "callback_url": body["callback_url"],
                    "uploaded_at": time.time(), "simulate": body.get("simulate") or {}}
-        await service.send(topics.FILES_UPLOADED, message, key=file_id,
-                           correlation_id=correlation_id)
+        await http.send_or_503(service, topics.FILES_UPLOADED, message, key=file_id,
+                               correlation_id=correlation_id)
         return web.json_response({"correlation_id": correlation_id, "file_id": file_id,
                                   "status": "queued"}, status=202)
 

@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from demo_services import instrumentation as inst
+from demo_services.producer import SendFailed
 from demo_services.runtime import Service, new_correlation_id
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,9 @@ def traced_app(service: Service) -> web.Application:
             return response
 
     async def health(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "service": service.name})
+        replacements = service.producer.replacements if service.producer is not None else 0
+        return web.json_response({"status": "ok", "service": service.name,
+                                  "producer_replacements": replacements})
 
     app = web.Application(middlewares=[tracing], client_max_size=1024 * 1024)
     app.router.add_get("/health", health)
@@ -87,6 +90,29 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise json_error(400, "the body must be a JSON object")
     return body
+
+
+async def send_or_503(service: Service, topic: str, payload: dict[str, Any], *, key: str,
+                      correlation_id: str) -> None:
+    """Send the message that starts a flow, once more when the producer that failed was just
+    replaced; a 503 naming the reason when it cannot be sent."""
+    try:
+        await service.send(topic, payload, key=key, correlation_id=correlation_id)
+        return
+    except SendFailed as exc:
+        if not exc.replaced:
+            raise _unavailable(correlation_id, exc.reason) from None
+        first = exc.reason
+    try:
+        await service.send(topic, payload, key=key, correlation_id=correlation_id)
+    except SendFailed as exc:
+        raise _unavailable(correlation_id, f"{exc.reason} (on a new producer, after {first})"
+                           ) from None
+
+
+def _unavailable(correlation_id: str, reason: str) -> web.HTTPException:
+    log.warning("%s: answering 503, the message was not written: %s", correlation_id, reason)
+    return json_error(503, f"the message could not be written to Kafka: {reason}")
 
 
 def json_error(status: int, message: str) -> web.HTTPException:

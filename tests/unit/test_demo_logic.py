@@ -9,7 +9,7 @@ from demo_services.faults import Simulation, draw
 from demo_services.loadgen import LoadPlan, flow_requests
 from demo_services.orders import validate_order
 from demo_services.processor import outcome
-from demo_services.retry import RetryPolicy
+from demo_services.retry import Backoff, RetryPolicy
 from demo_services.runtime import BadMessage, decode_payload, read_attempt
 from demo_services.uploads import validate_upload
 
@@ -26,6 +26,17 @@ def test_retry_policy_rejects_nonsense() -> None:
         RetryPolicy(0, 1, 2)
     with pytest.raises(ValueError, match="backoff"):
         RetryPolicy(3, 500, 100)
+
+
+def test_loop_backoff_doubles_up_to_its_maximum_and_resets() -> None:
+    backoff = Backoff(0.2, 1.0)
+    assert [backoff.next_s() for _ in range(5)] == [0.2, 0.4, 0.8, 1.0, 1.0]
+    backoff.reset()
+    assert backoff.next_s() == 0.2
+    with pytest.raises(ValueError, match="backoff"):
+        Backoff(0.0, 1.0)
+    with pytest.raises(ValueError, match="backoff"):
+        Backoff(2.0, 1.0)
 
 
 def test_draw_is_deterministic_uniform_and_seed_dependent() -> None:
