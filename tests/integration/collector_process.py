@@ -9,11 +9,22 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from tests.integration.demo_stack import free_port
+
+
+def get_json(url: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    """GET url: its status and JSON body (an HTTP error's body too, as /health's 503)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status, json.load(answer)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
 
 
 @dataclass
@@ -105,3 +116,19 @@ class Collector:
                 return result
             time.sleep(0.5)
         raise AssertionError(f"inspect {' '.join(args)} never satisfied the test: {result}")
+
+    def health(self) -> dict[str, object]:
+        """Its /health answer."""
+        return get_json(f"{self.otlp_url}/health")[1]
+
+    def wait_for_health(self, predicate, timeout_s: float = 30.0  # type: ignore[no-untyped-def]
+                        ) -> dict:  # type: ignore[type-arg]
+        """Poll /health until predicate(body) holds (bounded)."""
+        deadline = time.monotonic() + timeout_s
+        body: dict = {}  # type: ignore[type-arg]
+        while time.monotonic() < deadline:
+            body = self.health()
+            if predicate(body):
+                return body
+            time.sleep(0.3)
+        raise AssertionError(f"/health never satisfied the test: {body}")

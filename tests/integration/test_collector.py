@@ -262,23 +262,6 @@ def test_bad_bodies_get_400_or_413_and_are_counted(collector: Collector) -> None
     assert after["rejected_bodies_oversized"] >= before.get("rejected_bodies_oversized", 0) + 2
 
 
-def _wait_for_health(collector: Collector, predicate, timeout_s: float = 30.0  # type: ignore[no-untyped-def]
-                     ) -> dict:  # type: ignore[type-arg]
-    """Poll the collector's /health until predicate(body) holds (bounded)."""
-    deadline = time.monotonic() + timeout_s
-    body: dict = {}  # type: ignore[type-arg]
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{collector.otlp_url}/health", timeout=5) as answer:
-                body = json.load(answer)
-        except urllib.error.HTTPError as error:
-            body = json.load(error)
-        if predicate(body):
-            return body
-        time.sleep(0.3)
-    raise AssertionError(f"/health never satisfied the test: {body}")
-
-
 async def _produce_span_batches(bootstrap: str, topic: str, flows: list[str],
                                 per_second: float | None = None) -> None:
     """One garbage record, then a batch (a produce and its consume) per flow; at a steady
@@ -359,8 +342,8 @@ def test_collector_keeps_running_through_a_broker_restart(
 
     assert run_flowscope(own_broker_env, "kafka", "stop").returncode == 0
     # The outage shows on /health within seconds, though the consumer itself sees no error.
-    _wait_for_health(own, lambda h: h["components"]["spans_topic"]["state"] == "degraded"
-                     and "broker unreachable" in h["components"]["spans_topic"]["reason"])
+    own.wait_for_health(lambda h: h["components"]["spans_topic"]["state"] == "degraded"
+                        and "broker unreachable" in h["components"]["spans_topic"]["reason"])
     # While the broker is away, OTLP/HTTP ingest goes on.
     trace = new_trace_id()
     during = request({"http-svc": [span(name="send t", kind="producer", trace_id=trace,
@@ -381,7 +364,7 @@ def test_collector_keeps_running_through_a_broker_restart(
                  "lag", "--group", f"flowscope-collector.{topic}", timeout_s=120)
     assert own.proc is not None
     assert own.proc.poll() is None
-    _wait_for_health(own, lambda h: h["status"] == "ok", timeout_s=60)
+    own.wait_for_health(lambda h: h["status"] == "ok", timeout_s=60)
     # The outage was seen, and the end of it counted, by every consumer and the lag poller.
     counters = own.wait_for(lambda c: all(c["counters"].get(f"{name}_reconnects", 0) >= 1
                                           for name in ("spans_topic", "lag_poller")),

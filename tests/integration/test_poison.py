@@ -5,10 +5,7 @@ a tap that fails is shown as down on /health within seconds and started again.""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +18,7 @@ from collectors.collect import run_collector
 from collectors.ingest import tap
 from flowscope.infra.jaeger import JaegerStatus
 from flowscope.settings import Settings
-from tests.integration.collector_process import Collector
+from tests.integration.collector_process import Collector, get_json
 from tests.integration.demo_stack import free_port
 from tests.otlp_factory import new_span_id, new_trace_id, request, span
 
@@ -54,14 +51,6 @@ async def _big_topic(bootstrap: str) -> str:
     finally:
         await admin.close()
     return name
-
-
-def _health(collector: Collector) -> dict:  # type: ignore[type-arg]
-    try:
-        with urllib.request.urlopen(f"{collector.otlp_url}/health", timeout=5) as answer:
-            return json.load(answer)
-    except urllib.error.HTTPError as error:
-        return json.load(error)
 
 
 async def test_hostile_messages_on_a_tapped_topic_are_recorded_and_the_tap_goes_on(
@@ -98,7 +87,7 @@ async def test_hostile_messages_on_a_tapped_topic_are_recorded_and_the_tap_goes_
     counters = collector.wait_for(lambda c: c["counters"].get("messages_truncated", 0) >= 1,
                                   "counters")["counters"]
     assert counters.get("tap_skipped_records", 0) == 0  # type: ignore[union-attr]
-    assert _health(collector)["components"]["tap"]["state"] == "ok"
+    assert collector.health()["components"]["tap"]["state"] == "ok"  # type: ignore[index]
 
 
 async def test_garbage_and_hostile_spans_on_the_spans_topic_are_counted_and_the_rest_stored(
@@ -169,7 +158,7 @@ async def test_a_failing_tap_is_down_on_health_within_seconds_and_is_started_aga
         deadline = time.monotonic() + timeout_s
         status, body = 0, {}
         while time.monotonic() < deadline:
-            status, body = await asyncio.to_thread(_get_json, health_url)
+            status, body = await asyncio.to_thread(get_json, health_url)
             if predicate(body):
                 return status, body
             await asyncio.sleep(0.2)
@@ -194,11 +183,3 @@ async def test_a_failing_tap_is_down_on_health_within_seconds_and_is_started_aga
         _FailingConsumer.failing = False
         stopping.set()
         await asyncio.wait_for(running, 60)
-
-
-def _get_json(url: str) -> tuple[int, dict]:  # type: ignore[type-arg]
-    try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return answer.status, json.load(answer)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)

@@ -5,7 +5,6 @@ returns stores everything that arrived meanwhile, exactly once."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import time
@@ -59,14 +58,6 @@ def _fill(disk: Path) -> Path:
     finally:
         os.close(descriptor)
     return filler
-
-
-def _get_json(url: str) -> tuple[int, dict]:  # type: ignore[type-arg]
-    try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return answer.status, json.load(answer)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
 
 
 def _post(url: str, body: bytes) -> tuple[int, dict[str, str]]:
@@ -143,14 +134,8 @@ def test_a_full_disk_stops_ingest_without_losing_a_span_and_it_resumes_when_spac
 
         during = [f"during-{i}" for i in range(200)]
         asyncio.run(_send(kafka_bootstrap, topic, during))
-        health_url = f"{collector.otlp_url}/health"
-
-        def spans_topic_degraded() -> dict | None:  # type: ignore[type-arg]
-            health = _get_json(health_url)[1]
-            degraded = health["components"]["spans_topic"]["state"] == "degraded"
-            return health if degraded else None
-
-        health = _wait(spans_topic_degraded, "spans topic degraded")
+        health = collector.wait_for_health(
+            lambda h: h["components"]["spans_topic"]["state"] == "degraded", timeout_s=60)
         assert "store unavailable" in health["components"]["spans_topic"]["reason"]
         assert "full" in health["components"]["spans_topic"]["reason"]
         status, headers = _post(collector.otlp_url, _batch("over-http"))
@@ -167,7 +152,7 @@ def test_a_full_disk_stops_ingest_without_losing_a_span_and_it_resumes_when_spac
         assert sorted(f["id"] for f in result["flows"]) == sorted([*before, *during,
                                                                   "over-http"])
         assert {f["hops"] for f in result["flows"]} == {1}
-        _wait(lambda: _get_json(health_url)[1]["status"] == "ok", "health ok again")
+        collector.wait_for_health(lambda h: h["status"] == "ok", timeout_s=60)
         counters = collector.wait_for(
             lambda c: c["counters"].get("spans_topic_store_unavailable", 0) >= 1, "counters")
         assert counters["counters"]["rejected_bodies_unavailable"] >= 1  # type: ignore[index]
