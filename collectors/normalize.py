@@ -48,10 +48,10 @@ NAME_PATTERNS = (re.compile(r"^(?P<op>[a-z]+) (?P<topic>\S+)$"),
 MESSAGE_ID_PATTERN = re.compile(
     r"^(?P<topic>.+)\.(?P<partition>[0-9]{1,19})\.(?P<offset>[0-9]{1,19})$")
 INTEGER = re.compile(r"^\s*-?[0-9]{1,19}\s*$")
-MAX_TEXT = 512
-# Arrays and maps inside an attribute value are read this deep, no deeper.
-MAX_VALUE_DEPTH = 4
 DEFAULT_LIMITS = IngestLimits()
+MAX_TEXT = DEFAULT_LIMITS.max_value_chars  # also how many items of an array or map are read
+# Arrays and maps inside an attribute value are read this deep, no deeper.
+MAX_VALUE_DEPTH = DEFAULT_LIMITS.max_value_depth
 # attribute name -> (role, rank): one pass over a span's attributes finds, for each role, the
 # value under its newest name, and never decodes attributes that play no role.
 ROLES: dict[str, tuple[str, int]] = {
@@ -76,9 +76,9 @@ class NormalizeReport:
         self.problems[reason] = self.problems.get(reason, 0) + 1
 
 
-def any_value(value: AnyValue, depth: int = 0) -> Any:  # noqa: PLR0911
+def any_value(value: AnyValue, depth: int = 0, max_depth: int = MAX_VALUE_DEPTH) -> Any:  # noqa: PLR0911
     """The Python value of an OTLP AnyValue (strings and ints first: most attributes are);
-    arrays and maps are read MAX_VALUE_DEPTH deep and MAX_TEXT items wide."""
+    arrays and maps are read max_depth deep and MAX_TEXT items wide."""
     kind = value.WhichOneof("value")
     if kind == "string_value":
         return value.string_value
@@ -86,47 +86,54 @@ def any_value(value: AnyValue, depth: int = 0) -> Any:  # noqa: PLR0911
         return value.int_value
     if kind is None:
         return None
-    if kind in ("array_value", "kvlist_value") and depth >= MAX_VALUE_DEPTH:
+    if kind in ("array_value", "kvlist_value") and depth >= max_depth:
         return None
     if kind == "array_value":
-        return [any_value(v, depth + 1) for v in islice(value.array_value.values, MAX_TEXT)]
+        return [any_value(v, depth + 1, max_depth)
+                for v in islice(value.array_value.values, MAX_TEXT)]
     if kind == "kvlist_value":
-        return {kv.key[:MAX_TEXT]: any_value(kv.value, depth + 1)
+        return {kv.key[:MAX_TEXT]: any_value(kv.value, depth + 1, max_depth)
                 for kv in islice(value.kvlist_value.values, MAX_TEXT)}
     if kind == "bytes_value":
         return value.bytes_value[:MAX_TEXT].hex()
     return getattr(value, kind)
 
 
-def attribute_map(attributes: Iterable[KeyValue], limit: int = MAX_TEXT) -> dict[str, Any]:
-    """The first `limit` OTLP attributes as a dict."""
-    return {kv.key[:MAX_TEXT]: any_value(kv.value) for kv in islice(attributes, limit)}
-
-
-def service_name(attributes: Iterable[KeyValue], limit: int) -> str:
-    """A resource's service.name (among its first `limit` attributes), else unknown_service."""
-    for kv in islice(attributes, limit):
+def service_name(attributes: Iterable[KeyValue], limits: IngestLimits) -> str:
+    """A resource's service.name (among its first attributes), else unknown_service."""
+    for kv in islice(attributes, limits.max_attributes_per_span):
         if kv.key == "service.name":
-            return _as_text(any_value(kv.value)) or "unknown_service"
+            return _as_text(_cut(any_value(kv.value, 0, limits.max_value_depth),
+                                 limits.max_value_chars)) or "unknown_service"
     return "unknown_service"
 
 
-def role_values(attributes: Iterable[KeyValue], limit: int | None = None) -> dict[str, Any]:
+def role_values(attributes: Iterable[KeyValue], limits: IngestLimits = DEFAULT_LIMITS
+                ) -> dict[str, Any]:
     """For each role, the value of the newest attribute name present (empty values skipped),
-    among the first `limit` attributes."""
+    among the first attributes; texts cut to the limit."""
     found: dict[str, tuple[int, Any]] = {}
-    for kv in islice(attributes, limit):
+    for kv in islice(attributes, limits.max_attributes_per_span):
         hit = ROLES.get(kv.key)
         if hit is None:
             continue
         role, rank = hit
-        value = any_value(kv.value)
+        value = any_value(kv.value, 0, limits.max_value_depth)
         if value is None or value == "":
             continue
         current = found.get(role)
         if current is None or rank < current[0]:
-            found[role] = (rank, value)
+            found[role] = (rank, _cut(value, limits.max_value_chars))
     return {role: value for role, (_, value) in found.items()}
+
+
+def _cut(value: Any, chars: int) -> Any:
+    """A string cut to chars; an array or map as its text, cut; numbers as they are."""
+    if isinstance(value, str):
+        return value[:chars]
+    if isinstance(value, list | dict):
+        return str(value)[:chars]
+    return value
 
 
 def as_int64(value: Any) -> int | None:
@@ -158,9 +165,10 @@ def _time_ns(value: int, report: NormalizeReport) -> int:
 
 
 def _as_text(value: Any) -> str | None:
+    """A value as text (role values are cut already, see role_values)."""
     if value is None:
         return None
-    return str(value)[:MAX_TEXT]
+    return str(value)[:MAX_TEXT] if isinstance(value, list | dict) else str(value)
 
 
 def _operation(roles: Mapping[str, Any], kind: str, name: str) -> str | None:
@@ -193,18 +201,19 @@ def normalize_span(span: Span, service: str, report: NormalizeReport,
                    limits: IngestLimits = DEFAULT_LIMITS) -> SpanRecord | None:
     """One OTLP span as a SpanRecord; None (and counted) when it has no valid identity.
 
-    Every text is cut at MAX_TEXT characters, every number outside int64 dropped (times
-    clamped), links and attributes read up to the limits; what was cut is counted."""
+    Every text is cut at limits.max_value_chars characters, every number outside int64
+    dropped (times clamped), links and attributes read up to the limits; what was cut is
+    counted."""
     if len(span.trace_id) != 16 or len(span.span_id) != 8:
         report.count("invalid trace or span id")
         return None
     if len(span.attributes) > limits.max_attributes_per_span:
         report.count(f"attributes beyond {limits.max_attributes_per_span} per span (not read)")
-    roles = role_values(span.attributes, limits.max_attributes_per_span)
+    roles = role_values(span.attributes, limits)
     kind = KINDS.get(span.kind, "internal")
     error_type = roles.get("error_type")
     # A name is cut before it is parsed, so a topic taken from it is never longer either.
-    name = span.name[:MAX_TEXT]
+    name = span.name[:limits.max_value_chars]
     start_ns = _time_ns(span.start_time_unix_nano, report)
     base = {
         "trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(),
@@ -218,11 +227,12 @@ def normalize_span(span: Span, service: str, report: NormalizeReport,
     }
     if "system" not in roles and kind not in ("producer", "consumer"):
         return SpanRecord(**base)
-    return SpanRecord(**base, **_messaging_fields(roles, kind, name, report))
+    return SpanRecord(**base, **_messaging_fields(roles, kind, name, report,
+                                                  limits.max_value_chars))
 
 
 def _messaging_fields(roles: Mapping[str, Any], kind: str, name: str,
-                      report: NormalizeReport) -> dict[str, Any]:
+                      report: NormalizeReport, chars: int) -> dict[str, Any]:
     topic = _as_text(roles.get("topic")) or _topic_from_name(name)
     partition = as_int64(roles.get("partition"))
     offset = as_int64(roles.get("offset"))
@@ -233,7 +243,7 @@ def _messaging_fields(roles: Mapping[str, Any], kind: str, name: str,
         partition = partition if partition is not None else as_int64(parsed["partition"])
         offset = offset if offset is not None else as_int64(parsed["offset"])
     if topic and partition is not None and offset is not None:
-        message_id = f"{topic}.{partition}.{offset}"[:MAX_TEXT]
+        message_id = f"{topic}.{partition}.{offset}"[:chars]
     if topic is None:
         report.count("messaging span without a destination")
     return {
@@ -258,8 +268,7 @@ def normalize_request(request: ExportTraceServiceRequest, report: NormalizeRepor
                       limits: IngestLimits = DEFAULT_LIMITS) -> Iterator[SpanRecord]:
     """Every span of an OTLP export request, normalised."""
     for resource_spans in request.resource_spans:
-        service = service_name(resource_spans.resource.attributes,
-                               limits.max_attributes_per_span)
+        service = service_name(resource_spans.resource.attributes, limits)
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 report.spans += 1

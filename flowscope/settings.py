@@ -95,6 +95,8 @@ class IngestLimits:
     max_spans_per_request: int = 10_000
     max_links_per_span: int = 128
     max_attributes_per_span: int = 128
+    max_value_chars: int = 512  # of any text a span gives (names, topics, keys, IDs)
+    max_value_depth: int = 4  # of arrays and maps inside an attribute value
     max_inflight_bytes: int = 64 * 1024 * 1024
     body_timeout_s: float = 10.0
 
@@ -245,6 +247,8 @@ def _collector_settings(reader: _EnvReader, home: Path) -> CollectorSettings:
                                             limits.max_links_per_span),
             max_attributes_per_span=reader.count("FLOWSCOPE_MAX_ATTRIBUTES_PER_SPAN",
                                                  limits.max_attributes_per_span),
+            max_value_chars=reader.count("FLOWSCOPE_MAX_VALUE_CHARS", limits.max_value_chars),
+            max_value_depth=reader.count("FLOWSCOPE_MAX_VALUE_DEPTH", limits.max_value_depth),
             max_inflight_bytes=reader.count("FLOWSCOPE_MAX_INFLIGHT_BYTES",
                                             limits.max_inflight_bytes),
             body_timeout_s=reader.seconds("FLOWSCOPE_BODY_TIMEOUT", limits.body_timeout_s)),

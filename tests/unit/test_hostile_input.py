@@ -244,3 +244,15 @@ async def test_bodies_beyond_the_in_flight_budget_wait_and_are_refused_in_time()
 async def _hold(budget: object, size: int) -> None:
     async with budget.hold(size, 1):  # type: ignore[attr-defined]
         pass
+
+
+def test_text_size_and_value_depth_follow_their_settings() -> None:
+    records, _ = _normalize(span(name="send " + "t" * 100, kind="producer", attributes={
+        "messaging.message.conversation_id": "c" * 100, "messaging.kafka.message.key": "k" * 100,
+        "messaging.system": "kafka"}), limits=IngestLimits(max_value_chars=20))
+    record = records[0]
+    assert (len(record.name), len(record.topic or ""), len(record.correlation_id or ""),
+            len(record.message_key or "")) == (20, 15, 20, 20)
+    assert Settings.from_env({"FLOWSCOPE_MAX_VALUE_CHARS": "64",
+                              "FLOWSCOPE_MAX_VALUE_DEPTH": "2"}).collect.limits == \
+        IngestLimits(max_value_chars=64, max_value_depth=2)
