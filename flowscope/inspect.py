@@ -18,6 +18,7 @@ EDGES_SHOWN = 500
 HOPS_SHOWN = 1000
 CELL_LIMIT = 120  # characters of a table cell; --json prints every character
 STALE_REPORT_S = 30  # the collector writes its health every second
+PROPAGATION_SAMPLE = 10_000  # the newest messages of the window, as the dashboard takes them
 # Control characters (a terminal's escape sequences, line breaks) in untrusted text are
 # printed as escapes, so that a name cannot rewrite the terminal or break a table's rows.
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -229,13 +230,14 @@ def inspect_lag(store: Store, group: str | None, as_json: bool) -> str:
 def inspect_propagation(store: Store, since_s: float, as_json: bool) -> str:
     """Per topic and producer: messages, those with a valid traceparent, and the share."""
     now_ms = int(time.time() * 1000)
-    rows = store.propagation(now_ms - int(since_s * 1000), now_ms=now_ms)
+    rows = store.propagation(now_ms - int(since_s * 1000), PROPAGATION_SAMPLE, now_ms=now_ms)
     if as_json:
-        return json.dumps({"topics": [{"topic": r.topic, "producer": r.producer,
-                                       "messages": r.messages, "with_context": r.with_context,
-                                       "share": r.share} for r in rows]})
+        return json.dumps({"sample": PROPAGATION_SAMPLE, "topics": [
+            {"topic": r.topic, "producer": r.producer, "messages": r.messages,
+             "with_context": r.with_context, "share": r.share} for r in rows]})
     if not rows:
         return "no messages tapped in this window"
     return table(["TOPIC", "PRODUCER", "MESSAGES", "WITH_CONTEXT", "SHARE"],
                  [(r.topic, r.producer, r.messages, r.with_context, f"{r.share:.0%}")
-                  for r in rows])
+                  for r in rows]) + (f"\n\nof the newest {PROPAGATION_SAMPLE:,} messages of the "
+                                     "window")
