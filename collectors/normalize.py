@@ -166,9 +166,7 @@ def _time_ns(value: int, report: NormalizeReport) -> int:
 
 def _as_text(value: Any) -> str | None:
     """A value as text (role values are cut already, see role_values)."""
-    if value is None:
-        return None
-    return str(value)[:MAX_TEXT] if isinstance(value, list | dict) else str(value)
+    return None if value is None else str(value)
 
 
 def _operation(roles: Mapping[str, Any], kind: str, name: str) -> str | None:

@@ -101,6 +101,17 @@ class IngestLimits:
     body_timeout_s: float = 10.0
 
 
+# IngestLimits' counts, by the variable that sets each.
+LIMIT_VARIABLES = {
+    "max_spans_per_request": "FLOWSCOPE_MAX_SPANS_PER_REQUEST",
+    "max_links_per_span": "FLOWSCOPE_MAX_LINKS_PER_SPAN",
+    "max_attributes_per_span": "FLOWSCOPE_MAX_ATTRIBUTES_PER_SPAN",
+    "max_value_chars": "FLOWSCOPE_MAX_VALUE_CHARS",
+    "max_value_depth": "FLOWSCOPE_MAX_VALUE_DEPTH",
+    "max_inflight_bytes": "FLOWSCOPE_MAX_INFLIGHT_BYTES",
+}
+
+
 @dataclass(frozen=True)
 class CollectorSettings:
     """The collector: where spans come in, where they are stored, and how flows are judged."""
@@ -241,16 +252,8 @@ def _collector_settings(reader: _EnvReader, home: Path) -> CollectorSettings:
         otlp_host=host, otlp_port=port,
         max_body_bytes=reader.count("FLOWSCOPE_MAX_BODY_BYTES", defaults.max_body_bytes),
         limits=IngestLimits(
-            max_spans_per_request=reader.count("FLOWSCOPE_MAX_SPANS_PER_REQUEST",
-                                               limits.max_spans_per_request),
-            max_links_per_span=reader.count("FLOWSCOPE_MAX_LINKS_PER_SPAN",
-                                            limits.max_links_per_span),
-            max_attributes_per_span=reader.count("FLOWSCOPE_MAX_ATTRIBUTES_PER_SPAN",
-                                                 limits.max_attributes_per_span),
-            max_value_chars=reader.count("FLOWSCOPE_MAX_VALUE_CHARS", limits.max_value_chars),
-            max_value_depth=reader.count("FLOWSCOPE_MAX_VALUE_DEPTH", limits.max_value_depth),
-            max_inflight_bytes=reader.count("FLOWSCOPE_MAX_INFLIGHT_BYTES",
-                                            limits.max_inflight_bytes),
+            **{name: reader.count(variable, getattr(limits, name))
+               for name, variable in LIMIT_VARIABLES.items()},
             body_timeout_s=reader.seconds("FLOWSCOPE_BODY_TIMEOUT", limits.body_timeout_s)),
         spans_topic=reader.text("FLOWSCOPE_SPANS_TOPIC") or defaults.spans_topic,
         completed_topics=reader.patterns("FLOWSCOPE_FLOW_COMPLETED", defaults.completed_topics),

@@ -27,6 +27,21 @@ def get_json(url: str) -> tuple[int, dict]:  # type: ignore[type-arg]
         return error.code, json.load(error)
 
 
+def post_otlp(url: str, body: bytes, content_type: str = "application/x-protobuf",
+              encoding: str | None = None) -> tuple[int, bytes, dict[str, str]]:
+    """POST an OTLP body to a receiver's base URL: status, body and headers of the answer."""
+    headers = {"Content-Type": content_type}
+    if encoding:
+        headers["Content-Encoding"] = encoding
+    try:
+        with urllib.request.urlopen(urllib.request.Request(
+                f"{url}/v1/traces", data=body, headers=headers, method="POST"),
+                timeout=30) as answer:
+            return answer.status, answer.read(), dict(answer.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, error.read(), dict(error.headers)
+
+
 @dataclass
 class Collector:
     """A `flowscope collect` with its own home, store, port and spans topic."""

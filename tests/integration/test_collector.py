@@ -12,8 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -25,7 +23,7 @@ from google.protobuf import json_format
 
 from demo_services import topics
 from flowscope.infra.jaeger import JaegerStatus
-from tests.integration.collector_process import Collector
+from tests.integration.collector_process import Collector, post_otlp
 from tests.integration.conftest import create_topic, run_flowscope
 from tests.integration.demo_stack import (
     FILE_TERMINALS,
@@ -211,29 +209,16 @@ async def test_official_aiokafka_instrumentation_yields_the_right_edges(
     assert edges[(topic, "shop-consumer")]["p50_ms"] is not None  # queue time: matched hops
 
 
-def _post(url: str, body: bytes, content_type: str, encoding: str | None = None
-          ) -> tuple[int, bytes]:
-    headers = {"Content-Type": content_type}
-    if encoding:
-        headers["Content-Encoding"] = encoding
-    try:
-        with urllib.request.urlopen(urllib.request.Request(
-                f"{url}/v1/traces", data=body, headers=headers, method="POST"), timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 def test_bad_bodies_get_400_or_413_and_are_counted(collector: Collector) -> None:
     before = collector.inspect("counters")["counters"]
     url = collector.otlp_url
-    assert _post(url, b"\xff\xff\xff garbage", "application/x-protobuf")[0] == 400
-    status, body = _post(url, b"{not json", "application/json")
+    assert post_otlp(url, b"\xff\xff\xff garbage", "application/x-protobuf")[0] == 400
+    status, body, _ = post_otlp(url, b"{not json", "application/json")
     assert status == 400
     assert b"not OTLP/JSON" in body
-    assert _post(url, b"\x1f\x8b broken", "application/x-protobuf", "gzip")[0] == 400
-    assert _post(url, b"x" * (300 * 1024), "application/x-protobuf")[0] == 413
-    assert _post(url, gzip.compress(b"\0" * (600 * 1024)), "application/x-protobuf",
+    assert post_otlp(url, b"\x1f\x8b broken", "application/x-protobuf", "gzip")[0] == 400
+    assert post_otlp(url, b"x" * (300 * 1024), "application/x-protobuf")[0] == 413
+    assert post_otlp(url, gzip.compress(b"\0" * (600 * 1024)), "application/x-protobuf",
                  "gzip")[0] == 413
     good = request({"json-client": [span(name="send jtopic", kind="producer", attributes={
         "messaging.system": "kafka", "messaging.destination.name": "jtopic",
@@ -244,14 +229,14 @@ def test_bad_bodies_get_400_or_413_and_are_counted(collector: Collector) -> None
             for item in scope["spans"]:
                 for key in ("traceId", "spanId"):
                     item[key] = base64.b64decode(item[key]).hex()
-    assert _post(url, json.dumps(document).encode(), "application/json")[0] == 200
+    assert post_otlp(url, json.dumps(document).encode(), "application/json")[0] == 200
     collector.wait_for(lambda f: f["id"] == "json-flow", "flow", "json-flow")
     large = request({"bulk-client": [span(name="send bulk", kind="producer", attributes={
         "messaging.system": "kafka", "messaging.destination.name": "bulk",
         "messaging.message.conversation_id": "bulk-flow", "padding": "x" * 400})
         for _ in range(420)]}).SerializeToString()
     assert 200 * 1024 < len(large) < 256 * 1024
-    assert _post(url, large, "application/x-protobuf")[0] == 200
+    assert post_otlp(url, large, "application/x-protobuf")[0] == 200
     collector.wait_for(lambda f: f["id"] == "bulk-flow", "flow", "bulk-flow")
     # Counters reach the store once a second: wait until both kinds have arrived.
     after = collector.wait_for(
@@ -351,7 +336,7 @@ def test_collector_keeps_running_through_a_broker_restart(
                                                     "messaging.destination.name": "t",
                                                     "messaging.message.conversation_id":
                                                         "during-outage"})]})
-    assert _post(own.otlp_url, during.SerializeToString(), "application/x-protobuf")[0] == 200
+    assert post_otlp(own.otlp_url, during.SerializeToString(), "application/x-protobuf")[0] == 200
     own.wait_for(lambda f: f["id"] == "during-outage", "flow", "during-outage")
 
     restarted_at = time.time()

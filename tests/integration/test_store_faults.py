@@ -8,8 +8,6 @@ import asyncio
 import os
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from collectors.ingest.kafka_spans import group_for
 from flowscope.infra.jaeger import JaegerStatus
-from tests.integration.collector_process import Collector
+from tests.integration.collector_process import Collector, post_otlp
 from tests.otlp_factory import new_span_id, new_trace_id, request, span
 
 pytestmark = pytest.mark.jaeger
@@ -58,16 +56,6 @@ def _fill(disk: Path) -> Path:
     finally:
         os.close(descriptor)
     return filler
-
-
-def _post(url: str, body: bytes) -> tuple[int, dict[str, str]]:
-    try:
-        with urllib.request.urlopen(urllib.request.Request(
-                f"{url}/v1/traces", data=body, method="POST",
-                headers={"Content-Type": "application/x-protobuf"}), timeout=30) as answer:
-            return answer.status, dict(answer.headers)
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers)
 
 
 def _wait(predicate, what: str, timeout_s: float = 60.0):  # type: ignore[no-untyped-def]
@@ -138,14 +126,14 @@ def test_a_full_disk_stops_ingest_without_losing_a_span_and_it_resumes_when_spac
             lambda h: h["components"]["spans_topic"]["state"] == "degraded", timeout_s=60)
         assert "store unavailable" in health["components"]["spans_topic"]["reason"]
         assert "full" in health["components"]["spans_topic"]["reason"]
-        status, headers = _post(collector.otlp_url, _batch("over-http"))
+        status, _, headers = post_otlp(collector.otlp_url, _batch("over-http"))
         assert status == 503
         assert headers.get("Retry-After") == "5"
         # Nothing past what was stored is committed while the disk is full.
         assert asyncio.run(_committed(kafka_bootstrap, group_for(topic), topic)) == len(before)
 
         filler.unlink()
-        assert _post(collector.otlp_url, _batch("over-http"))[0] == 200
+        assert post_otlp(collector.otlp_url, _batch("over-http"))[0] == 200
         result = collector.wait_for(lambda r: len(r["flows"]) == len(before) + len(during) + 1,
                                     "flows", "--since", "100000d", "--limit", "1000",
                                     timeout_s=120)
