@@ -26,8 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from base.settings import Settings
 from bench.infra import running_infra
-from flowscope.settings import Settings
+from store.factory import open_store_at
+from store.vocabulary import FlowRules
+from tests import otlp_factory
 from tests.integration.collector_process import Collector
 from tests.otlp_factory import request, span
 
@@ -65,8 +68,6 @@ def make_batch(index: int, now_ms: float) -> bytes:
 
 def shift_base_to_now() -> float:
     """Milliseconds to add to factory times so that 'start_ms=0' is now."""
-    from tests import otlp_factory  # noqa: PLC0415
-
     return (time.time_ns() - otlp_factory.BASE_NS) / 1e6
 
 
@@ -173,10 +174,7 @@ def main() -> None:
 
 def query_time(store: Path) -> float:
     """Median seconds of the topology query alone, in this process."""
-    from collectors.flows.assembler import FlowRules  # noqa: PLC0415
-    from collectors.store.sqlite import SqliteStore  # noqa: PLC0415
-
-    reader = SqliteStore(store, FlowRules((), (), (), 300), readonly=True)
+    reader = open_store_at(store, FlowRules((), (), (), 300), readonly=True)
     times = []
     for _ in range(5):
         started = time.perf_counter()

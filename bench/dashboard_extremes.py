@@ -31,9 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from collectors.store.factory import open_store
+from base.settings import Settings
 from dashboard import charts, queries, waterfall
-from flowscope.settings import Settings
+from store.factory import open_store
 from tests.extreme_store import LONG_FLOW, build_extreme_store
 
 WINDOW_S = 900

@@ -21,10 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from collectors.record import GroupLag, LagRow, MessageRecord, SpanRecord
-from collectors.store.factory import open_store
+from base.settings import Settings
 from dashboard import queries
-from flowscope.settings import Settings
+from store.factory import open_store
+from store.records import GroupLag, LagRow, MessageRecord, SpanRecord
+from tests.store_writer import open_settings_store
 
 HOUR_S = 3600
 GROUPS = ("processor", "notifier", "payments", "inventory", "shipping", "orders",
@@ -173,7 +174,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         home = args.home or scratch
         settings = Settings.from_env({"FLOWSCOPE_HOME": home})
-        writer = open_store(settings)
+        writer = open_settings_store(settings)
         written = writer.db.execute("SELECT COUNT(*) FROM spans").fetchone()[0]
         if not written:
             written = fill(writer, args.spans)

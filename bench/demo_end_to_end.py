@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from base.settings import Settings
 from bench.infra import running_infra
-from flowscope.settings import Settings
 from tests.integration.demo_stack import (
     FILE_TERMINALS,
     ORDER_TERMINALS,

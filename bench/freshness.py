@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from base.settings import Settings
 from bench.infra import running_infra
-from collectors.store.factory import open_store
-from flowscope.settings import Settings
+from store.factory import open_store
 from tests.integration.collector_process import Collector
 from tests.integration.demo_stack import DemoStack
 

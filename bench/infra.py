@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from base.settings import Settings
 from flowscope.infra import jaeger, kafka
-from flowscope.settings import Settings
 
 
 @contextlib.contextmanager

@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from base.settings import Settings
 from bench.infra import running_infra
 from collectors.lag.poller import LagPoller
-from flowscope.settings import Settings
 
 
 async def prepare(bootstrap: str, topics: list[str], partitions: int, group_count: int

@@ -26,11 +26,11 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from base.settings import Settings
 from bench.infra import running_infra
 from demo_services.config import DemoConfig
 from demo_services.runtime import Service
 from demo_services.topics import ensure_topics
-from flowscope.settings import Settings
 
 
 async def one_round(service: Service, messages: int, concurrency: int) -> float:

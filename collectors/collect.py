@@ -14,7 +14,8 @@ from aiohttp import web
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from collectors.flows.assembler import DEAD_LETTERED
+from base.settings import Settings
+from collectors.flows.writer import FlowWriter
 from collectors.forward import JaegerForwarder
 from collectors.ingest import otlp_http
 from collectors.ingest.kafka_spans import COMPONENT as kafka_spans_component
@@ -23,10 +24,10 @@ from collectors.ingest.pipeline import Pipeline
 from collectors.ingest.tap import COMPONENT as tap_component
 from collectors.ingest.tap import run_tap, topic_pattern
 from collectors.lag.poller import LagPoller
-from collectors.store.factory import flow_rules, open_store
-from collectors.store.interface import StoreUnavailable
-from collectors.supervise import Health, State, supervise
-from flowscope.settings import Settings
+from collectors.supervise import Health, supervise
+from store.contract import StoreUnavailable
+from store.factory import flow_rules, open_store
+from store.vocabulary import ComponentState, FlowFlag
 
 log = logging.getLogger(__name__)
 RETENTION_EVERY_S = 60.0
@@ -59,7 +60,8 @@ async def run_collector(settings: Settings, *, kafka_spans: bool = True,
     forwarder = None
     if settings.jaeger.external_otlp_endpoint:
         forwarder = JaegerForwarder(settings.jaeger.external_otlp_endpoint)
-    pipeline = Pipeline(store, forwarder, collector.limits)
+    rules = flow_rules(collector)
+    pipeline = Pipeline(FlowWriter(store, rules, collector.bucket_s), forwarder, collector.limits)
     health = Health()
     if stopping is None:
         stopping = asyncio.Event()
@@ -82,12 +84,11 @@ async def run_collector(settings: Settings, *, kafka_spans: bool = True,
             components[kafka_spans_component] = lambda: consume_spans_topic(
                 settings.kafka.bootstrap, collector.spans_topic, pipeline, health, stopping)
             if collector.tap:
-                rules = flow_rules(collector)
                 components[tap_component] = lambda: run_tap(
                     settings.kafka.bootstrap,
                     topic_pattern(collector.tap_topics, (collector.spans_topic,)), pipeline,
                     health, stopping, offset_reset=collector.tap_from,
-                    keep_headers_of=lambda topic: rules.flag_of(topic) == DEAD_LETTERED)
+                    keep_headers_of=lambda topic: rules.flag_of(topic) == FlowFlag.DEAD_LETTERED)
             components[LAG_COMPONENT] = lambda: poll_lag(
                 settings.kafka.bootstrap, pipeline, health, stopping,
                 interval_s=collector.lag_interval_s, window=collector.lag_window)
@@ -160,7 +161,7 @@ async def _maintain(pipeline: Pipeline, health: Health, stopping: asyncio.Event)
             await asyncio.wait_for(stopping.wait(), 1.0)
         try:
             await pipeline.flush_counters()
-            await pipeline.exclusive(store.write_health, health.snapshot(), time.time())
+            await pipeline.exclusive(store.write_health, health.snapshot(), time.time_ns())
             if time.monotonic() >= next_retention:
                 deleted = await pipeline.exclusive(store.apply_retention, time.time_ns())
                 if deleted:
@@ -170,7 +171,7 @@ async def _maintain(pipeline: Pipeline, health: Health, stopping: asyncio.Event)
             _forwarder_health(pipeline, health)
         except StoreUnavailable as exc:
             pipeline.count(f"{MAINTENANCE}_store_unavailable")
-            if health.components[MAINTENANCE].state != State.DEGRADED:
+            if health.components[MAINTENANCE].state != ComponentState.DEGRADED:
                 log.warning("maintenance: %s; counters kept until the store takes them", exc)
             health.degraded(MAINTENANCE, f"store unavailable: {exc}")
 
@@ -179,7 +180,7 @@ def _forwarder_health(pipeline: Pipeline, health: Health) -> None:
     """The forwarder is degraded while Jaeger does not take its batches (a forwarder that is
     down is the supervisor's to report)."""
     component = health.components.get(FORWARDER)
-    if pipeline.forwarder is None or component is None or component.state == State.DOWN:
+    if pipeline.forwarder is None or component is None or component.state == ComponentState.DOWN:
         return
     if pipeline.forwarder.problem:
         health.degraded(FORWARDER, pipeline.forwarder.problem)

@@ -12,7 +12,7 @@ from collections import Counter, deque
 
 import aiohttp
 
-from flowscope.settings import redact_url
+from base.settings import redact_url
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from collectors.record import GroupLag, LagRow
 from collectors.supervise import ComponentHealth
+from store.records import GroupLag, LagRow
 
 GROUP_STATUS_CODE = {"OK": 0, "WARN": 1, "ERR": 2}
 PARTITION_STATUS_CODE = {"OK": 0, "WARN": 1, "STOP": 2, "STALL": 3, "REWIND": 4}

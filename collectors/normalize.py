@@ -19,12 +19,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from collectors.record import INT64_MAX, INT64_MIN, SpanRecord
-from flowscope.settings import IngestLimits
+from base.settings import IngestLimits
+from store.records import INT64_MAX, INT64_MIN, SpanRecord
+from store.vocabulary import Operation, SpanKind
 
-KINDS = {Span.SPAN_KIND_PRODUCER: "producer", Span.SPAN_KIND_CONSUMER: "consumer",
-         Span.SPAN_KIND_CLIENT: "client", Span.SPAN_KIND_SERVER: "server",
-         Span.SPAN_KIND_INTERNAL: "internal"}
+KINDS = {Span.SPAN_KIND_PRODUCER: SpanKind.PRODUCER, Span.SPAN_KIND_CONSUMER: SpanKind.CONSUMER,
+         Span.SPAN_KIND_CLIENT: SpanKind.CLIENT, Span.SPAN_KIND_SERVER: SpanKind.SERVER,
+         Span.SPAN_KIND_INTERNAL: SpanKind.INTERNAL}
 # Every name an attribute has had, newest first.
 TOPIC = ("messaging.destination.name", "messaging.destination")
 PARTITION = ("messaging.destination.partition.id", "messaging.kafka.destination.partition",
@@ -38,10 +39,14 @@ KEY = ("messaging.kafka.message.key", "messaging.kafka.message_key")
 OPERATION = ("messaging.operation.type", "messaging.operation.name", "messaging.operation")
 RETRY = ("messaging.message.retry_attempt", "messaging.retry_attempt", "retry.attempt")
 BATCH = ("messaging.batch.message_count",)
+# A span of one of these kinds is a messaging span even when it does not say its system.
+MESSAGING_KINDS = (SpanKind.PRODUCER, SpanKind.CONSUMER)
+DEFAULT_OPERATION = {SpanKind.PRODUCER: Operation.SEND, SpanKind.CONSUMER: Operation.PROCESS}
 # Operation words, old and new, onto the current operation types.
-OPERATIONS = {"send": "send", "publish": "send", "create": "create", "receive": "receive",
-              "poll": "receive", "process": "process", "deliver": "process",
-              "settle": "settle", "commit": "settle", "ack": "settle"}
+OPERATIONS = {"send": Operation.SEND, "publish": Operation.SEND, "create": Operation.CREATE,
+              "receive": Operation.RECEIVE, "poll": Operation.RECEIVE,
+              "process": Operation.PROCESS, "deliver": Operation.PROCESS,
+              "settle": Operation.SETTLE, "commit": Operation.SETTLE, "ack": Operation.SETTLE}
 NAME_PATTERNS = (re.compile(r"^(?P<op>[a-z]+) (?P<topic>\S+)$"),
                  re.compile(r"^(?P<topic>\S+) (?P<op>[a-z]+)$"))
 # ASCII digits only: str.isdigit() and \d accept '²' and other digits int() refuses.
@@ -169,7 +174,7 @@ def _as_text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _operation(roles: Mapping[str, Any], kind: str, name: str) -> str | None:
+def _operation(roles: Mapping[str, Any], kind: SpanKind, name: str) -> Operation | None:
     word = roles.get("operation")
     if isinstance(word, str) and word.lower() in OPERATIONS:
         return OPERATIONS[word.lower()]
@@ -177,7 +182,7 @@ def _operation(roles: Mapping[str, Any], kind: str, name: str) -> str | None:
         match = pattern.match(name)
         if match and match["op"] in OPERATIONS:
             return OPERATIONS[match["op"]]
-    return {"producer": "send", "consumer": "process"}.get(kind)
+    return DEFAULT_OPERATION.get(kind)
 
 
 def _topic_from_name(name: str) -> str | None:
@@ -208,7 +213,7 @@ def normalize_span(span: Span, service: str, report: NormalizeReport,
     if len(span.attributes) > limits.max_attributes_per_span:
         report.count(f"attributes beyond {limits.max_attributes_per_span} per span (not read)")
     roles = role_values(span.attributes, limits)
-    kind = KINDS.get(span.kind, "internal")
+    kind = KINDS.get(span.kind, SpanKind.INTERNAL)
     error_type = roles.get("error_type")
     # A name is cut before it is parsed, so a topic taken from it is never longer either.
     name = span.name[:limits.max_value_chars]
@@ -223,13 +228,13 @@ def normalize_span(span: Span, service: str, report: NormalizeReport,
         "error": span.status.code == Status.STATUS_CODE_ERROR or error_type is not None,
         "error_type": _as_text(error_type),
     }
-    if "system" not in roles and kind not in ("producer", "consumer"):
+    if "system" not in roles and kind not in MESSAGING_KINDS:
         return SpanRecord(**base)
     return SpanRecord(**base, **_messaging_fields(roles, kind, name, report,
                                                   limits.max_value_chars))
 
 
-def _messaging_fields(roles: Mapping[str, Any], kind: str, name: str,
+def _messaging_fields(roles: Mapping[str, Any], kind: SpanKind, name: str,
                       report: NormalizeReport, chars: int) -> dict[str, Any]:
     topic = _as_text(roles.get("topic")) or _topic_from_name(name)
     partition = as_int64(roles.get("partition"))

@@ -16,19 +16,11 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from enum import StrEnum
+
+from store.vocabulary import ComponentState
 
 log = logging.getLogger(__name__)
 MAX_REASON = 300
-
-
-class State(StrEnum):
-    """A component's state, best first."""
-
-    OK = "ok"
-    STARTING = "starting"
-    DEGRADED = "degraded"  # running, but not doing all of its work (broker away, store full)
-    DOWN = "down"  # not running: it failed and waits to be started again
 
 
 @dataclass
@@ -36,7 +28,7 @@ class ComponentHealth:
     """One component: its state since `since_s`, why, and how often it was restarted."""
 
     name: str
-    state: State
+    state: ComponentState
     reason: str | None
     since_s: float
     restarts: int = 0
@@ -50,9 +42,10 @@ class Health:
 
     def register(self, name: str) -> None:
         """A component that will start soon."""
-        self.components.setdefault(name, ComponentHealth(name, State.STARTING, None, time.time()))
+        self.components.setdefault(
+            name, ComponentHealth(name, ComponentState.STARTING, None, time.time()))
 
-    def set(self, name: str, state: State, reason: str | None = None) -> None:
+    def set(self, name: str, state: ComponentState, reason: str | None = None) -> None:
         """Record a component's state; `since_s` moves only when the state changes."""
         current = self.components.get(name)
         reason = reason[:MAX_REASON] if reason else None
@@ -65,24 +58,24 @@ class Health:
 
     def ok(self, name: str) -> None:
         """The component does all of its work."""
-        self.set(name, State.OK)
+        self.set(name, ComponentState.OK)
 
     def degraded(self, name: str, reason: str) -> None:
         """The component runs but cannot do all of its work."""
-        self.set(name, State.DEGRADED, reason)
+        self.set(name, ComponentState.DEGRADED, reason)
 
     def down(self, name: str, reason: str) -> None:
         """The component is not running."""
-        self.set(name, State.DOWN, reason)
+        self.set(name, ComponentState.DOWN, reason)
 
     @property
-    def status(self) -> State:
+    def status(self) -> ComponentState:
         """The collector's state: its worst component's (starting counts as ok)."""
         states = {c.state for c in self.components.values()}
-        for state in (State.DOWN, State.DEGRADED):
+        for state in (ComponentState.DOWN, ComponentState.DEGRADED):
             if state in states:
                 return state
-        return State.OK
+        return ComponentState.OK
 
     def snapshot(self) -> dict[str, object]:
         """What /health answers."""
@@ -121,7 +114,7 @@ async def supervise(name: str, run: Callable[[], Awaitable[None]], *, health: He
         if not stopping.is_set():
             health.components[name].restarts += 1
             counters[f"{name}_restarts"] += 1
-            health.set(name, State.STARTING, f"restart {health.components[name].restarts}")
+            health.set(name, ComponentState.STARTING, f"restart {health.components[name].restarts}")
 
 
 def _next_delay(delay: float, started: float, max_backoff_s: float) -> float:

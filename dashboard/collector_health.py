@@ -8,8 +8,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from collectors.store.interface import ComponentRow
 from dashboard.transforms import cut_text
+from store.contract import ComponentRow
 
 # The collector reports every second: a report older than this means it is not running (or
 # cannot write its store), and every figure on the page is as old.

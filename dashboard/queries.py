@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from collectors.record import GroupLag, LagRow
-from collectors.store.factory import open_store
-from collectors.store.interface import FailedStep, FlowRow, HopRow, StoreError
-from collectors.store.sqlite import SqliteStore
+from base.errors import FlowscopeError
+from base.settings import Settings
 from dashboard import layout, transforms
-from flowscope.errors import FlowscopeError
-from flowscope.settings import Settings
+from store.contract import FailedStep, FlowRow, Store, StoreError
+from store.factory import open_store
+from store.records import GroupLag, Hop, LagRow
+from store.vocabulary import FlowStatus
 
 CACHE_TTL_S = 2
 RECENT_FLOWS = 200
@@ -90,12 +90,12 @@ def settings() -> Settings:
 class GuardedStore:
     """The read-only store and a lock: Streamlit serves sessions from several threads."""
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self.lock = threading.Lock()
 
     @contextmanager
-    def use(self) -> Iterator[SqliteStore]:
+    def use(self) -> Iterator[Store]:
         """The store, held for one query."""
         with self.lock:
             yield self.store
@@ -127,7 +127,7 @@ def tick() -> int:
 # -- plain loaders -----------------------------------------------------------------------------
 
 
-def load_flow_map(store: SqliteStore, window_s: float, now_ns: int,
+def load_flow_map(store: Store, window_s: float, now_ns: int,
                   focus: str | None = None) -> FlowMap:
     """Topology (the busiest edges, the focused node's first), lag statuses and the
     overview with deltas against the window before."""
@@ -144,7 +144,7 @@ def load_flow_map(store: SqliteStore, window_s: float, now_ns: int,
                    transforms.worst_group(groups))
 
 
-def load_edge_series(store: SqliteStore, argument: tuple[float, tuple[tuple[str, str], ...]],
+def load_edge_series(store: Store, argument: tuple[float, tuple[tuple[str, str], ...]],
                      now_ns: int) -> pd.DataFrame:
     """Messages and retries per second over the window (argument: the window in seconds and
     the (source, target) edges to read)."""
@@ -154,13 +154,13 @@ def load_edge_series(store: SqliteStore, argument: tuple[float, tuple[tuple[str,
                                   since / 1e9, now_ns / 1e9)
 
 
-def load_lag(store: SqliteStore, window_s: float, now_ns: int) -> Lag:
+def load_lag(store: Store, window_s: float, now_ns: int) -> Lag:
     """The latest lag and its history over the window."""
     rows, groups = store.lag()
-    return Lag(rows, groups, transforms.lag_trend(store.lag_trend(now_ns / 1e9 - window_s)))
+    return Lag(rows, groups, transforms.lag_trend(store.lag_trend(now_ns - int(window_s * 1e9))))
 
 
-def load_retries(store: SqliteStore, window_s: float, now_ns: int,
+def load_retries(store: Store, window_s: float, now_ns: int,
                  focus: str | None = None) -> Retries:
     """Retry shares from the edge aggregates (of the edges with the most retries, the
     focused node's first), attempts and dead letters from the tap."""
@@ -169,13 +169,12 @@ def load_retries(store: SqliteStore, window_s: float, now_ns: int,
     edges = transforms.build_edges(topology, window_s)
     retried = edges[edges["retries"] > 0].sort_values(["retries", "count"], ascending=False)
     return Retries(transforms.retry_rates(edges),
-                   transforms.attempts_table(store.retry_attempts(since // 1_000_000,
-                                                                  ATTEMPTS_SAMPLE)),
+                   transforms.attempts_table(store.retry_attempts(since, ATTEMPTS_SAMPLE)),
                    retried[["source", "target", "retries"]],
-                   transforms.dead_letter_table(store.dead_letters(since // 1_000_000)), total)
+                   transforms.dead_letter_table(store.dead_letters(since)), total)
 
 
-def load_latency(store: SqliteStore, window_s: float, now_ns: int,
+def load_latency(store: Store, window_s: float, now_ns: int,
                  focus: str | None = None) -> Latency:
     """Completed flows' end-to-end latency over time, and the per-hop breakdown (of the
     busiest edges, the focused node's first)."""
@@ -186,14 +185,13 @@ def load_latency(store: SqliteStore, window_s: float, now_ns: int,
                    transforms.hop_breakdown(edges), total)
 
 
-def load_propagation(store: SqliteStore, window_s: float, now_ns: int) -> pd.DataFrame:
+def load_propagation(store: Store, window_s: float, now_ns: int) -> pd.DataFrame:
     """Trace-context share per topic and producer over the window."""
-    now_ms = now_ns // 1_000_000
     return transforms.propagation_table(store.propagation(
-        now_ms - int(window_s * 1000), PROPAGATION_SAMPLE, now_ms))
+        now_ns - int(window_s * 1e9), PROPAGATION_SAMPLE, now_ns))
 
 
-def load_recent_flows(store: SqliteStore, window_s: float, now_ns: int) -> list[FlowRow]:
+def load_recent_flows(store: Store, window_s: float, now_ns: int) -> list[FlowRow]:
     """The newest flows of the window."""
     return store.flows(now_ns - int(window_s * 1e9), now_ns, RECENT_FLOWS)
 
@@ -205,21 +203,22 @@ class FoundFlow:
 
     matches: list[str]
     flow: FlowRow | None
-    hops: list[HopRow]
+    hops: list[Hop]
     dead_letters: pd.DataFrame
     failed_steps: list[FailedStep]
     hops_left_out: int = 0
 
 
-def load_flow(store: SqliteStore, text: str, now_ns: int) -> FoundFlow:
+def load_flow(store: Store, text: str, now_ns: int) -> FoundFlow:
     """The flows a search names, and the first of them with its hops and dead letters."""
     matches = store.find_flows(text)
     found = store.flow_head(matches[0], now_ns, FLOW_HOPS) if matches else None
     if found is None:
         return FoundFlow(matches, None, [], transforms.dead_letter_table([]), [])
     flow, hops, left_out = found
+    dead = flow.status == FlowStatus.DEAD_LETTERED
     return FoundFlow(matches, flow, hops, transforms.dead_letter_table(
-        store.dead_letters(0, 20, flow_id=flow.id) if flow.status == "dead-lettered" else []),
+        store.dead_letters(0, 20, flow_id=flow.id) if dead else []),
         store.failed_steps(flow.id) if flow.errors else [], left_out)
 
 
@@ -234,7 +233,7 @@ def _cached(loader: str, path: str, argument: Hashable, at_tick: int) -> object:
         return LOADERS[loader](store, argument, time.time_ns())  # type: ignore[operator]
 
 
-def load_nodes(store: SqliteStore, window_s: float, now_ns: int) -> list[str]:
+def load_nodes(store: Store, window_s: float, now_ns: int) -> list[str]:
     """The services and topics of the window, for the focus control."""
     return list(store.topology_nodes(now_ns - int(window_s * 1e9)))
 

@@ -11,9 +11,7 @@ from dataclasses import asdict
 
 import pandas as pd
 
-from collectors.flows.histogram import Histogram
-from collectors.record import GroupLag, LagRow
-from collectors.store.interface import (
+from store.contract import (
     DeadLetter,
     EdgeBucket,
     FlowCounts,
@@ -21,6 +19,8 @@ from collectors.store.interface import (
     PropagationRow,
     Topology,
 )
+from store.histogram import Histogram
+from store.records import GroupLag, LagRow
 
 WINDOWS = {"5m": 300, "15m": 900, "1h": 3600, "6h": 6 * 3600, "24h": 24 * 3600}
 DEFAULT_WINDOW = "15m"

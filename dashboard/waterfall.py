@@ -8,10 +8,10 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from collectors.store.interface import HopRow
+from store.records import Hop
 
 
-def build_waterfall(hops: Sequence[HopRow], collapse_after_ms: float = 2000.0,
+def build_waterfall(hops: Sequence[Hop], collapse_after_ms: float = 2000.0,
               collapsed_ms: float = 300.0) -> tuple[pd.DataFrame, list[tuple[float, float]]]:
     """The segments of a flow's waterfall on a display axis (ms from the flow's start) where
     every stretch longer than collapse_after_ms with nothing being produced or processed is
@@ -47,7 +47,7 @@ def build_waterfall(hops: Sequence[HopRow], collapse_after_ms: float = 2000.0,
     return frame[columns], breaks
 
 
-def _hop_label(index: int, hop: HopRow) -> str:
+def _hop_label(index: int, hop: Hop) -> str:
     where = f"{hop.producer_service or '?'} → {hop.topic} → {hop.consumer_service or '…'}"
     attempt = f" (attempt {hop.retry_attempt})" if hop.retry_attempt and hop.retry_attempt > 1 \
         else ""

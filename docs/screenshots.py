@@ -20,8 +20,8 @@ from playwright.sync_api import Page, sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from collectors.store.factory import open_store
-from flowscope.settings import Settings
+from base.settings import Settings
+from store.factory import open_store
 from tests.e2e.browser import CHROMIUM_FLAGS, chromium_path
 
 # (file name, url path); each page is taken once its charts are drawn

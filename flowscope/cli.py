@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import errno
 import json
+import logging
+import os
+import random
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
 
-from flowscope import __version__
-from flowscope.errors import FlowscopeError
+from base.errors import FlowscopeError
+from base.settings import Settings, redact_url
+from collectors.collect import run_collector
+from demo_services.loadgen import LoadPlan, run_load
+from flowscope import __version__, inspect
+from flowscope.demo import run_demo
 from flowscope.infra import jaeger, kafka
-from flowscope.settings import Settings, redact_url
+from flowscope.infra.process import check_ports_free
+from flowscope.scenario import FAILURE_KNOBS, SCENARIOS, DemoOptions
+from flowscope.services import SERVICES, demo_config, run_services
+from store.contract import StoreError
+from store.factory import open_store
 
 
 def _kafka_start(settings: Settings, _: argparse.Namespace) -> int:
@@ -97,8 +112,6 @@ def _jaeger_install(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def _services(settings: Settings, args: argparse.Namespace) -> int:
-    from flowscope.services import SERVICES, run_services  # noqa: PLC0415
-
     names = tuple(args.only.split(",")) if args.only else SERVICES
     unknown = sorted(set(names) - set(SERVICES))
     if unknown:
@@ -108,11 +121,6 @@ def _services(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _loadgen(settings: Settings, args: argparse.Namespace) -> int:
-    import asyncio  # noqa: PLC0415
-
-    from demo_services.loadgen import LoadPlan, run_load  # noqa: PLC0415
-    from flowscope.services import demo_config  # noqa: PLC0415
-
     try:
         plan = LoadPlan(rate=args.rate, duration_s=args.duration, seed=args.seed,
                         transient_failure=args.transient_failure,
@@ -130,14 +138,6 @@ def _loadgen(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _collect(settings: Settings, args: argparse.Namespace) -> int:
-    import asyncio  # noqa: PLC0415
-    import errno  # noqa: PLC0415
-    import logging  # noqa: PLC0415
-    from dataclasses import replace  # noqa: PLC0415
-
-    from collectors.collect import run_collector  # noqa: PLC0415
-    from collectors.store.interface import StoreError  # noqa: PLC0415
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s collect %(levelname)s %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     collector = settings.collect
@@ -176,10 +176,6 @@ def _collect(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _inspect(settings: Settings, args: argparse.Namespace) -> int:
-    from collectors.store.factory import open_store  # noqa: PLC0415
-    from collectors.store.interface import StoreError  # noqa: PLC0415
-    from flowscope import inspect  # noqa: PLC0415
-
     try:
         since = inspect.parse_duration(args.since)
         store = open_store(settings, readonly=True)
@@ -203,7 +199,8 @@ def _inspect(settings: Settings, args: argparse.Namespace) -> int:
                 raise FlowscopeError("inspect", "`inspect flow` needs a correlation or trace id")
             shown = inspect.inspect_flow(store, args.id, args.json)
             if shown is None:
-                raise FlowscopeError("inspect", f"no flow {args.id!r} in {store.path}")
+                raise FlowscopeError("inspect",
+                                     f"no flow {args.id!r} in {settings.collect.store}")
             print(shown)
     finally:
         store.close()
@@ -211,11 +208,6 @@ def _inspect(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _dashboard(settings: Settings, args: argparse.Namespace) -> int:
-    import os  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
-
-    from flowscope.infra.process import check_ports_free  # noqa: PLC0415
-
     address = args.address or settings.dashboard.address
     port = args.port or settings.dashboard.port
     check_ports_free("dashboard", {"http": port},
@@ -238,11 +230,6 @@ def _dashboard(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
-    import random  # noqa: PLC0415
-
-    from flowscope.demo import run_demo  # noqa: PLC0415
-    from flowscope.scenario import FAILURE_KNOBS, DemoOptions  # noqa: PLC0415
-
     failures = tuple((name, getattr(args, name)) for name in FAILURE_KNOBS
                      if getattr(args, name) is not None)
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
@@ -310,7 +297,6 @@ def _add_demo_commands(groups: argparse._SubParsersAction[argparse.ArgumentParse
 
 def _add_demo_stack_command(groups: argparse._SubParsersAction[argparse.ArgumentParser]
                             ) -> None:
-    from flowscope.scenario import SCENARIOS  # noqa: PLC0415
 
     demo = groups.add_parser(
         "demo", help="run the whole stack with demo traffic, until Ctrl-C",

@@ -8,6 +8,7 @@ Jaeger that was already running (or is external) is used and left running.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -22,9 +23,11 @@ from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
 
-from flowscope.errors import FlowscopeError
+from base.errors import FlowscopeError
+from base.settings import LOOPBACK, Settings
+from demo_services.config import DemoConfig
+from demo_services.topics import ensure_topics
 from flowscope.infra import jaeger, kafka, process
 from flowscope.scenario import (
     DemoOptions,
@@ -32,10 +35,7 @@ from flowscope.scenario import (
     plan_steps,
     steady_chunk,
 )
-from flowscope.settings import LOOPBACK, Settings
-
-if TYPE_CHECKING:
-    from demo_services.config import DemoConfig
+from flowscope.services import Supervisor, demo_config
 
 COMPONENT = "demo"
 SETTLE_S = 3.0
@@ -242,8 +242,6 @@ class Demo:
             self.raise_on_signal = False
 
     def _set_up(self) -> None:
-        from flowscope.services import Supervisor, demo_config  # noqa: PLC0415
-
         for old in self.dir.glob("*.log"):
             old.unlink()
         config = demo_config(self.settings)
@@ -301,10 +299,6 @@ class Demo:
             return jaeger.start(self.settings, process.Progress("jaeger"))
 
     def _create_topics(self, config: DemoConfig) -> None:
-        import asyncio  # noqa: PLC0415
-
-        from demo_services.topics import ensure_topics  # noqa: PLC0415
-
         try:
             created = asyncio.run(asyncio.wait_for(ensure_topics(config), 60))
         except Exception as exc:  # a boundary: whatever aiokafka raises, say where and why

@@ -9,7 +9,8 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from collectors.store.interface import FlowRow, HopRow, Store, Topology
+from store.contract import FlowRow, Store, Topology
+from store.records import Hop
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # Senders create services and topics at will: a command prints the busiest edges and a
@@ -91,7 +92,7 @@ def flow_json(flow: FlowRow) -> dict[str, object]:
             "trace_ids": flow.trace_ids}
 
 
-def hop_json(hop: HopRow) -> dict[str, object]:
+def hop_json(hop: Hop) -> dict[str, object]:
     """One hop with its timings."""
     return {"topic": hop.topic, "partition": hop.partition, "offset": hop.offset,
             "producer": hop.producer_service, "consumer": hop.consumer_service,
@@ -229,8 +230,8 @@ def inspect_lag(store: Store, group: str | None, as_json: bool) -> str:
 
 def inspect_propagation(store: Store, since_s: float, as_json: bool) -> str:
     """Per topic and producer: messages, those with a valid traceparent, and the share."""
-    now_ms = int(time.time() * 1000)
-    rows = store.propagation(now_ms - int(since_s * 1000), PROPAGATION_SAMPLE, now_ms=now_ms)
+    now = time.time_ns()
+    rows = store.propagation(now - int(since_s * 1e9), PROPAGATION_SAMPLE, now_ns=now)
     if as_json:
         return json.dumps({"sample": PROPAGATION_SAMPLE, "topics": [
             {"topic": r.topic, "producer": r.producer, "messages": r.messages,

@@ -21,11 +21,11 @@ import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from base.errors import FlowscopeError
+from base.settings import Settings
 from demo_services.config import ConfigError, DemoConfig
 from demo_services.topics import ensure_topics
-from flowscope.errors import FlowscopeError
 from flowscope.infra import process
-from flowscope.settings import Settings
 
 COMPONENT = "services"
 SERVICES = ("webhook", "uploads", "processor", "notifier", "orders", "payments", "inventory",

@@ -9,9 +9,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from collectors.record import GroupLag, LagRow, MessageRecord, SpanRecord
-from collectors.store.factory import open_store
-from flowscope.settings import Settings
+from base.settings import Settings
+from store.records import GroupLag, LagRow, MessageRecord, SpanRecord
+from tests.store_writer import open_settings_store
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 COMPLETED = ("upload-1", "upload-2", "upload-3")
@@ -82,7 +82,7 @@ def seed_store(path: Path, settings: Settings) -> Seeded:
     writer.hop(SLOW, slow_trace, "processor", "files.uploaded.retry", "processor",
                at_s=RETRY_WAIT_S + 59, queue_ms=RETRY_WAIT_S * 1000.0, attempt=2)
     writer.hop(SLOW, slow_trace, "processor", "files.notified", "notifier", at_s=58)
-    store = open_store(settings)
+    store = open_settings_store(settings)
     try:
         store.write_spans(writer.spans)
         now_s = now_ns / 1e9

@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from collectors.flows.assembler import COMPLETED, DEAD_LETTERED
-from collectors.flows.histogram import MAX_INDEX, Histogram
-from collectors.store.factory import open_store
-from flowscope.settings import Settings
+from base.settings import Settings
+from store.factory import open_store
+from store.histogram import MAX_INDEX, Histogram
+from store.vocabulary import FlowFlag
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 EXTREME_TIMES = (INT64_MIN, 0, INT64_MAX)
@@ -151,12 +151,13 @@ def _flow_rows(now_ns: int, hops: int) -> list[tuple[object, ...]]:
         (LONG_FLOW, now_ns - (hops + PENDING_SENDS + 1) * HOP_GAP_S * 1_000_000_000, now_ns,
          hops, hops // 3, hops // 1000, 0, json.dumps(["consumer-svc", "producer-svc"]),
          json.dumps([f"long.topic-{i}" for i in range(40)]), json.dumps(["ab" * 16])),
-        (EXTREME_FLOW, INT64_MIN, INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX, DEAD_LETTERED,
-         names, json.dumps([*HOSTILE_NAMES, DEAD_TOPIC]), json.dumps(["cd" * 16, SCRIPT]))]
+        (EXTREME_FLOW, INT64_MIN, INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX,
+         FlowFlag.DEAD_LETTERED, names, json.dumps([*HOSTILE_NAMES, DEAD_TOPIC]),
+         json.dumps(["cd" * 16, SCRIPT]))]
     for index, name in enumerate(HOSTILE_NAMES):
         for at in EXTREME_TIMES:
-            rows.append((f"{name}#{at}", at, at, 0, 0, 1, index % 2 * COMPLETED, names, names,
-                         json.dumps([name, "ef" * 16])))
+            rows.append((f"{name}#{at}", at, at, 0, 0, 1, index % 2 * FlowFlag.COMPLETED, names,
+                         names, json.dumps([name, "ef" * 16])))
         rows.append((name, now_ns - 1_000_000_000, now_ns, 1, 0, 0, 0, names, names, names))
     return rows
 
@@ -186,7 +187,7 @@ def build_extreme_store(path: Path, settings: Settings, *, edges: int = 5000,
     now_s = now_ns // 1_000_000_000
     store = open_store(settings)
     try:
-        db = store.db
+        db = store.db  # type: ignore[attr-defined]  # seeded as the SQLite backend lays rows out
         spans, hop_rows, messages = _long_flow(now_ns, hops)
         flows = _flow_rows(now_ns, hops)
         edge_rows = _edge_rows(edges, buckets, now_s)

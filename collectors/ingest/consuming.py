@@ -20,8 +20,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from collectors.ingest.pipeline import Pipeline
-from collectors.store.interface import StoreUnavailable
 from collectors.supervise import Health
+from store.contract import StoreUnavailable
 
 log = logging.getLogger(__name__)
 Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]

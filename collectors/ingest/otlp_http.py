@@ -25,8 +25,9 @@ from collectors.ingest.decode import BadPayload, decode_request, decompress, is_
 from collectors.ingest.pipeline import Pipeline
 from collectors.metrics import render_prometheus
 from collectors.normalize import NormalizeReport, count_spans
-from collectors.store.interface import StoreUnavailable, WriteResult
-from collectors.supervise import Health, State
+from collectors.supervise import Health
+from store.contract import StoreUnavailable, WriteResult
+from store.vocabulary import ComponentState
 
 log = logging.getLogger(__name__)
 COMPONENT = "otlp_http"
@@ -115,7 +116,7 @@ class Receiver:
     async def health_report(self, _: web.Request) -> web.Response:
         """GET /health: every component's state; 503 while one is down."""
         return web.json_response(self.health.snapshot(),
-                                 status=503 if self.health.status == State.DOWN else 200)
+                                 status=503 if self.health.status == ComponentState.DOWN else 200)
 
     async def metrics(self, _: web.Request) -> web.Response:
         """GET /metrics: lag, counters and component states in the Prometheus text format."""

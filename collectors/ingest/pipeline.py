@@ -15,11 +15,12 @@ from typing import TypeVar
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from base.settings import IngestLimits
+from collectors.flows.writer import FlowWriter
 from collectors.forward import JaegerForwarder
 from collectors.normalize import NormalizeReport, normalize_request
-from collectors.record import MessageRecord
-from collectors.store.interface import Store, WriteResult
-from flowscope.settings import IngestLimits
+from store.contract import Store, WriteResult
+from store.records import MessageRecord
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -32,7 +33,7 @@ WRITE_CHUNK = 2000  # spans per write: a large request never holds the writer fo
 class Pipeline:
     """Everything between a decoded export request and the store."""
 
-    store: Store
+    writer: FlowWriter
     forwarder: JaegerForwarder | None = None
     limits: IngestLimits = field(default_factory=IngestLimits)
     counters: Counter[str] = field(default_factory=Counter)
@@ -49,7 +50,7 @@ class Pipeline:
         written = duplicates = hops = 0
         try:
             for start in range(0, len(records), WRITE_CHUNK):
-                result = await self.exclusive(self.store.write_spans,
+                result = await self.exclusive(self.writer.write_spans,
                                               records[start:start + WRITE_CHUNK])
                 written += result.written
                 duplicates += result.duplicates
@@ -66,9 +67,14 @@ class Pipeline:
 
     async def write_messages(self, records: list[MessageRecord]) -> None:
         """Store what the message tap saw."""
-        new = await self.exclusive(self.store.write_messages, records)
+        new = await self.exclusive(self.writer.write_messages, records)
         self.counters["messages_tapped"] += new
         self.counters["messages_truncated"] += sum(r.truncated for r in records)
+
+    @property
+    def store(self) -> Store:
+        """The store the pipeline writes to."""
+        return self.writer.store
 
     async def exclusive(self, work: Callable[..., T], *args: object) -> T:
         """Run work(*args) in a worker thread while no write is in progress."""

@@ -17,8 +17,8 @@ from collectors.ingest import headers as hdr
 from collectors.ingest.consuming import Batch, consume_until_stopped
 from collectors.ingest.pipeline import Pipeline
 from collectors.normalize import as_count
-from collectors.record import INT64_MAX, INT64_MIN, MessageRecord
 from collectors.supervise import Health
+from store.records import INT64_MAX, INT64_MIN, MessageRecord
 
 log = logging.getLogger(__name__)
 TAP_GROUP = "flowscope-tap"

@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 from collectors.lag.offsets import compute_lag
 from collectors.lag.status import Observation, PartitionWindow, Trend, group_status, trend
 from collectors.lag.timelag import EndOffsetTable, lag_seconds
-from collectors.record import GroupLag, LagRow
+from store.records import GroupLag, LagRow
 
 log = logging.getLogger(__name__)
 RETRIES = 3

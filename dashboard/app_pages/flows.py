@@ -7,8 +7,8 @@ import re
 import pandas as pd
 import streamlit as st
 
-from collectors.store.interface import FlowRow
 from dashboard import charts, controls, queries, transforms, waterfall
+from store.contract import FlowRow
 
 st.title("Flow explorer")
 st.text_input("Search", key="flow", bind="query-params",

@@ -16,9 +16,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from flowscope.errors import FlowscopeError
+from base.errors import FlowscopeError
+from base.settings import LOOPBACK, JaegerSettings, Settings
 from flowscope.infra import process
-from flowscope.settings import LOOPBACK, JaegerSettings, Settings
 
 COMPONENT = "jaeger"
 MODULE = "github.com/jaegertracing/jaeger"

@@ -17,9 +17,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from flowscope.errors import FlowscopeError
+from base.errors import FlowscopeError
+from base.settings import LOOPBACK, Settings
 from flowscope.infra import process
-from flowscope.settings import LOOPBACK, Settings
 
 COMPONENT = "kafka"
 MAIN_CLASS = "kafka.Kafka"

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
-from flowscope.errors import FlowscopeError
+from base.errors import FlowscopeError
 
 
 class Progress:

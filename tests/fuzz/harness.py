@@ -37,15 +37,15 @@ from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from collectors.flows.assembler import FlowRules
+from base.settings import IngestLimits
 from collectors.ingest import kafka_spans
 from collectors.ingest.otlp_http import build_app
 from collectors.ingest.pipeline import Pipeline
 from collectors.ingest.tap import tap_record
-from collectors.store.sqlite import SqliteStore
 from collectors.supervise import Health
 from flowscope import inspect
-from flowscope.settings import IngestLimits
+from store.vocabulary import FlowRules
+from tests.store_writer import WritableStore, open_writable
 
 RULES = FlowRules(("*done",), ("*.dlq",), ("*cancelled",), 60)
 MAX_BODY = 1 << 20
@@ -335,8 +335,8 @@ async def run(inputs: int, seed: int, seconds: float, store_dir: Path,
     """Fuzz every target with `inputs` inputs in all (or until `seconds` pass)."""
     rng = random.Random(seed)
     findings = Findings()
-    store = SqliteStore(store_dir / "fuzz.db", RULES)
-    pipeline = Pipeline(store, None, IngestLimits(max_spans_per_request=5000))
+    store = open_writable(store_dir / "fuzz.db", RULES)
+    pipeline = Pipeline(store.writer, None, IngestLimits(max_spans_per_request=5000))
     errors = ErrorLog()
     for name in ("aiohttp", "collectors"):
         logging.getLogger(name).addHandler(errors)
@@ -415,7 +415,7 @@ async def _tap(pipeline: Pipeline, rng: random.Random, offset: int, findings: Fi
     findings.timed("tap", f"batch of {len(messages)} messages", started)
 
 
-def _readers(store: SqliteStore, rng: random.Random, findings: Findings) -> None:
+def _readers(store: WritableStore, rng: random.Random, findings: Findings) -> None:
     """Every reader and inspect command over what the inputs left in the store."""
     now = time.time_ns()
     flows = store.flows(-(2**63), now, limit=200)

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from base.settings import Settings
 from flowscope.infra import jaeger, kafka
 from flowscope.infra.jaeger import JaegerStatus
-from flowscope.settings import Settings
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

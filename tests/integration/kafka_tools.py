@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from base.settings import Settings
 from collectors.lag.offsets import compute_lag
 from flowscope.infra import kafka
-from flowscope.settings import Settings
 
 CONSUMER_GROUP_COMMAND = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"
 

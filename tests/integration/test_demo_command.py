@@ -20,12 +20,12 @@ from typing import IO, Any
 
 import pytest
 
-from collectors.store.factory import open_store
+from base.settings import Settings
 from demo_services import topics
 from flowscope.demo import LOCK_MARKER
 from flowscope.infra import kafka, process
 from flowscope.infra.jaeger import JaegerStatus
-from flowscope.settings import Settings
+from store.factory import open_store
 from tests.integration.conftest import run_flowscope
 from tests.integration.demo_stack import free_ports
 from tests.integration.jaeger_api import fetch_spans_v3

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from base.settings import Settings
 from flowscope.infra.jaeger import JaegerStatus
-from flowscope.settings import Settings
 from tests.integration.collector_process import Collector
 from tests.integration.conftest import create_topic
 from tests.integration.kafka_tools import commit_offsets, describe_group, produce_to_partitions

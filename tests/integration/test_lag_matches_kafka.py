@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiokafka import TopicPartition
 
-from flowscope.settings import Settings
+from base.settings import Settings
 from tests.integration.conftest import create_topic
 from tests.integration.kafka_tools import (
     commit_offsets,

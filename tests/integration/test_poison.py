@@ -14,10 +14,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from base.settings import Settings
 from collectors.collect import run_collector
 from collectors.ingest import tap
 from flowscope.infra.jaeger import JaegerStatus
-from flowscope.settings import Settings
 from tests.integration.collector_process import Collector, get_json
 from tests.integration.demo_stack import free_port
 from tests.otlp_factory import new_span_id, new_trace_id, request, span

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from collectors.store.interface import ComponentRow
-from collectors.store.sqlite import SqliteStore
 from collectors.supervise import Health
 from dashboard.collector_health import STALE_S, collector_notes
+from store.contract import ComponentRow
+from tests.store_writer import open_writable
 from tests.unit.test_dashboard_pages import APP, PAGES
 from tests.unit.test_hostile_input import RULES
 
@@ -55,8 +55,8 @@ def test_every_page_shows_a_component_that_is_down(page: str, tmp_path: Path,
     health = Health()
     health.ok("spans_topic")
     health.down("tap", "RuntimeError: <b>boom</b> **x**")
-    store = SqliteStore(path, RULES)
-    store.write_health(health.snapshot(), time.time())
+    store = open_writable(path, RULES)
+    store.write_health(health.snapshot(), time.time_ns())
     store.close()
     app = AppTest.from_file(APP, default_timeout=60)
     app.switch_page(page)
@@ -84,12 +84,12 @@ def test_inspect_health_lists_components_and_the_age_of_the_report(tmp_path: Pat
 
     from flowscope.inspect import inspect_health  # noqa: PLC0415
 
-    store = SqliteStore(tmp_path / "s.db", RULES)
+    store = open_writable(tmp_path / "s.db", RULES)
     assert "no health report" in inspect_health(store, False)
     health = Health()
     health.down("tap", "RuntimeError: boom")
     health.ok("spans_topic")
-    store.write_health(health.snapshot(), NOW)
+    store.write_health(health.snapshot(), int(NOW * 1e9))
     text = inspect_health(store, False, now_s=NOW + 5)
     assert "tap" in text
     assert "RuntimeError: boom" in text

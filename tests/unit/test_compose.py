@@ -23,23 +23,23 @@ import pytest
 import yaml
 from opentelemetry.sdk import environment_variables as otel_sdk_variables
 
-from demo_services.config import ConfigError, DemoConfig
-from flowscope.cli import build_parser
-from flowscope.errors import SettingsError
-from flowscope.settings import (
+from base.errors import SettingsError
+from base.settings import (
     CollectorSettings,
     DashboardSettings,
     JaegerSettings,
     KafkaSettings,
     Settings,
 )
+from demo_services.config import ConfigError, DemoConfig
+from flowscope.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 PROJECT_SERVICES = ("collector", "services", "loadgen", "dashboard")
 IMAGES = {"kafka": r"apache/kafka:4\.\d+\.\d+", "jaeger": r"jaegertracing/jaeger:2\.\d+\.\d+"}
-SOURCE_DIRS = ("flowscope", "collectors", "demo_services", "dashboard")
+SOURCE_DIRS = ("base", "store", "flowscope", "collectors", "demo_services", "dashboard")
 VARIABLE = re.compile(r"^(FLOWSCOPE|KAFKA|OTEL)_[A-Z0-9_]*[A-Z0-9]$")
 LOOPBACK = "127.0.0.1"
 ANY_ADDRESS = "0.0.0.0"

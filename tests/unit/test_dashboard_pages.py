@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from collectors.store.factory import open_store
-from flowscope.settings import Settings
+from base.settings import Settings
+from store.factory import open_store
 from tests.dashboard_seed import COMPLETED, DEAD, DEAD_KEY, HOSTILE, SLOW, Seeded, seed_store
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")

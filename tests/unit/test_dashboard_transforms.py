@@ -7,17 +7,16 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from collectors.flows.histogram import Histogram
-from collectors.record import GroupLag, LagRow
-from collectors.store.interface import (
+from dashboard import charts, layout, transforms, waterfall
+from store.contract import (
     EdgeBucket,
     EdgeRow,
     FlowCounts,
-    HopRow,
     LatencyBucket,
     Topology,
 )
-from dashboard import charts, layout, transforms, waterfall
+from store.histogram import Histogram
+from store.records import GroupLag, Hop, LagRow
 
 MS = 1_000_000
 
@@ -115,11 +114,11 @@ def test_catch_up_text_says_what_will_happen(group: GroupLag, words: str) -> Non
     assert words in transforms.catch_up_text(group)
 
 
-def _hop(topic: str, start_ms: float, wait_ms: float, work_ms: float = 10.0) -> HopRow:
+def _hop(topic: str, start_ms: float, wait_ms: float, work_ms: float = 10.0) -> Hop:
     start = int(start_ms * MS)
     produced = start + 2 * MS
     consumed = produced + int(wait_ms * MS)
-    return HopRow(topic, 0, 0, "a", "b", "g", start, produced, consumed,
+    return Hop(topic, 0, 0, "a", "b", "g", start, produced, consumed,
                   consumed + int(work_ms * MS), None, False, "t" * 32)
 
 

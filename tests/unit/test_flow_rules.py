@@ -1,13 +1,9 @@
 import pytest
 
-from collectors.flows.assembler import (
-    COMPENSATED,
-    COMPLETED,
-    DEAD_LETTERED,
-    FlowRules,
-    bucket_start,
-    flow_status,
-)
+from store.vocabulary import FlowFlag, FlowRules, FlowStatus, bucket_start
+
+COMPLETED, COMPENSATED, DEAD_LETTERED = (FlowFlag.COMPLETED, FlowFlag.COMPENSATED,
+                                         FlowFlag.DEAD_LETTERED)
 
 RULES = FlowRules(completed=("*files.notified", "*orders.completed"),
                   dead_letter=("*.dlq", "*.DLT"), compensated=("*orders.cancelled",),
@@ -25,11 +21,12 @@ def test_flag_of_topic_follows_patterns(topic: str | None, flag: int) -> None:
 
 def test_dead_letter_wins_over_completion_and_stuck_needs_silence() -> None:
     second = 1_000_000_000
-    assert flow_status(DEAD_LETTERED | COMPLETED, 0, 0, 0, 300) == "dead-lettered"
-    assert flow_status(COMPENSATED | COMPLETED, 0, 0, 0, 300) == "compensated"
-    assert flow_status(0, 2, 0, 10 * second, 300) == "failed"
-    assert flow_status(0, 0, 0, 299 * second, 300) == "in flight"
-    assert flow_status(0, 0, 0, 301 * second, 300) == "stuck"
+    assert RULES.status(DEAD_LETTERED | COMPLETED, 0, 0, 0) == FlowStatus.DEAD_LETTERED
+    assert RULES.status(COMPENSATED | COMPLETED, 0, 0, 0) == FlowStatus.COMPENSATED
+    assert RULES.status(0, 2, 0, 10 * second) == FlowStatus.FAILED
+    assert RULES.status(0, 0, 0, 299 * second) == FlowStatus.IN_FLIGHT
+    assert RULES.status(0, 0, 0, 301 * second) == FlowStatus.STUCK
+    assert FlowStatus.DEAD_LETTERED == "dead-lettered"  # the text the store and JSON carry
 
 
 def test_bucket_start_floors_to_the_bucket() -> None:

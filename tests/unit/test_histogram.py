@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from collectors.flows.histogram import Histogram, bucket_of, bucket_upper_ms
+from store.histogram import Histogram, bucket_of, bucket_upper_ms
 
 
 def test_percentiles_are_within_one_bucket_of_the_exact_value() -> None:

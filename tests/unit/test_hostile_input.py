@@ -15,16 +15,16 @@ import pytest
 from aiokafka import ConsumerRecord
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from collectors.flows.assembler import FlowRules
+from base.errors import SettingsError
+from base.settings import IngestLimits, Settings
 from collectors.ingest.decode import BadPayload, decode_request, decompress, is_json
 from collectors.ingest.tap import tap_record
 from collectors.normalize import MAX_TEXT, NormalizeReport, as_int64, normalize_request
-from collectors.record import INT64_MAX
-from collectors.store.interface import StoreError, StoreUnavailable
-from collectors.store.sqlite import SqliteStore
-from flowscope.errors import SettingsError
-from flowscope.settings import IngestLimits, Settings
+from store.contract import StoreError, StoreUnavailable
+from store.records import INT64_MAX
+from store.vocabulary import FlowRules
 from tests.otlp_factory import BASE_NS, new_span_id, new_trace_id, request, span
+from tests.store_writer import open_writable
 
 RULES = FlowRules(completed=("*done",), dead_letter=("*.dlq",), compensated=("*cancelled",),
                   stuck_after_s=60)
@@ -148,7 +148,7 @@ def test_settings_refuse_infinite_and_nan_values() -> None:
 
 
 def test_a_failed_write_adopts_no_flow(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "s.db", RULES)
+    store = open_writable(tmp_path / "s.db", RULES)
     trace = new_trace_id()
     store.write_spans(list(normalize_request(request({"web": [
         span(name="POST /x", kind="server", trace_id=trace, error=True)]}), NormalizeReport())))
@@ -168,8 +168,8 @@ def test_a_failed_write_adopts_no_flow(tmp_path: Path) -> None:
 
 def test_a_store_path_with_uri_characters_opens_that_file_read_only(tmp_path: Path) -> None:
     path = tmp_path / "a#b?mode=rw.db"
-    SqliteStore(path, RULES).close()
-    reader = SqliteStore(path, RULES, readonly=True)
+    open_writable(path, RULES).close()
+    reader = open_writable(path, RULES, readonly=True)
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         reader.db.execute("INSERT INTO counters VALUES ('x', 1)")
     reader.close()
@@ -180,15 +180,15 @@ def test_the_collector_refuses_a_corrupt_or_foreign_file(tmp_path: Path) -> None
     corrupt = tmp_path / "corrupt.db"
     corrupt.write_bytes(os.urandom(8192))
     with pytest.raises(StoreError, match="Flowscope store: file is not a database"):
-        SqliteStore(corrupt, RULES)
+        open_writable(corrupt, RULES)
     with pytest.raises(StoreError, match="Flowscope store: file is not a database"):
-        SqliteStore(corrupt, RULES, readonly=True)
+        open_writable(corrupt, RULES, readonly=True)
     foreign = tmp_path / "foreign.db"
     db = sqlite3.connect(foreign)
     db.executescript("CREATE TABLE orders (id INTEGER); CREATE INDEX flows_by_last ON orders(id)")
     db.close()
     with pytest.raises(StoreError, match="another database"):
-        SqliteStore(foreign, RULES)
+        open_writable(foreign, RULES)
     db = sqlite3.connect(foreign)
     assert db.execute("SELECT name FROM sqlite_master WHERE type='index'").fetchall() == [
         ("flows_by_last",)]
@@ -197,11 +197,11 @@ def test_the_collector_refuses_a_corrupt_or_foreign_file(tmp_path: Path) -> None
 
 
 def test_a_read_only_store_file_is_unavailable_not_a_bad_record(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "s.db", RULES)
+    store = open_writable(tmp_path / "s.db", RULES)
     store.add_counters({"x": 1})
     store.close()
     # A second connection that may not write: what a full or read-only disk looks like.
-    store = SqliteStore(tmp_path / "s.db", RULES)
+    store = open_writable(tmp_path / "s.db", RULES)
     store.db.execute("PRAGMA query_only = 1")
     with pytest.raises(StoreUnavailable, match=r"s\.db"):
         store.add_counters({"x": 1})
@@ -215,7 +215,7 @@ def test_a_read_only_store_file_is_unavailable_not_a_bad_record(tmp_path: Path) 
 
 
 def test_credentials_in_a_jaeger_url_stay_out_of_log_lines() -> None:
-    from flowscope.settings import redact_url  # noqa: PLC0415
+    from base.settings import redact_url  # noqa: PLC0415
 
     assert redact_url("https://user:secret@jaeger.example:4318/v1/traces") == \
         "https://***@jaeger.example:4318/v1/traces"

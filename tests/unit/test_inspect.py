@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from collectors.store.factory import open_store
+from base.settings import Settings
 from flowscope import inspect
-from flowscope.settings import Settings
+from store.factory import open_store
 from tests.dashboard_seed import COMPLETED, DEAD, seed_store
 
 

@@ -1,7 +1,7 @@
 import json
 
+from base.settings import Settings
 from flowscope.infra.jaeger import render_config
-from flowscope.settings import Settings
 
 
 def _endpoints(node: object) -> list[str]:

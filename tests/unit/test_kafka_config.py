@@ -3,13 +3,13 @@ from pathlib import Path
 
 import pytest
 
+from base.settings import Settings
 from flowscope.infra.kafka import (
     new_cluster_id,
     parse_java_major,
     render_pom,
     render_server_properties,
 )
-from flowscope.settings import Settings
 
 
 @pytest.mark.parametrize(("output", "major"), [

@@ -1,5 +1,5 @@
 from collectors.metrics import render_prometheus
-from collectors.record import GroupLag, LagRow
+from store.records import GroupLag, LagRow
 
 
 def test_prometheus_text_has_every_family_and_escapes_labels() -> None:

@@ -1,5 +1,5 @@
 from collectors.normalize import NormalizeReport, normalize_request
-from collectors.record import SpanRecord
+from store.records import SpanRecord
 from tests.otlp_factory import new_span_id, new_trace_id, request, span
 
 

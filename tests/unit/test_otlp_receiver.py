@@ -12,19 +12,20 @@ from pathlib import Path
 import pytest
 from aiohttp import ClientSession, web
 
-from collectors.flows.assembler import FlowRules
+from base.settings import IngestLimits
 from collectors.ingest.otlp_http import build_app
 from collectors.ingest.pipeline import Pipeline
-from collectors.store.sqlite import SqliteStore
 from collectors.supervise import Health
-from flowscope.settings import IngestLimits
+from store.vocabulary import FlowRules
 from tests.otlp_factory import request, span
+from tests.store_writer import open_writable
 
 
 @pytest.fixture
 async def receiver(tmp_path: Path) -> AsyncIterator[tuple[str, Pipeline, Health]]:
-    store = SqliteStore(tmp_path / "s.db", FlowRules((), (), (), 60))
-    pipeline = Pipeline(store, None, IngestLimits(max_spans_per_request=50, body_timeout_s=1))
+    store = open_writable(tmp_path / "s.db", FlowRules((), (), (), 60))
+    pipeline = Pipeline(store.writer, None,
+                        IngestLimits(max_spans_per_request=50, body_timeout_s=1))
     health = Health()
     runner = web.AppRunner(build_app(pipeline, health, 1 << 20))
     await runner.setup()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from flowscope.errors import FlowscopeError
+from base.errors import FlowscopeError
 from flowscope.infra import process
 
 

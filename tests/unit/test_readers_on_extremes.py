@@ -17,12 +17,11 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from collectors.store.factory import open_store
-from collectors.store.interface import HopRow
-from collectors.store.sqlite import SqliteStore
+from base.settings import Settings
 from dashboard import charts, queries, transforms, waterfall
 from flowscope import inspect
-from flowscope.settings import Settings
+from store.factory import open_store
+from store.records import Hop
 from tests.extreme_store import (
     BOLD,
     EXTREME_FLOW,
@@ -33,6 +32,7 @@ from tests.extreme_store import (
     Extreme,
     build_extreme_store,
 )
+from tests.store_writer import WritableStore
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
 PAGES = ["app_pages/flow_map.py", "app_pages/lag.py", "app_pages/retries.py",
@@ -64,7 +64,7 @@ def store_env(extreme: Extreme, monkeypatch: pytest.MonkeyPatch) -> Extreme:
 
 
 @pytest.fixture
-def store(store_env: Extreme) -> Iterator[SqliteStore]:
+def store(store_env: Extreme) -> Iterator[WritableStore]:
     opened = open_store(Settings.from_env(), readonly=True)
     yield opened
     opened.close()
@@ -152,7 +152,7 @@ def test_a_search_for_any_text_renders_in_time_as_text(store_env: Extreme, searc
 
 
 def test_flow_map_keeps_the_busiest_edges_and_says_how_many_it_left_out(
-        store_env: Extreme, store: SqliteStore) -> None:
+        store_env: Extreme, store: WritableStore) -> None:
     app, _ = _run(PAGES[0])
     left_out = store_env.edges - queries.MAP_EDGES
     assert (f"{queries.MAP_EDGES} edges of {store_env.edges:,} shown (the busiest); "
@@ -223,7 +223,7 @@ def _strict(constant: str) -> object:
 
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
 @pytest.mark.parametrize("command", list(COMMANDS))
-def test_every_inspect_command_renders_the_extremes(store: SqliteStore, command: str,
+def test_every_inspect_command_renders_the_extremes(store: WritableStore, command: str,
                                                     as_json: bool) -> None:
     started = time.perf_counter()
     shown = COMMANDS[command](store, as_json)
@@ -236,7 +236,7 @@ def test_every_inspect_command_renders_the_extremes(store: SqliteStore, command:
     assert max(len(line) for line in shown.splitlines()) < 12 * inspect.CELL_LIMIT
 
 
-def test_inspect_says_how_many_edges_and_hops_it_left_out(store: SqliteStore,
+def test_inspect_says_how_many_edges_and_hops_it_left_out(store: WritableStore,
                                                           extreme: Extreme) -> None:
     rows, left_out = extreme.long_flow_rows, extreme.long_flow_rows - inspect.HOPS_SHOWN
     topology = inspect.inspect_topology(store, 900, False)
@@ -254,7 +254,7 @@ def test_inspect_says_how_many_edges_and_hops_it_left_out(store: SqliteStore,
 
 
 @pytest.mark.parametrize("limit", [1, 49, 500, 10_099, 10_100, 20_000])
-def test_a_flows_first_hops_are_the_head_of_all_its_hops(store: SqliteStore,
+def test_a_flows_first_hops_are_the_head_of_all_its_hops(store: WritableStore,
                                                          limit: int) -> None:
     now = time.time_ns()
     full = store.flow(LONG_FLOW, now)
@@ -266,7 +266,7 @@ def test_a_flows_first_hops_are_the_head_of_all_its_hops(store: SqliteStore,
 
 
 def test_busiest_edges_rank_by_messages_or_by_retries_and_count_every_edge(
-        store: SqliteStore, extreme: Extreme) -> None:
+        store: WritableStore, extreme: Extreme) -> None:
     since = extreme.now_ns - 900 * 10**9
     every = store.topology(since).edges
     for by, weight in (("count", lambda e: (e.count,)),
@@ -278,7 +278,7 @@ def test_busiest_edges_rank_by_messages_or_by_retries_and_count_every_edge(
         assert set(topology.nodes) == {n for e in topology.edges for n in (e.source, e.target)}
 
 
-def test_find_flows_never_raises_on_any_text(store: SqliteStore) -> None:
+def test_find_flows_never_raises_on_any_text(store: WritableStore) -> None:
     for text in [*SEARCHES, "\ud800", "topic.0.1", "topic.99999999999.1", " " * 10_000]:
         assert isinstance(store.find_flows(text), list)
 
@@ -306,8 +306,8 @@ def test_text_is_cut_with_a_mark_and_escaped_after_cutting() -> None:
     assert frame["open"][0] == LONG
 
 
-def _hop(start: int, end: int) -> HopRow:
-    return HopRow("t", 0, 0, "a", "b", "g", start, start, end, end, None, False, "t" * 32)
+def _hop(start: int, end: int) -> Hop:
+    return Hop("t", 0, 0, "a", "b", "g", start, start, end, end, None, False, "t" * 32)
 
 
 def test_waterfall_of_times_at_int64s_ends_has_true_lengths() -> None:

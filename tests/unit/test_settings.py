@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from flowscope.errors import SettingsError
-from flowscope.settings import Settings
+from base.errors import SettingsError
+from base.settings import Settings
 
 
 def test_settings_defaults_bind_loopback_and_standard_kafka_port() -> None:

@@ -1,30 +1,50 @@
-"""The store contract: every backend must pass these (SQLite is the embedded one)."""
+"""The store contract: every backend must pass these, with the collector's write path (flow
+derivation) on top. A backend is one line of BACKENDS: where its store is, for a test's own
+directory. Tests of one backend alone are in a file of their own (test_sqlite_store.py)."""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from collectors.flows.assembler import FlowRules
 from collectors.normalize import NormalizeReport, normalize_request
-from collectors.record import MessageRecord, SpanRecord
-from collectors.store.interface import Store, StoreError
-from collectors.store.sqlite import SqliteStore
+from store.contract import Store
+from store.records import GroupLag, LagRow, MessageRecord, SpanRecord
+from store.vocabulary import NS_PER_MS, FlowRules, FlowStatus, GroupStatus, PartitionStatus
 from tests.otlp_factory import BASE_NS, new_span_id, new_trace_id, request, span
+from tests.store_writer import WritableStore, open_writable
 
 RULES = FlowRules(completed=("*done",), dead_letter=("*.dlq",), compensated=("*cancelled",),
                   stuck_after_s=60)
 NOW = BASE_NS + 10_000_000_000  # 10 s after the spans
 
 
-@pytest.fixture(params=["sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    backend = SqliteStore(tmp_path / "store.db", RULES)
-    yield backend
-    backend.close()
+BACKENDS: dict[str, Callable[[Path], Path | str]] = {
+    "sqlite": lambda directory: directory / "store.db",
+}
+Opener = Callable[..., WritableStore]
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens this test's store of the backend (options: retention, readonly, ...)."""
+    location = BACKENDS[request.param](tmp_path)
+    opened: list[WritableStore] = []
+
+    def open_(**options: object) -> WritableStore:
+        opened.append(open_writable(location, RULES, **options))
+        return opened[-1]
+
+    yield open_
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(open_store: Opener) -> WritableStore:
+    return open_store()
 
 
 def _records(service: str, *spans: object) -> list[SpanRecord]:
@@ -186,35 +206,21 @@ def test_counters_add_up(store: Store) -> None:
     assert store.counters() == {"rejected_bodies": 5}
 
 
-def test_retention_deletes_raw_rows_but_keeps_aggregates(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "r.db", RULES, raw_retention_s=60,
-                        aggregate_retention_s=86400)
+def test_retention_deletes_raw_rows_but_keeps_aggregates(open_store: Opener) -> None:
+    store = open_store(raw_retention_s=60, aggregate_retention_s=86400)
     trace, producer = new_trace_id(), new_span_id()
     store.write_spans(_records("a", _send("t", trace=trace, span_id=producer)) +
                       _records("b", _process("t", trace=trace, parent=producer)))
     assert store.apply_retention(BASE_NS + 3600 * 10**9) >= 4
     assert store.flow("flow-1", NOW) is None
     assert _edges(store) == {("a", "t"): (1, 0, 0), ("t", "b"): (1, 0, 0)}
-    store.close()
 
 
-def test_a_reader_in_another_connection_sees_committed_writes(tmp_path: Path) -> None:
-    writer = SqliteStore(tmp_path / "s.db", RULES)
-    reader = SqliteStore(tmp_path / "s.db", RULES, readonly=True)
+def test_a_reader_in_another_connection_sees_committed_writes(open_store: Opener) -> None:
+    writer = open_store()
+    reader = open_store(readonly=True)
     writer.write_spans(_records("a", _send("t", trace=new_trace_id())))
     assert [e.source for e in reader.topology(BASE_NS - 10**12).edges] == ["a"]
-    writer.close()
-    reader.close()
-
-
-def test_opening_a_missing_or_foreign_store_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match="no store at"):
-        SqliteStore(tmp_path / "missing.db", RULES, readonly=True)
-    foreign = tmp_path / "foreign.db"
-    sqlite3.connect(foreign).execute("CREATE TABLE meta (key TEXT, value TEXT)").connection \
-        .commit()
-    with pytest.raises(StoreError, match="schema version none"):
-        SqliteStore(foreign, RULES, readonly=True)
 
 
 def test_spans_without_correlation_join_their_traces_flow_in_any_order(store: Store) -> None:
@@ -232,13 +238,14 @@ def test_spans_without_correlation_join_their_traces_flow_in_any_order(store: St
 
 
 def test_lag_polls_keep_the_latest_figures_and_the_history(store: Store) -> None:
-    from collectors.record import GroupLag, LagRow  # noqa: PLC0415
-
-    first = [LagRow("g", "t", 0, 5, 9, 4, 2.5, "OK", 100.0),
-             LagRow("g", "t", 1, None, 3, None, None, "OK", 100.0)]
-    second = [LagRow("g", "t", 0, 9, 9, 0, 0.0, "OK", 105.0)]
-    store.write_lag(first, [GroupLag("g", "OK", "OK", 4, 2.5, 1.0, -0.5, 8.0, 100.0)])
-    store.write_lag(second, [GroupLag("g", "OK", "OK", 0, 0.0, 0.8, -0.8, 0.0, 105.0)])
+    ok = PartitionStatus.OK
+    first = [LagRow("g", "t", 0, 5, 9, 4, 2.5, ok, 100.0),
+             LagRow("g", "t", 1, None, 3, None, None, ok, 100.0)]
+    second = [LagRow("g", "t", 0, 9, 9, 0, 0.0, ok, 105.0)]
+    store.write_lag(first, [GroupLag("g", GroupStatus.OK, "t.0", 4, 2.5, 1.0, -0.5, 8.0,
+                                     100.0)])
+    store.write_lag(second, [GroupLag("g", GroupStatus.OK, None, 0, 0.0, 0.8, -0.8, 0.0,
+                                      105.0)])
     rows, groups = store.lag()
     assert rows == [second[0], first[1]]
     assert [g.catch_up_s for g in groups] == [0.0]
@@ -261,8 +268,7 @@ def test_a_flow_reaching_its_completion_topic_records_its_latency_once(store: St
 
 
 def test_flow_counts_judge_each_window_and_keep_in_flight_and_stuck_as_gauges(
-        tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "store.db", RULES)  # stuck after 60 s
+        store: Store) -> None:  # stuck after 60 s
     minute = 60_000.0
     for flow, start_ms, topic in (("done-now", 9.5 * minute, "jobs.done"),
                                   ("done-before", 4 * minute, "jobs.done"),
@@ -276,26 +282,10 @@ def test_flow_counts_judge_each_window_and_keep_in_flight_and_stuck_as_gauges(
                                             correlation="started-before-done-now")))
     now = BASE_NS + int(10 * minute * 1e6)
     counts = store.flow_counts(int(5 * minute * 1e6), now)
-    assert counts.now == {"completed": 2}
-    assert counts.before == {"completed": 1}
+    assert counts.now == {FlowStatus.COMPLETED: 2}
+    assert counts.before == {FlowStatus.COMPLETED: 1}
     assert (counts.started_now, counts.started_before) == (3, 2)
     assert (counts.in_flight, counts.stuck) == (1, 1)
-
-
-def test_a_version_1_store_is_migrated_by_the_writer_and_refused_by_a_reader(
-        tmp_path: Path) -> None:
-    path = tmp_path / "store.db"
-    SqliteStore(path, RULES).close()
-    with sqlite3.connect(path) as db:  # as the previous version left it
-        db.execute("DROP TABLE flow_latency_buckets")
-        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-    db.close()
-    with pytest.raises(StoreError, match="flowscope collect"):
-        SqliteStore(path, RULES, readonly=True)
-    SqliteStore(path, RULES).close()  # the collector migrates it
-    reader = SqliteStore(path, RULES, readonly=True)
-    assert reader.flow_latency(0) == []
-    reader.close()
 
 
 def test_dead_letters_include_topics_only_the_tap_has_seen(store: Store) -> None:
@@ -304,10 +294,10 @@ def test_dead_letters_include_topics_only_the_tap_has_seen(store: Store) -> None
         MessageRecord("legacy.dlq", 0, 7, now_ms, "k", 3, "flow-x", None, 3,
                       '[["dlq-reason", "bad"]]', False),
         MessageRecord("legacy.events", 0, 1, now_ms, "k", 3, "flow-x", None, None, None, False)])
-    (letter,) = store.dead_letters(now_ms - 1000)
+    (letter,) = store.dead_letters(NOW - 10**9)
     assert (letter.topic, letter.offset, letter.headers) == ("legacy.dlq", 7,
                                                             (("dlq-reason", "bad"),))
-    assert store.dead_letters(now_ms - 1000, flow_id="flow-x")[0].offset == 7
+    assert store.dead_letters(NOW - 10**9, flow_id="flow-x")[0].offset == 7
 
 
 def test_propagation_waits_for_a_recent_message_s_send_span_before_calling_it_unknown(
@@ -315,7 +305,7 @@ def test_propagation_waits_for_a_recent_message_s_send_span_before_calling_it_un
     trace = new_trace_id()
     store.write_spans(_records("api", _send("jobs", trace=trace, **{
         "messaging.destination.partition.id": "0", "messaging.kafka.offset": 1})))
-    sent_ms = BASE_NS // 1_000_000
+    sent_ms = BASE_NS // NS_PER_MS
     store.write_messages([
         MessageRecord("jobs", 0, offset, sent_ms + at_ms, None, 2, None, trace_id, None, None,
                       False)
@@ -323,11 +313,11 @@ def test_propagation_waits_for_a_recent_message_s_send_span_before_calling_it_un
 
     def shares(**now: int) -> dict[tuple[str, str], tuple[int, int]]:
         return {(r.topic, r.producer): (r.messages, r.with_context)
-                for r in store.propagation(sent_ms - 1000, **now)}
+                for r in store.propagation(BASE_NS - 10**9, **now)}
 
     # offset 3 came 20 s after the others: its span may be on its way, so it is left out
-    assert shares(now_ms=sent_ms + 25_000) == {("jobs", "api"): (1, 1),
-                                                          ("jobs", "unknown"): (1, 0)}
+    assert shares(now_ns=BASE_NS + 25 * 10**9) == {("jobs", "api"): (1, 1),
+                                                ("jobs", "unknown"): (1, 0)}
     assert shares() == {("jobs", "api"): (1, 1), ("jobs", "unknown"): (2, 0)}
 
 

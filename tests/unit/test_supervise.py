@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
-from collectors.flows.assembler import FlowRules
 from collectors.ingest.consuming import handle_isolated
 from collectors.ingest.pipeline import Pipeline
-from collectors.store.interface import StoreUnavailable
-from collectors.store.sqlite import SqliteStore
-from collectors.supervise import Health, State, supervise
+from collectors.supervise import Health, supervise
+from store.contract import StoreUnavailable
+from store.vocabulary import ComponentState, FlowRules
+from tests.store_writer import open_writable
 
 
 def _record(offset: int) -> ConsumerRecord:
@@ -39,7 +39,7 @@ async def test_a_failing_component_is_down_with_its_reason_then_started_again() 
         while health.components.get("tap") is None or health.components["tap"].state != "down":
             await asyncio.sleep(0.01)
         assert "RuntimeError: boom" in (health.components["tap"].reason or "")
-        assert health.status == State.DOWN
+        assert health.status == ComponentState.DOWN
         seen_down.set()
 
     watcher = asyncio.create_task(watch())
@@ -47,9 +47,9 @@ async def test_a_failing_component_is_down_with_its_reason_then_started_again() 
                                          stopping=stopping, max_backoff_s=0.05))
     await asyncio.wait_for(seen_down.wait(), 5)
     async with asyncio.timeout(5):
-        while health.components["tap"].state != State.OK:
+        while health.components["tap"].state != ComponentState.OK:
             await asyncio.sleep(0.01)
-    assert health.status == State.OK
+    assert health.status == ComponentState.OK
     assert health.components["tap"].restarts == 1
     assert counters == Counter({"tap_failures": 1, "tap_restarts": 1})
     stopping.set()
@@ -60,7 +60,7 @@ async def test_a_failing_component_is_down_with_its_reason_then_started_again() 
 async def test_a_component_that_ends_by_itself_is_down_too(
         caplog: pytest.LogCaptureFixture) -> None:
     health, counters, stopping = Health(), Counter[str](), asyncio.Event()
-    states: list[tuple[State, str | None]] = []
+    states: list[tuple[ComponentState, str | None]] = []
 
     async def ends() -> None:
         if "x" in health.components and counters["x_failures"]:
@@ -70,24 +70,24 @@ async def test_a_component_that_ends_by_itself_is_down_too(
     await asyncio.wait_for(supervise("x", ends, health=health, counters=counters,
                                      stopping=stopping, max_backoff_s=0.01), 5)
     assert counters["x_failures"] == 1
-    assert states == [(State.STARTING, "restart 1")]
+    assert states == [(ComponentState.STARTING, "restart 1")]
     assert "x ended by itself" in caplog.text
 
 
 def test_health_is_its_worst_component() -> None:
     health = Health()
     health.register("a")
-    assert health.status == State.OK  # starting counts as ok
+    assert health.status == ComponentState.OK  # starting counts as ok
     health.degraded("a", "broker away")
     assert health.snapshot()["status"] == "degraded"
     health.down("b", "x" * 1000)
-    assert health.status == State.DOWN
+    assert health.status == ComponentState.DOWN
     assert len(health.components["b"].reason or "") == 300
 
 
 @pytest.fixture
 def pipeline(tmp_path: Path) -> Pipeline:
-    return Pipeline(SqliteStore(tmp_path / "s.db", FlowRules((), (), (), 60)))
+    return Pipeline(open_writable(tmp_path / "s.db", FlowRules((), (), (), 60)).writer)
 
 
 async def test_one_record_the_handler_cannot_take_is_skipped_and_counted(

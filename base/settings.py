@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from flowscope.errors import SettingsError
+from base.errors import SettingsError
 
 LOOPBACK = "127.0.0.1"
 

@@ -1,22 +1,36 @@
 """The store's contract: what the collector writes and what the dashboard and CLI read.
 
-Every backend implements Store and passes the one contract suite in tests/unit/test_store.py.
+Every backend implements Store and passes the one contract suite (tests/unit/test_store.py).
+One time unit: every time a method takes is nanoseconds since the epoch (an argument's name
+ends in _ns); rows keep the unit their field's name says.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from collectors.flows.histogram import Histogram
-from collectors.record import GroupLag, LagRow, MessageRecord, SpanRecord
+from store.histogram import Histogram
+from store.records import (
+    EdgeKey,
+    EdgeTotals,
+    FlowTotals,
+    GroupLag,
+    Hop,
+    LagRow,
+    MessageRecord,
+    SpanKey,
+    SpanRecord,
+)
+from store.vocabulary import ComponentState, FlowStatus
 
 # SDKs export spans in batches (every 5 s by default), so a message is tapped before its send
 # span arrives; until this long after it was sent, a message with no send span is not yet
 # counted as coming from an uninstrumented producer.
-SEND_SPAN_SETTLE_MS = 15_000
+SEND_SPAN_SETTLE_NS = 15 * 1_000_000_000
 
 
 class StoreError(Exception):
@@ -73,7 +87,7 @@ class FlowRow:
     """One flow: its id, status and size."""
 
     id: str
-    status: str
+    status: FlowStatus
     started_ns: int
     ended_ns: int
     hops: int
@@ -98,39 +112,6 @@ class FailedStep:
 
 
 @dataclass(frozen=True)
-class HopRow:
-    """One message's trip through a topic, with its timings (None where a side is unknown)."""
-
-    topic: str
-    partition: int | None
-    offset: int | None
-    producer_service: str | None
-    consumer_service: str | None
-    consumer_group: str | None
-    produce_start_ns: int | None
-    produce_end_ns: int | None
-    consume_start_ns: int | None
-    consume_end_ns: int | None
-    retry_attempt: int | None
-    error: bool
-    trace_id: str
-
-    @property
-    def queue_ms(self) -> float | None:
-        """Time the message waited in the topic."""
-        if self.produce_end_ns is None or self.consume_start_ns is None:
-            return None
-        return max(0.0, (self.consume_start_ns - self.produce_end_ns) / 1e6)
-
-    @property
-    def processing_ms(self) -> float | None:
-        """Time the consumer spent on it."""
-        if self.consume_start_ns is None or self.consume_end_ns is None:
-            return None
-        return (self.consume_end_ns - self.consume_start_ns) / 1e6
-
-
-@dataclass(frozen=True)
 class PropagationRow:
     """How many messages on a topic, from one producer, carried a valid trace context."""
 
@@ -150,8 +131,8 @@ class FlowCounts:
     """The overview of a window: outcomes and starts in it and in the window before, and the
     flows in flight or stuck now."""
 
-    now: Counter[str] = field(default_factory=Counter)  # completed, failed, ... by status
-    before: Counter[str] = field(default_factory=Counter)
+    now: Counter[FlowStatus] = field(default_factory=Counter)  # outcomes by status
+    before: Counter[FlowStatus] = field(default_factory=Counter)
     started_now: int = 0
     started_before: int = 0
     in_flight: int = 0
@@ -201,18 +182,98 @@ class ComponentRow:
     (a collector that stopped reporting leaves an old at_s)."""
 
     component: str
-    state: str  # ok | starting | degraded | down
+    state: ComponentState
     reason: str | None
     since_s: float
     restarts: int
     at_s: float
 
 
-class Store(Protocol):
-    """Storage of spans, hops, flows and edge aggregates."""
+class SpanWrites(Protocol):
+    """What flow derivation (collectors/flows) asks of a backend, inside one transaction:
+    set-based lookups and idempotent writes, no domain rules. Keys are (trace_id, span_id)."""
 
-    def write_spans(self, records: Sequence[SpanRecord]) -> WriteResult:
-        """Write spans (idempotent by trace and span id) and everything derived from them."""
+    def known_flows(self, trace_ids: set[str]) -> dict[str, str]:
+        """The correlation ID already stored for each of these traces (trace ID -> flow)."""
+        ...
+
+    def adopt_flows(self, by_trace: Mapping[str, str]) -> list[tuple[str, FlowTotals]]:
+        """Move what is stored under a trace's own flow (its trace ID) into its correlated
+        flow (by_trace: trace ID -> correlation ID); the moved flows' totals, removed from
+        the store, each with the flow it now belongs to."""
+        ...
+
+    def insert_spans(self, records: Sequence[SpanRecord], flow_ids: Sequence[str]
+                     ) -> list[SpanRecord]:
+        """Store spans not stored yet (by key), each in its flow; those that were new."""
+        ...
+
+    def spans(self, keys: set[SpanKey]) -> dict[SpanKey, tuple[SpanRecord, str]]:
+        """Stored spans by key, each with its flow."""
+        ...
+
+    def sends_by_message_id(self, message_ids: set[str]
+                            ) -> dict[str, tuple[SpanRecord, str]]:
+        """A stored send span (with its flow) for each of these message ids that has one."""
+        ...
+
+    def consumes_of(self, parents: set[SpanKey]) -> list[tuple[SpanKey, SpanKey]]:
+        """(parent, consume span) for stored consume spans whose parent is one of these."""
+        ...
+
+    def waiting(self) -> tuple[bool, bool, bool]:
+        """Whether any hop waits for its send, any hop was seen through a batch consume only,
+        and any link waits for its span: (waiting hops, batch hops, waiting links)."""
+        ...
+
+    def waiting_hops(self, message_ids: set[str]) -> list[tuple[str, SpanKey]]:
+        """(message id, consume span) of hops waiting for their send, by message id."""
+        ...
+
+    def add_links(self, links: Sequence[tuple[SpanKey, SpanKey]]) -> None:
+        """Keep (linked span, consume span) links until the linked span arrives."""
+        ...
+
+    def take_links(self, linked: set[SpanKey]) -> list[tuple[SpanKey, SpanKey]]:
+        """Remove and return the waiting links to these spans: (linked span, consume span)."""
+        ...
+
+    def delete_hops(self, keys: set[str], *, batch_only: bool = False) -> set[str]:
+        """Delete hops by key (only those seen through a batch consume); the keys deleted."""
+        ...
+
+    def insert_hops(self, hops: Sequence[Hop]) -> list[Hop]:
+        """Store hops whose key is not stored yet; those stored."""
+        ...
+
+    def merge_flows(self, totals: Mapping[str, FlowTotals]) -> dict[str, FlowTotals]:
+        """Add these totals into the stored flows; each flow's stored totals before (a flow
+        new to the store is not in the result)."""
+        ...
+
+    def merge_edges(self, totals: Mapping[EdgeKey, EdgeTotals]) -> None:
+        """Add these totals into the stored edge buckets."""
+        ...
+
+    def merge_flow_latency(self, latencies: Mapping[tuple[int, str], Histogram]) -> None:
+        """Add completed flows' latencies, per (bucket start, flow type), into the store."""
+        ...
+
+    def insert_messages(self, records: Sequence[MessageRecord],
+                        flow_ids: Sequence[str | None]) -> list[MessageRecord]:
+        """Store tapped messages not stored yet (by coordinates); those that were new."""
+        ...
+
+
+class Store(Protocol):
+    """Storage of spans, hops, flows, aggregates, lag and health: what readers query, and the
+    writes that flow derivation (collectors/flows) makes through SpanWrites."""
+
+    bucket_s: int  # the width of the aggregates' time buckets, in seconds
+
+    def write_batch(self) -> AbstractContextManager[SpanWrites]:
+        """One write transaction (all or nothing); StoreUnavailable when the store, not the
+        records, made it fail."""
         ...
 
     def add_counters(self, counts: Mapping[str, int]) -> None:
@@ -239,11 +300,11 @@ class Store(Protocol):
         ...
 
     def flow_head(self, flow_or_trace_id: str, now_ns: int, limit: int | None
-                  ) -> tuple[FlowRow, list[HopRow], int] | None:
+                  ) -> tuple[FlowRow, list[Hop], int] | None:
         """One flow with its first `limit` hops in time order, and how many more it has."""
         ...
 
-    def flow(self, flow_or_trace_id: str, now_ns: int) -> tuple[FlowRow, list[HopRow]] | None:
+    def flow(self, flow_or_trace_id: str, now_ns: int) -> tuple[FlowRow, list[Hop]] | None:
         """One flow, by correlation ID or by any of its trace IDs, with its hops in time order."""
         ...
 
@@ -251,15 +312,11 @@ class Store(Protocol):
         """The spans of a flow that ended in error, oldest first."""
         ...
 
-    def write_messages(self, records: Sequence[MessageRecord]) -> int:
-        """Record tapped messages (idempotent by coordinates); how many were new."""
-        ...
-
-    def propagation(self, since_ms: int, sample: int | None = None,
-                    now_ms: int | None = None) -> list[PropagationRow]:
-        """Per topic and producer, the messages since since_ms (the newest `sample` of them,
-        when given) and those with trace context. With now_ms, a message younger than
-        SEND_SPAN_SETTLE_MS whose send span has not arrived is left out: its producer is not
+    def propagation(self, since_ns: int, sample: int | None = None,
+                    now_ns: int | None = None) -> list[PropagationRow]:
+        """Per topic and producer, the messages since since_ns (the newest `sample` of them,
+        when given) and those with trace context. With now_ns, a message younger than
+        SEND_SPAN_SETTLE_NS whose send span has not arrived is left out: its producer is not
         known yet, nor that it has none."""
         ...
 
@@ -271,12 +328,12 @@ class Store(Protocol):
         """The latest lag of every partition and group (or of one group)."""
         ...
 
-    def lag_history(self, since_s: float, group: str | None = None) -> list[LagRow]:
-        """Partition lag over time since since_s, oldest first."""
+    def lag_history(self, since_ns: int, group: str | None = None) -> list[LagRow]:
+        """Partition lag over time since since_ns, oldest first."""
         ...
 
-    def lag_trend(self, since_s: float) -> list[tuple[str, float, int, float | None]]:
-        """Per group and poll since since_s: (group, at_s, total lag, largest lag seconds)."""
+    def lag_trend(self, since_ns: int) -> list[tuple[str, float, int, float | None]]:
+        """Per group and poll since since_ns: (group, at_s, total lag, largest lag seconds)."""
         ...
 
     def flow_counts(self, window_ns: int, now_ns: int) -> FlowCounts:
@@ -301,22 +358,22 @@ class Store(Protocol):
         """Flow ids named by a correlation ID, trace ID, message id or message key."""
         ...
 
-    def retry_attempts(self, since_ms: int, sample: int | None = None
+    def retry_attempts(self, since_ns: int, sample: int | None = None
                        ) -> list[tuple[str, int, int]]:
-        """(topic, attempt, messages) of tapped messages since since_ms (the newest
+        """(topic, attempt, messages) of tapped messages since since_ns (the newest
         `sample` of them)."""
         ...
 
-    def dead_letters(self, since_ms: int, limit: int = 200, flow_id: str | None = None
+    def dead_letters(self, since_ns: int, limit: int = 200, flow_id: str | None = None
                      ) -> list[DeadLetter]:
-        """Messages on dead-letter topics since since_ms (of one flow), newest first."""
+        """Messages on dead-letter topics since since_ns (of one flow), newest first."""
         ...
 
     def apply_retention(self, now_ns: int) -> int:
         """Delete raw rows and aggregates past their retention; how many rows went."""
         ...
 
-    def write_health(self, snapshot: Mapping[str, object], at_s: float) -> None:
+    def write_health(self, snapshot: Mapping[str, object], at_ns: int) -> None:
         """Replace the collector's component health with this report (Health.snapshot())."""
         ...
 

@@ -7,10 +7,12 @@ import json
 import sqlite3
 from collections.abc import Callable
 
-from collectors.flows.histogram import Histogram
-from collectors.store.interface import EdgeRow, FlowRow, HopRow, Topology
+from store.contract import EdgeRow, FlowRow, Topology
+from store.histogram import Histogram
+from store.records import Hop
+from store.vocabulary import SENDS, FlowStatus, sql_list
 
-StatusOf = Callable[[int, int, int], str]  # (flags, errors, last_ns) -> status
+StatusOf = Callable[[int, int, int], FlowStatus]  # (flags, errors, last_ns) -> status
 
 
 def read_topology(db: sqlite3.Connection, since_bucket: int, limit: int | None = None,
@@ -100,7 +102,7 @@ HOP_SELECT = (
 # 'trace:span|consumer service'; '}' is the character after '|'). A unary + keeps SQLite
 # from looking hops up by flow, which reads every hop of the flow for every send.
 PENDING_WHERE = (
-    "FROM spans s WHERE s.flow_id = ? AND s.operation IN ('send', 'create') AND NOT EXISTS ("
+    f"FROM spans s WHERE s.flow_id = ? AND s.operation IN {sql_list(SENDS)} AND NOT EXISTS ("
     "SELECT 1 FROM hops h WHERE h.hop_key >= s.trace_id || ':' || s.span_id || '|' "
     "AND h.hop_key < s.trace_id || ':' || s.span_id || '}' AND +h.flow_id = s.flow_id)")
 PENDING_SELECT = (
@@ -110,7 +112,7 @@ PENDING_SELECT = (
 # message id, as above).
 TAPPED_WHERE = (
     "FROM messages m WHERE m.flow_id = ? AND NOT EXISTS (SELECT 1 FROM spans s WHERE "
-    "s.message_id = m.message_id AND s.operation IN ('send', 'create') AND "
+    f"s.message_id = m.message_id AND s.operation IN {sql_list(SENDS)} AND "
     "+s.flow_id = m.flow_id) AND NOT EXISTS (SELECT 1 FROM hops h WHERE h.message_id = "
     "m.message_id AND h.producer_span_id IS NULL AND +h.flow_id = m.flow_id)")
 TAPPED_SELECT = (
@@ -121,7 +123,7 @@ MS_RANGE = (-(2**63 // 1_000_000), (2**63 - 1) // 1_000_000)
 
 
 def read_flow(db: sqlite3.Connection, flow_or_trace_id: str, status_of: StatusOf,
-              limit: int | None = None) -> tuple[FlowRow, list[HopRow], int] | None:
+              limit: int | None = None) -> tuple[FlowRow, list[Hop], int] | None:
     """One flow by correlation ID, or by a trace ID of one of its spans, with its first
     `limit` hops in time order (its consumed messages, its sends no consumer took yet and
     the messages only the tap saw) and how many more it has."""
@@ -138,27 +140,34 @@ def read_flow(db: sqlite3.Connection, flow_or_trace_id: str, status_of: StatusOf
             return None
     flow = _flow_row(row, status_of)
     bound = -1 if limit is None else limit  # SQLite: a negative LIMIT is none
-    hops = [HopRow(*r[:11], bool(r[11]), r[12])
+    hops = [Hop(*r[:11], bool(r[11]), r[12], flow_id=flow.id)
             for r in db.execute(HOP_SELECT, (flow.id, bound))]
-    pending = [HopRow(r[0], r[1], r[2], r[3], None, None, r[4], r[5], None, None, r[6],
-                      bool(r[7]), r[8]) for r in db.execute(PENDING_SELECT, (flow.id, bound))]
-    tapped = [HopRow(r[0], r[1], r[2], None, None, None, _ms_to_ns(r[3]), _ms_to_ns(r[3]),
-                     None, None, r[4], False, r[5] or "")
-              for r in db.execute(TAPPED_SELECT, (flow.id, bound))]
+    pending = [Hop(topic, partition, offset, producer_service=service, consumer_service=None,
+                   consumer_group=None, produce_start_ns=start, produce_end_ns=end,
+                   consume_start_ns=None, consume_end_ns=None, retry_attempt=attempt,
+                   error=bool(error), trace_id=trace_id, flow_id=flow.id)
+               for topic, partition, offset, service, start, end, attempt, error, trace_id
+               in db.execute(PENDING_SELECT, (flow.id, bound))]
+    tapped = [Hop(topic, partition, offset, producer_service=None, consumer_service=None,
+                  consumer_group=None, produce_start_ns=_ms_to_ns(at_ms),
+                  produce_end_ns=_ms_to_ns(at_ms), consume_start_ns=None, consume_end_ns=None,
+                  retry_attempt=attempt, error=False, trace_id=trace_id or "", flow_id=flow.id)
+              for topic, partition, offset, at_ms, attempt, trace_id
+              in db.execute(TAPPED_SELECT, (flow.id, bound))]
     ordered = sorted(hops + pending + tapped, key=_hop_order)[:limit]
     total = sum(_count(db, rows, limit, query, flow.id) for rows, query in (
         (hops, "FROM hops WHERE flow_id = ?"), (pending, PENDING_WHERE), (tapped, TAPPED_WHERE)))
     return flow, ordered, total - len(ordered)
 
 
-def _hop_order(hop: HopRow) -> tuple[int, int]:
+def _hop_order(hop: Hop) -> tuple[int, int]:
     """Time order, as the queries above sort: a hop by when it was produced (else consumed)."""
     start = hop.produce_start_ns if hop.produce_start_ns is not None else hop.consume_start_ns
     return (0 if start is None else start,
             0 if hop.consume_start_ns is None else hop.consume_start_ns)
 
 
-def _count(db: sqlite3.Connection, rows: list[HopRow], limit: int | None, where: str,
+def _count(db: sqlite3.Connection, rows: list[Hop], limit: int | None, where: str,
            flow_id: str) -> int:
     """How many rows a query of the flow has: those read, unless the limit cut them."""
     if limit is None or len(rows) < limit:

@@ -1,12 +1,16 @@
 """The SQLite schema of the store, versioned."""
 
+from store.vocabulary import CONSUMES, SENDS, sql_list
+
 # 2: flow_latency_buckets, search and time indexes, the covering status index (a version-1
 # store is migrated in place when the collector opens it).
 # 3: collector_health (each component's state, for the dashboard).
-SCHEMA_VERSION = 3
-MIGRATES_FROM = (1, 2)
+# 4: hops_from_batches (a partial index, so that asking whether any hop came from a batch
+# consume reads nothing when none did).
+SCHEMA_VERSION = 4
+MIGRATES_FROM = (1, 2, 3)
 
-SCHEMA = """
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 CREATE TABLE IF NOT EXISTS spans (
@@ -22,11 +26,11 @@ CREATE TABLE IF NOT EXISTS spans (
 CREATE INDEX IF NOT EXISTS spans_by_flow ON spans (flow_id);
 -- Partial indexes: only sends are looked up by message id, only consumes by parent.
 CREATE INDEX IF NOT EXISTS sends_by_message ON spans (message_id)
-    WHERE message_id IS NOT NULL AND operation IN ('send', 'create');
+    WHERE message_id IS NOT NULL AND operation IN {sql_list(SENDS)};
 CREATE INDEX IF NOT EXISTS sends_by_key ON spans (message_key)
-    WHERE message_key IS NOT NULL AND operation IN ('send', 'create');
+    WHERE message_key IS NOT NULL AND operation IN {sql_list(SENDS)};
 CREATE INDEX IF NOT EXISTS consumes_by_parent ON spans (trace_id, parent_span_id)
-    WHERE parent_span_id IS NOT NULL AND operation IN ('process', 'receive');
+    WHERE parent_span_id IS NOT NULL AND operation IN {sql_list(CONSUMES)};
 
 -- Links of consume spans, so that a producer span arriving late finds its consumers.
 CREATE TABLE IF NOT EXISTS span_links (
@@ -49,6 +53,7 @@ CREATE TABLE IF NOT EXISTS hops (
 );
 CREATE INDEX IF NOT EXISTS hops_by_flow ON hops (flow_id);
 CREATE INDEX IF NOT EXISTS hops_waiting ON hops (message_id) WHERE producer_span_id IS NULL;
+CREATE INDEX IF NOT EXISTS hops_from_batches ON hops (hop_key) WHERE consumer_is_batch = 1;
 
 -- Per edge and time bucket: counts and mergeable latency histograms (JSON).
 CREATE TABLE IF NOT EXISTS edge_buckets (

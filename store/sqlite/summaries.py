@@ -9,15 +9,15 @@ import re
 import sqlite3
 from collections.abc import Sequence
 
-from collectors.flows.assembler import flow_status
-from collectors.flows.histogram import Histogram
-from collectors.store.interface import DeadLetter, EdgeBucket, FlowCounts, LatencyBucket
+from store.contract import DeadLetter, EdgeBucket, FlowCounts, LatencyBucket
+from store.histogram import Histogram
+from store.vocabulary import NS_PER_S, SENDS, FlowRules, FlowStatus, sql_list
 
 MESSAGE_ID = re.compile(r"^(?P<topic>.+)\.(?P<partition>\d+)\.(?P<offset>\d+)$")
 TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-def count_flows(db: sqlite3.Connection, window_ns: int, now_ns: int, stuck_after_s: float
+def count_flows(db: sqlite3.Connection, window_ns: int, now_ns: int, rules: FlowRules
                 ) -> FlowCounts:
     """Outcomes (by the time a flow last moved) and starts in this window and the one before,
     and the flows in flight or stuck now; one range scan of a covering index.
@@ -25,7 +25,7 @@ def count_flows(db: sqlite3.Connection, window_ns: int, now_ns: int, stuck_after
     In-flight and stuck are gauges of now: the store keeps only a flow's latest activity, so
     how many were in flight at the end of the previous window is not known."""
     since, before = now_ns - window_ns, now_ns - 2 * window_ns
-    quiet = now_ns - int(stuck_after_s * 1e9)
+    quiet = now_ns - int(rules.stuck_after_s * NS_PER_S)
     counts = FlowCounts()
     for flags, failed, recent, is_quiet, started, count in db.execute(
             "SELECT flags, errors > 0, last_ns >= :since, last_ns < :quiet, "
@@ -33,10 +33,10 @@ def count_flows(db: sqlite3.Connection, window_ns: int, now_ns: int, stuck_after
             "ELSE -1 END, COUNT(*) FROM flows WHERE last_ns >= :before "
             "GROUP BY 1, 2, 3, 4, 5",
             {"since": since, "before": before, "quiet": quiet}):
-        status = flow_status(flags, failed, 0 if is_quiet else now_ns, now_ns, stuck_after_s)
-        if status == "in flight":
+        status = rules.status(flags, failed, 0 if is_quiet else now_ns, now_ns)
+        if status == FlowStatus.IN_FLIGHT:
             counts.in_flight += count
-        elif status == "stuck":
+        elif status == FlowStatus.STUCK:
             counts.stuck += count
         else:
             (counts.now if recent else counts.before)[status] += count
@@ -88,7 +88,7 @@ def find_flow_ids(db: sqlite3.Connection, text: str, limit: int = 20) -> list[st
     if match and len(match["partition"]) <= 10 and len(match["offset"]) <= 19 \
             and int(match["partition"]) < 2**31 and int(match["offset"]) < 2**63:
         found += [r[0] for r in db.execute(
-            "SELECT flow_id FROM spans WHERE message_id = ? AND operation IN ('send', 'create')",
+            f"SELECT flow_id FROM spans WHERE message_id = ? AND operation IN {sql_list(SENDS)}",
             (text,))]
         found += [r[0] for r in db.execute(
             "SELECT flow_id FROM messages WHERE topic = ? AND partition = ? AND \"offset\" = ? "
@@ -96,7 +96,7 @@ def find_flow_ids(db: sqlite3.Connection, text: str, limit: int = 20) -> list[st
                                         int(match["offset"])))]
     found += [r[0] for r in db.execute(
         "SELECT flow_id FROM spans WHERE message_key = ? AND message_key IS NOT NULL AND "
-        "operation IN ('send', 'create') LIMIT ?", (text, limit))]
+        f"operation IN {sql_list(SENDS)} LIMIT ?", (text, limit))]
     found += [r[0] for r in db.execute(
         "SELECT flow_id FROM messages WHERE \"key\" = ? AND \"key\" IS NOT NULL AND "
         "flow_id IS NOT NULL LIMIT ?", (text, limit))]

@@ -1,0 +1,375 @@
+"""The embedded store: SQLite in WAL mode, one writer (the collector), many readers.
+
+It persists and queries only: flow derivation (collectors/flows) writes through write_batch()
+(store/sqlite/writes.py); the reads are in readers.py and summaries.py. Writes are idempotent,
+so replays from Kafka create no duplicates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+from store.contract import (
+    SEND_SPAN_SETTLE_NS,
+    ComponentRow,
+    DeadLetter,
+    EdgeBucket,
+    FailedStep,
+    FlowCounts,
+    FlowRow,
+    LatencyBucket,
+    PropagationRow,
+    StoreError,
+    StoreUnavailable,
+    Topology,
+)
+from store.records import GROUP_LAG_COLUMNS, LAG_COLUMNS, GroupLag, Hop, LagRow
+from store.sqlite import readers, summaries
+from store.sqlite.schema import MIGRATES_FROM, SCHEMA, SCHEMA_VERSION
+from store.sqlite.writes import SqliteWrites
+from store.vocabulary import (
+    NS_PER_MS,
+    NS_PER_S,
+    SENDS,
+    FlowFlag,
+    FlowRules,
+    bucket_start,
+    sql_list,
+)
+
+LAG_MARKS = ",".join("?" * len(LAG_COLUMNS))
+GROUP_MARKS = ",".join("?" * len(GROUP_LAG_COLUMNS))
+
+
+# SQLite's result codes that say the store, not the records, is the problem.
+UNAVAILABLE_CODES = ("SQLITE_FULL", "SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CANTOPEN",
+                     "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_PERM", "SQLITE_NOMEM",
+                     "SQLITE_PROTOCOL")
+
+
+def store_unavailable(exc: sqlite3.Error, path: Path) -> StoreUnavailable | None:
+    """The StoreUnavailable an sqlite3 error stands for, or None when it is about the data."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if not name.startswith(UNAVAILABLE_CODES):
+        return None
+    return StoreUnavailable(f"store {path}: {exc} ({name})")
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection in WAL mode; readers never block the writer."""
+    try:
+        if readonly:
+            if not path.exists():
+                raise StoreError(f"no store at {path}: run `flowscope collect` to create one")
+            # A URI built from the path itself would read '#' or '?' in a name as the URI's
+            # own, and open (and create) another file, read-write.
+            connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                         timeout=10, check_same_thread=False)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(path, timeout=10, check_same_thread=False)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA busy_timeout=10000")
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} cannot be opened as a Flowscope store: {exc}") from None
+    except OSError as exc:
+        raise StoreError(f"{path} cannot be opened as a Flowscope store: {exc}") from None
+    return connection
+
+
+class SqliteStore:
+    """Store backed by one SQLite file."""
+
+    def __init__(self, path: Path, rules: FlowRules, *, bucket_s: int = 10,
+                 raw_retention_s: float = 86400, aggregate_retention_s: float = 7 * 86400,
+                 readonly: bool = False) -> None:
+        self.path = path
+        self.rules = rules
+        self.bucket_s = bucket_s
+        self.raw_retention_s = raw_retention_s
+        self.aggregate_retention_s = aggregate_retention_s
+        self.db = connect(path, readonly=readonly)
+        if readonly:
+            self._check_version()
+        else:
+            self._migrate()
+
+    def _migrate(self) -> None:
+        self._check_is_ours()
+        with self.db:
+            self.db.executescript(SCHEMA)
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)",
+                                (str(SCHEMA_VERSION),))
+            elif int(row[0]) in MIGRATES_FROM:  # the script above added what was missing
+                self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                                (str(SCHEMA_VERSION),))
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise StoreError(f"{self.path} has schema version {row[0]}; this Flowscope "
+                                 f"reads version {SCHEMA_VERSION}")
+
+    def _check_is_ours(self) -> None:
+        """Refuse a file that is not SQLite, or another program's database: the collector
+        would add its tables to it (and drop an index that has one of its names)."""
+        try:
+            tables = [row[0] for row in self.db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a Flowscope store: {exc}") from None
+        if tables and "meta" not in tables:
+            raise StoreError(f"{self.path} is not a Flowscope store: it is another database "
+                             f"(tables {', '.join(tables[:5])}); set FLOWSCOPE_STORE to "
+                             "a new file")
+        if "meta" in tables and self.db.execute(
+                "SELECT 1 FROM meta WHERE key = 'schema_version'").fetchone() is None:
+            raise StoreError(f"{self.path} is not a Flowscope store: its meta table has no "
+                             "schema version")
+
+    def _check_version(self) -> None:
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a Flowscope store: {exc}") from None
+        if row is not None and int(row[0]) in MIGRATES_FROM:
+            raise StoreError(f"{self.path} has schema version {row[0]}; start this Flowscope's "
+                             "collector (`flowscope collect`) once to migrate it to version "
+                             f"{SCHEMA_VERSION}")
+        if row is None or int(row[0]) != SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has schema version {row[0] if row else 'none'}; "
+                             f"this Flowscope reads version {SCHEMA_VERSION}")
+
+    # -- writing -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def write_batch(self) -> Iterator[SqliteWrites]:
+        """One write transaction for flow derivation (all or nothing); StoreUnavailable when
+        the store, not the records, made it fail."""
+        with self._transaction():
+            yield SqliteWrites(self.db)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction; an error of the store's own (disk full, read-only...) comes out
+        as StoreUnavailable, an error about the data as it is."""
+        try:
+            with self.db:
+                yield
+        except sqlite3.Error as exc:
+            unavailable = store_unavailable(exc, self.path)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
+
+    def propagation(self, since_ns: int, sample: int | None = None,
+                    now_ns: int | None = None) -> list[PropagationRow]:
+        """Per topic and producer, the messages since since_ns (the newest `sample` of them,
+        when given) and those with trace context; with now_ns, unattributed messages younger
+        than SEND_SPAN_SETTLE_NS are left out (their send span may still be on its way)."""
+        newest = "ORDER BY timestamp_ms DESC LIMIT ?" if sample else ""
+        since_ms = since_ns // NS_PER_MS
+        settled = 2**62 if now_ns is None else (now_ns - SEND_SPAN_SETTLE_NS) // NS_PER_MS
+        return [PropagationRow(*row) for row in self.db.execute(
+            "SELECT m.topic, COALESCE((SELECT s.service FROM spans s WHERE s.message_id = "
+            f"m.message_id AND s.operation IN {sql_list(SENDS)} LIMIT 1), "
+            "CASE WHEN m.timestamp_ms >= ? THEN NULL ELSE 'unknown' END) AS producer,"
+            " COUNT(*), SUM(m.trace_id IS NOT NULL) FROM (SELECT topic, message_id, trace_id, "
+            f"timestamp_ms FROM messages WHERE timestamp_ms >= ? {newest}) m "
+            "GROUP BY m.topic, producer HAVING producer IS NOT NULL "
+            "ORDER BY m.topic, producer",
+            (settled, since_ms, sample) if sample else (settled, since_ms))]
+
+    def write_lag(self, rows: Sequence[LagRow], groups: Sequence[GroupLag]) -> None:
+        """Record one lag poll: the current figures and the history."""
+        lag_values = [tuple(getattr(r, c) for c in LAG_COLUMNS) for r in rows]
+        with self._transaction():
+            self.db.executemany(f"INSERT OR REPLACE INTO lag_current VALUES ({LAG_MARKS})",
+                                lag_values)
+            self.db.executemany(f"INSERT OR IGNORE INTO lag_samples VALUES ({LAG_MARKS})",
+                                lag_values)
+            self.db.executemany(
+                f"INSERT OR REPLACE INTO lag_groups VALUES ({GROUP_MARKS})",
+                [tuple(getattr(g, c) for c in GROUP_LAG_COLUMNS) for g in groups])
+
+    def lag(self, group: str | None = None) -> tuple[list[LagRow], list[GroupLag]]:
+        """The latest lag of every partition and group (or of one group)."""
+        where, params = ('WHERE "group" = ?', (group,)) if group else ("", ())
+        rows = [lag_row(r) for r in self.db.execute(
+            f'SELECT * FROM lag_current {where} ORDER BY "group", topic, partition', params)]
+        groups = [group_lag(g) for g in self.db.execute(
+            f'SELECT * FROM lag_groups {where} ORDER BY "group"', params)]
+        return rows, groups
+
+    def lag_history(self, since_ns: int, group: str | None = None) -> list[LagRow]:
+        """Partition lag over time since since_ns, oldest first."""
+        since_s = since_ns / NS_PER_S
+        extra, params = ('AND "group" = ?', (since_s, group)) if group else ("", (since_s,))
+        return [lag_row(r) for r in self.db.execute(
+            f"SELECT * FROM lag_samples WHERE at_s >= ? {extra} ORDER BY at_s", params)]
+
+    def lag_trend(self, since_ns: int) -> list[tuple[str, float, int, float | None]]:
+        """Per group and poll since since_ns: (group, at_s, total lag, largest lag seconds)."""
+        # TOTAL, not SUM: a sum past int64 is an error in SQLite; the cast saturates instead.
+        return self.db.execute(
+            'SELECT "group", at_s, CAST(TOTAL(lag) AS INTEGER), MAX(lag_seconds) FROM '
+            'lag_samples WHERE at_s >= ? GROUP BY "group", at_s ORDER BY at_s',
+            (since_ns / NS_PER_S,)).fetchall()
+
+    def add_counters(self, counts: Mapping[str, int]) -> None:
+        """Add to named counters."""
+        with self._transaction():
+            self.db.executemany(
+                "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "value = value + excluded.value", [(k, v) for k, v in counts.items() if v])
+
+    def write_health(self, snapshot: Mapping[str, object], at_ns: int) -> None:
+        """Replace the collector's component health with this report (Health.snapshot())."""
+        components = snapshot.get("components") or {}
+        assert isinstance(components, Mapping)
+        with self._transaction():
+            self.db.execute("DELETE FROM collector_health")
+            self.db.executemany("INSERT INTO collector_health VALUES (?,?,?,?,?,?)", [
+                (name, c["state"], c["reason"], c["since_s"], c["restarts"], at_ns / NS_PER_S)
+                for name, c in components.items()])
+
+    def collector_health(self) -> list[ComponentRow]:
+        """The collector's components as last reported, by name."""
+        return [ComponentRow(*row) for row in self.db.execute(
+            "SELECT component, state, reason, since_s, restarts, at_s FROM collector_health "
+            "ORDER BY component")]
+
+    def apply_retention(self, now_ns: int) -> int:
+        """Delete raw rows older than raw_retention_s and aggregates older than theirs."""
+        raw_cut = now_ns - int(self.raw_retention_s * 1e9)
+        agg_cut = int(now_ns / 1e9 - self.aggregate_retention_s)
+        with self._transaction():
+            deleted = self.db.execute("DELETE FROM spans WHERE end_ns < ?", (raw_cut,)).rowcount
+            deleted += self.db.execute("DELETE FROM hops WHERE consume_end_ns < ?",
+                                       (raw_cut,)).rowcount
+            deleted += self.db.execute(
+                "DELETE FROM span_links WHERE NOT EXISTS (SELECT 1 FROM spans s WHERE "
+                "s.trace_id = span_links.trace_id AND s.span_id = span_links.span_id)").rowcount
+            deleted += self.db.execute("DELETE FROM flows WHERE last_ns < ?",
+                                       (raw_cut,)).rowcount
+            deleted += self.db.execute("DELETE FROM edge_buckets WHERE bucket_start < ?",
+                                       (agg_cut,)).rowcount
+            deleted += self.db.execute("DELETE FROM flow_latency_buckets WHERE bucket_start < ?",
+                                       (agg_cut,)).rowcount
+            deleted += self.db.execute("DELETE FROM lag_samples WHERE at_s < ?",
+                                       (raw_cut / 1e9,)).rowcount
+            deleted += self.db.execute("DELETE FROM messages WHERE timestamp_ms < ?",
+                                       (raw_cut // 1_000_000,)).rowcount
+        return deleted
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        """All counters."""
+        return dict(self.db.execute("SELECT name, value FROM counters").fetchall())
+
+    def topology(self, since_ns: int) -> Topology:
+        """The service/topic graph from the edge aggregates since since_ns."""
+        return readers.read_topology(self.db, self._bucket(since_ns))[0]
+
+    def busiest_topology(self, since_ns: int, limit: int, by: str = "count",
+                         touching: str | None = None) -> tuple[Topology, int]:
+        """The graph of the `limit` busiest edges since since_ns (by messages, or by
+        retries; those of the node `touching` first), and how many edges there are in
+        all."""
+        return readers.read_topology(self.db, self._bucket(since_ns), limit, by, touching)
+
+    def _bucket(self, ns: int) -> int:
+        return bucket_start(ns, self.bucket_s)
+
+    def flows(self, since_ns: int, now_ns: int, limit: int = 100) -> list[FlowRow]:
+        """Flows active since since_ns, newest first."""
+        return readers.read_flows(self.db, since_ns, limit,
+                                  lambda flags, errors, last: self.rules.status(
+                                      flags, errors, last, now_ns))
+
+    def flow(self, flow_or_trace_id: str, now_ns: int) -> tuple[FlowRow, list[Hop]] | None:
+        """One flow with its hops in time order."""
+        found = self.flow_head(flow_or_trace_id, now_ns, None)
+        return None if found is None else found[:2]
+
+    def flow_head(self, flow_or_trace_id: str, now_ns: int, limit: int | None
+                  ) -> tuple[FlowRow, list[Hop], int] | None:
+        """One flow with its first `limit` hops in time order, and how many more it has."""
+        return readers.read_flow(self.db, flow_or_trace_id,
+                                 lambda flags, errors, last: self.rules.status(
+                                     flags, errors, last, now_ns),
+                                 limit)
+
+    def failed_steps(self, flow_id: str, limit: int = 50) -> list[FailedStep]:
+        """The spans of a flow that ended in error, oldest first (read by the flow index)."""
+        return [FailedStep(*row) for row in self.db.execute(
+            "SELECT start_ns, service, name, kind, error_type, trace_id FROM spans "
+            "WHERE flow_id = ? AND error = 1 ORDER BY start_ns LIMIT ?", (flow_id, limit))]
+
+    def flow_counts(self, window_ns: int, now_ns: int) -> FlowCounts:
+        """Outcomes and starts in this window and the one before; in flight and stuck now."""
+        return summaries.count_flows(self.db, window_ns, now_ns, self.rules)
+
+    def topology_nodes(self, since_ns: int) -> dict[str, str]:
+        """The nodes of the topology since since_ns (name -> 'service' or 'topic'), without
+        reading the edges' histograms."""
+        nodes: dict[str, str] = {}
+        # one pass over the window's buckets (a UNION of sources and targets takes two)
+        for source, source_kind, target, target_kind in self.db.execute(
+                "SELECT DISTINCT source, source_kind, target, target_kind FROM edge_buckets "
+                "WHERE bucket_start >= ?", (self._bucket(since_ns),)):
+            nodes[source], nodes[target] = source_kind, target_kind
+        return dict(sorted(nodes.items()))
+
+    def edge_buckets(self, since_ns: int, edges: Sequence[tuple[str, str]] | None = None
+                     ) -> list[EdgeBucket]:
+        """Every edge (or these (source, target) edges) per time bucket since since_ns,
+        oldest first."""
+        return summaries.read_edge_buckets(self.db, self._bucket(since_ns), edges)
+
+    def flow_latency(self, since_ns: int) -> list[LatencyBucket]:
+        """End-to-end latency histograms of completed flows per bucket and type."""
+        return summaries.read_flow_latency(self.db, self._bucket(since_ns))
+
+    def find_flows(self, text: str) -> list[str]:
+        """Flow ids named by a correlation ID, trace ID, message id or message key."""
+        return summaries.find_flow_ids(self.db, text)
+
+    def retry_attempts(self, since_ns: int, sample: int | None = None
+                       ) -> list[tuple[str, int, int]]:
+        """(topic, attempt, messages) of tapped messages since since_ns (the newest
+        `sample` of them, when given)."""
+        return summaries.read_retry_attempts(self.db, since_ns // NS_PER_MS, sample)
+
+    def dead_letters(self, since_ns: int, limit: int = 200, flow_id: str | None = None
+                     ) -> list[DeadLetter]:
+        """Messages on dead-letter topics since since_ns (of one flow), newest first."""
+        if flow_id:  # the flow's own messages: any topic it reached
+            topics = json.loads((self.db.execute("SELECT topics FROM flows WHERE flow_id = ?",
+                                                 (flow_id,)).fetchone() or ("[]",))[0])
+        else:  # every tapped topic, also those no instrumented producer writes to
+            topics = summaries.tapped_topics(self.db)
+        topics = [t for t in topics if self.rules.flag_of(t) == FlowFlag.DEAD_LETTERED]
+        return summaries.read_dead_letters(self.db, topics, since_ns // NS_PER_MS, limit,
+                                           flow_id)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.db.close()
+
+
+# Rows are read back as stored: a status is the vocabulary's text (a StrEnum equals its text),
+# and text another writer left that is not in the vocabulary is shown as it is, not refused.
+def lag_row(row: Sequence) -> LagRow:  # type: ignore[type-arg]
+    """A lag_current or lag_samples row as a record."""
+    return LagRow(*row)
+
+
+def group_lag(row: Sequence) -> GroupLag:  # type: ignore[type-arg]
+    """A lag_groups row as a record."""
+    return GroupLag(*row)

@@ -1,0 +1,132 @@
+"""The store's vocabularies, defined once: operations and span kinds of the records, flow and
+lag statuses, component states, the terminal flags of a flow and the rules that set them.
+
+StrEnum members are their text (FlowStatus.STUCK == "stuck"), so the text is what the store
+keeps, what `inspect --json` prints and what the dashboard shows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntFlag, StrEnum
+from fnmatch import fnmatchcase
+
+NS_PER_S = 1_000_000_000
+NS_PER_MS = 1_000_000
+
+
+class Operation(StrEnum):
+    """What a messaging span did with its message (OpenTelemetry's messaging.operation.type)."""
+
+    SEND = "send"
+    CREATE = "create"
+    RECEIVE = "receive"
+    PROCESS = "process"
+    SETTLE = "settle"
+
+
+# In this order: SQLite uses a partial index only for a query whose IN list is the index's own.
+SENDS = (Operation.SEND, Operation.CREATE)  # a message put on a destination
+CONSUMES = (Operation.PROCESS, Operation.RECEIVE)  # a message (or a batch) taken off one
+
+
+def sql_list(operations: tuple[Operation, ...]) -> str:
+    """Operations as an SQL list, for queries and partial indexes: ('send', 'create')."""
+    return "(" + ", ".join(f"'{o.value}'" for o in operations) + ")"
+
+
+class SpanKind(StrEnum):
+    """OpenTelemetry's span kinds."""
+
+    PRODUCER = "producer"
+    CONSUMER = "consumer"
+    CLIENT = "client"
+    SERVER = "server"
+    INTERNAL = "internal"
+
+
+class FlowStatus(StrEnum):
+    """Where a flow is: still moving, or how it ended."""
+
+    IN_FLIGHT = "in flight"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DEAD_LETTERED = "dead-lettered"
+    COMPENSATED = "compensated"
+    STUCK = "stuck"
+
+
+class PartitionStatus(StrEnum):
+    """A consumer group's partition, by Burrow's rules (collectors/lag/status.py)."""
+
+    OK = "OK"
+    WARN = "WARN"
+    STOP = "STOP"
+    STALL = "STALL"
+    REWIND = "REWIND"
+
+
+class GroupStatus(StrEnum):
+    """A consumer group: its worst partition's status; STOP, STALL and REWIND make it ERR."""
+
+    OK = "OK"
+    WARN = "WARN"
+    ERR = "ERR"
+
+
+class ComponentState(StrEnum):
+    """A collector component's state, best first."""
+
+    OK = "ok"
+    STARTING = "starting"
+    DEGRADED = "degraded"  # running, but not doing all of its work (broker away, store full)
+    DOWN = "down"  # not running: it failed and waits to be started again
+
+
+class FlowFlag(IntFlag):
+    """What a flow's messages reached: a completion, compensation or dead-letter topic."""
+
+    NONE = 0
+    COMPLETED = 1
+    COMPENSATED = 2
+    DEAD_LETTERED = 4
+
+
+@dataclass(frozen=True)
+class FlowRules:
+    """Topic patterns that end a flow, and how long without progress counts as stuck."""
+
+    completed: tuple[str, ...]
+    dead_letter: tuple[str, ...]
+    compensated: tuple[str, ...]
+    stuck_after_s: float
+
+    def flag_of(self, topic: str | None) -> FlowFlag:
+        """The terminal flag a message on this topic sets (NONE: none)."""
+        if not topic:
+            return FlowFlag.NONE
+        for patterns, flag in ((self.dead_letter, FlowFlag.DEAD_LETTERED),
+                               (self.compensated, FlowFlag.COMPENSATED),
+                               (self.completed, FlowFlag.COMPLETED)):
+            if any(fnmatchcase(topic, p) for p in patterns):
+                return flag
+        return FlowFlag.NONE
+
+    def status(self, flags: int, errors: int, last_ns: int, now_ns: int) -> FlowStatus:
+        """The status of a flow from its terminal flags, error count and last activity."""
+        if flags & FlowFlag.DEAD_LETTERED:
+            return FlowStatus.DEAD_LETTERED
+        if flags & FlowFlag.COMPENSATED:
+            return FlowStatus.COMPENSATED
+        if flags & FlowFlag.COMPLETED:
+            return FlowStatus.COMPLETED
+        if errors:
+            return FlowStatus.FAILED
+        if now_ns - last_ns > self.stuck_after_s * NS_PER_S:
+            return FlowStatus.STUCK
+        return FlowStatus.IN_FLIGHT
+
+
+def bucket_start(ns: int, bucket_s: int) -> int:
+    """The start (unix seconds) of the time bucket holding ns: how aggregates are keyed."""
+    return int(ns // NS_PER_S) // bucket_s * bucket_s

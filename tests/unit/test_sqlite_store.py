@@ -1,0 +1,82 @@
+"""The SQLite backend's own behaviour, beyond the contract suite (test_store.py): what a file
+that is not a Flowscope store gets, and the migration of an older schema."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from store.contract import StoreError
+from store.sqlite.backend import SqliteStore
+from store.sqlite.schema import SCHEMA_VERSION
+from store.sqlite.writes import consumes_of_sql
+from store.vocabulary import FlowRules
+
+RULES = FlowRules(completed=("*done",), dead_letter=("*.dlq",), compensated=("*cancelled",),
+                  stuck_after_s=60)
+
+
+def test_opening_a_missing_or_foreign_store_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no store at"):
+        SqliteStore(tmp_path / "missing.db", RULES, readonly=True)
+    foreign = tmp_path / "foreign.db"
+    sqlite3.connect(foreign).execute("CREATE TABLE meta (key TEXT, value TEXT)").connection \
+        .commit()
+    with pytest.raises(StoreError, match="schema version none"):
+        SqliteStore(foreign, RULES, readonly=True)
+
+
+def test_a_version_1_store_is_migrated_by_the_writer_and_refused_by_a_reader(
+        tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    SqliteStore(path, RULES).close()
+    with sqlite3.connect(path) as db:  # as the previous version left it
+        db.execute("DROP TABLE flow_latency_buckets")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.close()
+    with pytest.raises(StoreError, match="flowscope collect"):
+        SqliteStore(path, RULES, readonly=True)
+    SqliteStore(path, RULES).close()  # the collector migrates it
+    reader = SqliteStore(path, RULES, readonly=True)
+    assert reader.flow_latency(0) == []
+    reader.close()
+
+
+def test_a_version_3_store_gains_the_batch_hops_index_when_the_writer_opens_it(
+        tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    SqliteStore(path, RULES).close()
+    with sqlite3.connect(path) as db:  # as version 3 left it
+        db.execute("DROP INDEX hops_from_batches")
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    db.close()
+    SqliteStore(path, RULES).close()
+    with sqlite3.connect(path) as db:
+        version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        index = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'hops_from_batches'"
+                           ).fetchone()
+    db.close()
+    assert (int(version[0]), index) == (SCHEMA_VERSION, (1,))
+
+
+def test_sqlite_uses_its_partial_indexes_for_the_write_paths_lookups(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "store.db", RULES)
+    with store.write_batch() as writes:
+        plans = {
+            "sends by message id": "EXPLAIN QUERY PLAN SELECT * FROM spans WHERE message_id "
+                                   "IN (?) AND operation IN ('send', 'create')",
+            "consumes by parent": f"EXPLAIN QUERY PLAN {consumes_of_sql(2)}",
+            "spans by key": "EXPLAIN QUERY PLAN SELECT * FROM spans WHERE (trace_id, span_id) "
+                            "IN (VALUES (?,?))",
+            "batch hops": "EXPLAIN QUERY PLAN SELECT EXISTS (SELECT 1 FROM hops WHERE "
+                          "consumer_is_batch = 1)",
+        }
+        details = {name: " ".join(str(row[-1]) for row in writes.db.execute(
+            sql, (1,) * sql.count("?"))) for name, sql in plans.items()}
+    store.close()
+    assert "sends_by_message" in details["sends by message id"]
+    assert "consumes_by_parent" in details["consumes by parent"]
+    assert "hops_from_batches" in details["batch hops"]
+    assert "PRIMARY KEY (trace_id=? AND span_id=?)" in details["spans by key"]
