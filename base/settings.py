@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -219,10 +219,6 @@ class Settings:
             collector=collector,
             dashboard=dashboard,
         )
-
-    def with_kafka(self, **changes: object) -> Settings:
-        """A copy with some Kafka settings changed (for tests and command-line options)."""
-        return replace(self, kafka=replace(self.kafka, **changes))
 
     @property
     def kafka_dir(self) -> Path:

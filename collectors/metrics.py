@@ -7,10 +7,13 @@ from collections.abc import Iterable, Mapping
 
 from collectors.supervise import ComponentHealth
 from store.records import GroupLag, LagRow
+from store.vocabulary import ComponentState, GroupStatus, PartitionStatus
 
-GROUP_STATUS_CODE = {"OK": 0, "WARN": 1, "ERR": 2}
-PARTITION_STATUS_CODE = {"OK": 0, "WARN": 1, "STOP": 2, "STALL": 3, "REWIND": 4}
-COMPONENT_STATE_CODE = {"ok": 0, "starting": 1, "degraded": 2, "down": 3}
+GROUP_STATUS_CODE = {GroupStatus.OK: 0, GroupStatus.WARN: 1, GroupStatus.ERR: 2}
+PARTITION_STATUS_CODE = {PartitionStatus.OK: 0, PartitionStatus.WARN: 1, PartitionStatus.STOP: 2,
+                         PartitionStatus.STALL: 3, PartitionStatus.REWIND: 4}
+COMPONENT_STATE_CODE = {ComponentState.OK: 0, ComponentState.STARTING: 1,
+                        ComponentState.DEGRADED: 2, ComponentState.DOWN: 3}
 
 
 def _escape(value: str) -> str:
@@ -60,7 +63,7 @@ def render_prometheus(rows: Iterable[LagRow], groups: Iterable[GroupLag],
         labels = _labels(component=component.name)
         families["flowscope_collector_component_state"][1].append(
             f"flowscope_collector_component_state{labels} "
-            f"{COMPONENT_STATE_CODE.get(str(component.state), 3)}")
+            f"{COMPONENT_STATE_CODE.get(component.state, 3)}")
         families["flowscope_collector_component_restarts_total"][1].append(
             f"flowscope_collector_component_restarts_total{labels} {component.restarts}")
     lines = []

@@ -59,6 +59,7 @@ MAX_TEXT = DEFAULT_LIMITS.max_value_chars  # also how many items of an array or 
 MAX_VALUE_DEPTH = DEFAULT_LIMITS.max_value_depth
 # attribute name -> (role, rank): one pass over a span's attributes finds, for each role, the
 # value under its newest name, and never decodes attributes that play no role.
+MAX_RANK = 1 << 30  # above any rank: a role not found yet
 ROLES: dict[str, tuple[str, int]] = {
     name: (role, rank)
     for role, names in (("topic", TOPIC), ("partition", PARTITION), ("offset", OFFSET),
@@ -116,20 +117,35 @@ def service_name(attributes: Iterable[KeyValue], limits: IngestLimits) -> str:
 def role_values(attributes: Iterable[KeyValue], limits: IngestLimits = DEFAULT_LIMITS
                 ) -> dict[str, Any]:
     """For each role, the value of the newest attribute name present (empty values skipped),
-    among the first attributes; texts cut to the limit."""
-    found: dict[str, tuple[int, Any]] = {}
+    among the first attributes; texts cut to the limit. Strings and integers, which most
+    attributes are, are read inline: this loop runs for every attribute of every span."""
+    found: dict[str, Any] = {}
+    ranks: dict[str, int] = {}
+    chars = limits.max_value_chars
+    roles = ROLES
     for kv in islice(attributes, limits.max_attributes_per_span):
-        hit = ROLES.get(kv.key)
+        hit = roles.get(kv.key)
         if hit is None:
             continue
         role, rank = hit
-        value = any_value(kv.value, 0, limits.max_value_depth)
-        if value is None or value == "":
+        if rank >= ranks.get(role, MAX_RANK):
             continue
-        current = found.get(role)
-        if current is None or rank < current[0]:
-            found[role] = (rank, _cut(value, limits.max_value_chars))
-    return {role: value for role, (_, value) in found.items()}
+        value = kv.value
+        kind = value.WhichOneof("value")
+        if kind == "string_value":
+            read: Any = value.string_value[:chars]
+            if not read:
+                continue
+        elif kind == "int_value":
+            read = value.int_value
+        else:
+            read = any_value(value, 0, limits.max_value_depth)
+            if read is None or read == "":
+                continue
+            read = _cut(read, chars)
+        ranks[role] = rank
+        found[role] = read
+    return found
 
 
 def _cut(value: Any, chars: int) -> Any:
@@ -218,24 +234,23 @@ def normalize_span(span: Span, service: str, report: NormalizeReport,
     # A name is cut before it is parsed, so a topic taken from it is never longer either.
     name = span.name[:limits.max_value_chars]
     start_ns = _time_ns(span.start_time_unix_nano, report)
-    base = {
-        "trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(),
-        "parent_span_id": span.parent_span_id.hex() if len(span.parent_span_id) == 8 else None,
-        "links": _links(span, limits.max_links_per_span, report),
-        "service": service, "name": name, "kind": kind,
-        "start_ns": start_ns,
-        "end_ns": max(_time_ns(span.end_time_unix_nano, report), start_ns),
-        "error": span.status.code == Status.STATUS_CODE_ERROR or error_type is not None,
-        "error_type": _as_text(error_type),
-    }
-    if "system" not in roles and kind not in MESSAGING_KINDS:
-        return SpanRecord(**base)
-    return SpanRecord(**base, **_messaging_fields(roles, kind, name, report,
-                                                  limits.max_value_chars))
+    end_ns = _time_ns(span.end_time_unix_nano, report)
+    record = SpanRecord(
+        span.trace_id.hex(), span.span_id.hex(),
+        span.parent_span_id.hex() if len(span.parent_span_id) == 8 else None,
+        _links(span, limits.max_links_per_span, report) if span.links else (),
+        service, name, kind, start_ns, end_ns if end_ns > start_ns else start_ns,
+        span.status.code == Status.STATUS_CODE_ERROR or error_type is not None,
+        None if error_type is None else str(error_type))
+    if "system" in roles or kind in MESSAGING_KINDS:
+        _add_messaging_fields(record, roles, kind, name, report=report,
+                              chars=limits.max_value_chars)
+    return record
 
 
-def _messaging_fields(roles: Mapping[str, Any], kind: SpanKind, name: str,
-                      report: NormalizeReport, chars: int) -> dict[str, Any]:
+def _add_messaging_fields(record: SpanRecord, roles: Mapping[str, Any], kind: SpanKind,
+                          name: str, *, report: NormalizeReport, chars: int) -> None:
+    """Fill in the message a messaging span handled (the record is new: nobody holds it)."""
     topic = _as_text(roles.get("topic")) or _topic_from_name(name)
     partition = as_int64(roles.get("partition"))
     offset = as_int64(roles.get("offset"))
@@ -249,16 +264,15 @@ def _messaging_fields(roles: Mapping[str, Any], kind: SpanKind, name: str,
         message_id = f"{topic}.{partition}.{offset}"[:chars]
     if topic is None:
         report.count("messaging span without a destination")
-    return {
-        "operation": _operation(roles, kind, name),
-        "system": _as_text(roles.get("system")),
-        "topic": topic, "partition": partition, "offset": offset, "message_id": message_id,
-        "consumer_group": _as_text(roles.get("group")),
-        "correlation_id": _as_text(roles.get("conversation")),
-        "message_key": _as_text(roles.get("key")),
-        "retry_attempt": as_count(roles.get("retry")),
-        "batch_count": as_count(roles.get("batch")),
-    }
+    record.operation = _operation(roles, kind, name)
+    record.system = _as_text(roles.get("system"))
+    record.topic, record.partition, record.offset = topic, partition, offset
+    record.message_id = message_id
+    record.consumer_group = _as_text(roles.get("group"))
+    record.correlation_id = _as_text(roles.get("conversation"))
+    record.message_key = _as_text(roles.get("key"))
+    record.retry_attempt = as_count(roles.get("retry"))
+    record.batch_count = as_count(roles.get("batch"))
 
 
 def count_spans(request: ExportTraceServiceRequest) -> int:

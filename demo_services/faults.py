@@ -39,7 +39,3 @@ class Simulation:
                 bounded = min(value, 1.0) if isinstance(current, float) else value
                 values[name] = type(current)(bounded)
         return cls(**values)
-
-    def as_dict(self) -> dict[str, float | int]:
-        """The form carried in a message's `simulate` field."""
-        return dict(self.__dict__)

@@ -57,7 +57,8 @@ def _finite(value: float | None) -> float | None:
     return value if value is None or math.isfinite(value) else None
 
 
-def _ms(value: float | None) -> str:
+def _decimal(value: float | None) -> str:
+    """A duration (ms or s, as its column says) with one decimal; '-' when unknown."""
     return "-" if value is None else f"{value:.1f}"
 
 
@@ -112,8 +113,8 @@ def inspect_topology(store: Store, since_s: float, as_json: bool,
     if not topology.edges:
         return "no messages in this window (is `flowscope collect` receiving spans?)"
     text = table(["SOURCE", "TARGET", "COUNT", "ERRORS", "RETRIES", "P50_MS", "P95_MS"],
-                 [(e.source, e.target, e.count, e.errors, e.retries, _ms(e.p50_ms),
-                   _ms(e.p95_ms)) for e in topology.edges])
+                 [(e.source, e.target, e.count, e.errors, e.retries, _decimal(e.p50_ms),
+                   _decimal(e.p95_ms)) for e in topology.edges])
     if left_out:
         text += (f"\n\n{len(topology.edges):,} edges of {total:,} shown (the busiest); "
                  f"{left_out:,} left out")
@@ -152,7 +153,7 @@ def inspect_flow(store: Store, flow_id: str, as_json: bool, limit: int = HOPS_SH
     head = (f"flow {cell(flow.id)}: {flow.status}, {flow.hops} hops, {flow.retries} retries, "
             f"{_time(flow.started_ns)} -> {_time(flow.ended_ns)}")
     rows = [(_time(h.produce_end_ns or h.consume_start_ns), h.producer_service, h.topic,
-             h.consumer_service or "(waiting)", _ms(h.queue_ms), _ms(h.processing_ms),
+             h.consumer_service or "(waiting)", _decimal(h.queue_ms), _decimal(h.processing_ms),
              h.retry_attempt, "error" if h.error else "") for h in hops]
     text = head + "\n" + table(["AT", "PRODUCER", "TOPIC", "CONSUMER", "QUEUE_MS",
                                 "PROCESS_MS", "ATTEMPT", ""], rows)
@@ -195,10 +196,6 @@ def inspect_health(store: Store, as_json: bool, now_s: float | None = None) -> s
         if age > STALE_REPORT_S else "")
 
 
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
-
-
 def inspect_lag(store: Store, group: str | None, as_json: bool) -> str:
     """Lag per partition (group, topic, partition, committed, end, lag, lag_seconds, status)
     and per group (status and worst partition, totals, trend)."""
@@ -220,10 +217,10 @@ def inspect_lag(store: Store, group: str | None, as_json: bool) -> str:
     partitions = table(["GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "LAG_S",
                         "STATUS"],
                        [(r.group, r.topic, r.partition, r.committed, r.end, r.lag,
-                         _seconds(r.lag_seconds), r.status) for r in rows])
+                         _decimal(r.lag_seconds), r.status) for r in rows])
     summary = table(["GROUP", "STATUS", "WORST", "LAG", "LAG_S", "CATCH_UP_S"],
-                    [(g.group, g.status, g.worst_partition, g.lag, _seconds(g.lag_seconds),
-                      "never" if g.catch_up_s is None else _seconds(g.catch_up_s))
+                    [(g.group, g.status, g.worst_partition, g.lag, _decimal(g.lag_seconds),
+                      "never" if g.catch_up_s is None else _decimal(g.catch_up_s))
                      for g in groups])
     return partitions + "\n\n" + summary
 

@@ -7,12 +7,13 @@ keeps, what `inspect --json` prints and what the dashboard shows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntFlag, StrEnum
 from fnmatch import fnmatchcase
 
 NS_PER_S = 1_000_000_000
 NS_PER_MS = 1_000_000
+FLAG_CACHE = 10_000  # topics whose terminal flag is remembered
 
 
 class Operation(StrEnum):
@@ -100,17 +101,27 @@ class FlowRules:
     dead_letter: tuple[str, ...]
     compensated: tuple[str, ...]
     stuck_after_s: float
+    # Topics already judged, and their flags as plain ints (ingest asks for every message,
+    # and IntFlag arithmetic costs a Python call per operation); bounded, see flag_of.
+    _flags: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
-    def flag_of(self, topic: str | None) -> FlowFlag:
-        """The terminal flag a message on this topic sets (NONE: none)."""
+    def flag_of(self, topic: str | None) -> int:
+        """The terminal flag (a FlowFlag value) a message on this topic sets; 0: none."""
         if not topic:
-            return FlowFlag.NONE
-        for patterns, flag in ((self.dead_letter, FlowFlag.DEAD_LETTERED),
-                               (self.compensated, FlowFlag.COMPENSATED),
-                               (self.completed, FlowFlag.COMPLETED)):
-            if any(fnmatchcase(topic, p) for p in patterns):
-                return flag
-        return FlowFlag.NONE
+            return 0
+        flag = self._flags.get(topic)
+        if flag is None:
+            flag = 0
+            for patterns, terminal in ((self.dead_letter, FlowFlag.DEAD_LETTERED),
+                                       (self.compensated, FlowFlag.COMPENSATED),
+                                       (self.completed, FlowFlag.COMPLETED)):
+                if any(fnmatchcase(topic, p) for p in patterns):
+                    flag = int(terminal)
+                    break
+            if len(self._flags) >= FLAG_CACHE:  # senders name topics at will
+                self._flags.clear()
+            self._flags[topic] = flag
+        return flag
 
     def status(self, flags: int, errors: int, last_ns: int, now_ns: int) -> FlowStatus:
         """The status of a flow from its terminal flags, error count and last activity."""

@@ -17,6 +17,7 @@ def flow_deltas(records: Sequence[SpanRecord], flow_ids: Mapping[SpanKey, str],
     """Per flow, what these spans add (flow_ids: the flow of each span, by key); hops and
     retries are added as hops are matched."""
     deltas: dict[str, FlowTotals] = {}
+    flag_of = rules.flag_of
     for record in records:
         flow_id = flow_ids[record.key]
         delta = deltas.get(flow_id)
@@ -27,11 +28,12 @@ def flow_deltas(records: Sequence[SpanRecord], flow_ids: Mapping[SpanKey, str],
             delta.last_ns = max(delta.last_ns, record.end_ns)
         delta.services.add(record.service)
         delta.trace_ids.add(record.trace_id)
-        delta.errors += record.error
+        if record.error:
+            delta.errors += 1
         if record.topic:
             delta.topics.add(record.topic)
             if record.is_send:
-                delta.flags |= rules.flag_of(record.topic)
+                delta.flags |= flag_of(record.topic)
     return deltas
 
 

@@ -179,17 +179,13 @@ class HopMatcher:
         send = producer[0] if producer else None
         flow_id = producer[1] if producer else consume_flow or self.batch[consume.key][1]
         source = send or consume
-        hop = Hop(
-            topic=source.topic or str(consume.topic), partition=source.partition,
-            offset=source.offset, producer_service=send.service if send else None,
-            consumer_service=consume.service, consumer_group=consume.consumer_group,
-            produce_start_ns=send.start_ns if send else None,
-            produce_end_ns=send.end_ns if send else None,
-            consume_start_ns=consume.start_ns, consume_end_ns=consume.end_ns,
-            retry_attempt=consume.retry_attempt, error=consume.error,
-            trace_id=consume.trace_id, flow_id=flow_id, message_id=source.message_id,
-            producer=send.key if send else None, consumer_span_id=consume.span_id,
-            consumer_is_batch=consume.batch_count is not None)
+        # Positional, in Hop's field order: this runs for every message.
+        hop = Hop(source.topic or str(consume.topic), source.partition, source.offset,
+                  send.service if send else None, consume.service, consume.consumer_group,
+                  send.start_ns if send else None, send.end_ns if send else None,
+                  consume.start_ns, consume.end_ns, consume.retry_attempt, consume.error,
+                  consume.trace_id, flow_id, source.message_id, send.key if send else None,
+                  consume.span_id, consume.batch_count is not None)
         return _Planned(hop, send, consume, count, latency)
 
     def _insert(self, planned: Iterable[_Planned]) -> None:

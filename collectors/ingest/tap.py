@@ -37,7 +37,11 @@ def topic_pattern(include: str | None, exclude: tuple[str, ...]) -> re.Pattern[s
 
 
 def tap_record(record: ConsumerRecord[bytes, bytes], *, keep_headers: bool) -> MessageRecord:
-    """What the tap keeps of one message; never raises on odd headers or keys."""
+    """What the tap keeps of one message. Odd headers and keys (not UTF-8, too long, too many,
+    null values) are kept as hex, cut or marked truncated, never raised on. A record
+    without a timestamp (message format v0, from an old broker) raises TypeError: run_tap's
+    handler goes through handle_isolated (collectors/ingest/consuming.py), which counts such
+    a record in tap_skipped_records, logs where it is, and skips it."""
     headers = list(record.headers or ())
     correlation, cut_correlation = hdr.header_text(
         hdr.first_header(headers, "correlation-id"), 128)

@@ -21,6 +21,7 @@ from collectors.lag.offsets import compute_lag
 from collectors.lag.status import Observation, PartitionWindow, Trend, group_status, trend
 from collectors.lag.timelag import EndOffsetTable, lag_seconds
 from store.records import GroupLag, LagRow
+from store.vocabulary import PartitionStatus
 
 log = logging.getLogger(__name__)
 RETRIES = 3
@@ -39,12 +40,10 @@ class _PartitionState:
 class LagPoller:
     """Keeps, per group and partition, the window and end-offset table the figures need."""
 
-    def __init__(self, bootstrap: str, *, window: int = 10, timeout_s: float = 10.0,
-                 skip_groups: tuple[str, ...] = ()) -> None:
+    def __init__(self, bootstrap: str, *, window: int = 10, timeout_s: float = 10.0) -> None:
         self.bootstrap = bootstrap
         self.window = window
         self.timeout_s = timeout_s
-        self.skip_groups = skip_groups
         self.state: dict[tuple[str, str, int], _PartitionState] = {}
         self.tables: dict[TopicPartition, EndOffsetTable] = {}
         self.admin: AIOKafkaAdminClient | None = None
@@ -86,7 +85,7 @@ class LagPoller:
         assert self.consumer is not None, "start() first"
         now_s = time.time() if now_s is None else now_s
         listed = await asyncio.wait_for(self.admin.list_consumer_groups(), self.timeout_s)
-        groups = sorted({str(g[0]) for g in listed} - set(self.skip_groups))
+        groups = sorted({str(g[0]) for g in listed})
         committed: dict[str, dict[TopicPartition, int]] = {}
         for group in groups:
             offsets = await self._group_offsets(group)
@@ -180,7 +179,7 @@ class LagPoller:
             if seconds is None and committed < end and may_look_up:
                 written = await self._message_time(tp, committed)
                 seconds = lag_seconds(table, committed, end, now_s, written)
-        status = state.window.status(now_s) if end is not None else "OK"
+        status = state.window.status(now_s) if end is not None else PartitionStatus.OK
         return LagRow(group, tp.topic, tp.partition, committed, end,
                       compute_lag(committed, end), seconds, status, now_s)
 

@@ -23,8 +23,13 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-PARTITION_SEVERITY = {"OK": 0, "WARN": 1, "REWIND": 2, "STALL": 3, "STOP": 4}
-GROUP_OF = {"OK": "OK", "WARN": "WARN", "REWIND": "ERR", "STALL": "ERR", "STOP": "ERR"}
+from store.vocabulary import GroupStatus, PartitionStatus
+
+PARTITION_SEVERITY = {PartitionStatus.OK: 0, PartitionStatus.WARN: 1, PartitionStatus.REWIND: 2,
+                      PartitionStatus.STALL: 3, PartitionStatus.STOP: 4}
+GROUP_OF = {PartitionStatus.OK: GroupStatus.OK, PartitionStatus.WARN: GroupStatus.WARN,
+            PartitionStatus.REWIND: GroupStatus.ERR, PartitionStatus.STALL: GroupStatus.ERR,
+            PartitionStatus.STOP: GroupStatus.ERR}
 DEFAULT_WINDOW = 10
 
 
@@ -57,46 +62,46 @@ class PartitionWindow:
             self.last_move_s = observation.at_s
         self.entries.append(observation)
 
-    def status(self, now_s: float) -> str:
+    def status(self, now_s: float) -> PartitionStatus:
         """The partition's status now."""
         return evaluate(list(self.entries), self.last_move_s, now_s)
 
 
 def evaluate(window: Sequence[Observation], last_move_s: float | None,  # noqa: PLR0911
-             now_s: float) -> str:
+             now_s: float) -> PartitionStatus:
     """Apply the rules above to a window of observations, oldest first."""
     if not window or window[-1].lag == 0:
-        return "OK"
+        return PartitionStatus.OK
     span = window[-1].at_s - window[0].at_s
     latest = window[-1]
     if (len(window) > 1 and last_move_s is not None and now_s - last_move_s > span
             and latest.end > latest.committed):
-        return "STOP"
+        return PartitionStatus.STOP
     if any(o.lag == 0 for o in window):
-        return "OK"
+        return PartitionStatus.OK
     if any(b.committed < a.committed for a, b in itertools.pairwise(window)):
-        return "REWIND"
+        return PartitionStatus.REWIND
     if len(window) > 1 and all(o.committed == window[0].committed for o in window):
-        return "STALL"
+        return PartitionStatus.STALL
     if len(window) > 1 and all(b.lag >= a.lag for a, b in itertools.pairwise(window)):
-        return "WARN"
-    return "OK"
+        return PartitionStatus.WARN
+    return PartitionStatus.OK
 
 
-def group_status(partition_statuses: Iterable[str]) -> tuple[str, str | None]:
+def group_status(partition_statuses: Iterable[PartitionStatus]
+                 ) -> tuple[GroupStatus, PartitionStatus | None]:
     """(group status, worst partition status) from its partitions' statuses."""
     worst = max(partition_statuses, key=lambda s: PARTITION_SEVERITY[s], default=None)
-    return (GROUP_OF[worst] if worst else "OK"), worst
+    return (GROUP_OF[worst] if worst else GroupStatus.OK), worst
 
 
 @dataclass(frozen=True)
 class Trend:
-    """How a partition's lag moves: messages per second in and out, and time to catch up."""
+    """How a partition's lag moves, in messages per second: consumed, and the change of lag
+    (a group's time to catch up is its total lag over its summed lag_rate, see the poller)."""
 
     consume_rate: float
-    produce_rate: float
     lag_rate: float
-    catch_up_s: float | None  # None: not catching up at this rate
 
 
 def trend(window: Sequence[Observation]) -> Trend | None:
@@ -106,12 +111,5 @@ def trend(window: Sequence[Observation]) -> Trend | None:
     first, last = window[0], window[-1]
     seconds = last.at_s - first.at_s
     consume = (last.committed - first.committed) / seconds
-    produce = (last.end - first.end) / seconds
     lag_rate = (last.lag - first.lag) / seconds
-    if last.lag == 0:
-        catch_up: float | None = 0.0
-    elif lag_rate < 0:
-        catch_up = last.lag / -lag_rate
-    else:
-        catch_up = None
-    return Trend(consume, produce, lag_rate, catch_up)
+    return Trend(consume, lag_rate)

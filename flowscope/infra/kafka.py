@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import re
 import shutil
 import subprocess
@@ -16,6 +17,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from aiokafka import AIOKafkaClient
+from aiokafka.errors import KafkaError
 
 from base.errors import FlowscopeError
 from base.settings import LOOPBACK, Settings
@@ -259,9 +263,6 @@ def _format_storage(settings: Settings, paths: KafkaPaths, progress: process.Pro
 
 
 async def _answers_metadata(bootstrap: str, timeout_s: float) -> bool:
-    from aiokafka import AIOKafkaClient  # noqa: PLC0415  (slow import, only when probing)
-    from aiokafka.errors import KafkaError  # noqa: PLC0415
-
     client = AIOKafkaClient(bootstrap_servers=bootstrap,
                             request_timeout_ms=int(timeout_s * 1000),
                             metadata_max_age_ms=60_000)
@@ -276,8 +277,6 @@ async def _answers_metadata(bootstrap: str, timeout_s: float) -> bool:
 
 def answers_metadata(bootstrap: str, timeout_s: float = 3.0) -> bool:
     """True when a broker at bootstrap answers a metadata request within timeout_s."""
-    import logging  # noqa: PLC0415
-
     # aiokafka logs every refused connection while the broker is still starting.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     return asyncio.run(_answers_metadata(bootstrap, timeout_s))

@@ -209,7 +209,7 @@ class SqliteWrites:
                 merged.merge(before[flow_id])
             rows.append((flow_id, merged.started_ns, merged.last_ns, merged.hops,
                          merged.retries, merged.errors, int(merged.flags),
-                         json.dumps(sorted(merged.services)), json.dumps(sorted(merged.topics)),
+                         _names_json(merged.services), _names_json(merged.topics),
                          json.dumps(merged.kept_trace_ids())))
         self.db.executemany("INSERT OR REPLACE INTO flows VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
         return before
@@ -253,6 +253,23 @@ class SqliteWrites:
                                                 record.message_id)).rowcount:
                 new.append(record)
         return new
+
+
+_NAMES_JSON: dict[tuple[str, ...], str] = {}
+NAMES_JSON_CACHE = 4096
+
+
+def _names_json(names: set[str]) -> str:
+    """A set of service or topic names as a sorted JSON list. Flows of one system reach the
+    same few sets again and again: their text is kept (a bounded cache) instead of encoded
+    for every flow of every batch."""
+    key = tuple(sorted(names))
+    text = _NAMES_JSON.get(key)
+    if text is None:
+        if len(_NAMES_JSON) >= NAMES_JSON_CACHE:
+            _NAMES_JSON.clear()
+        text = _NAMES_JSON[key] = json.dumps(key)
+    return text
 
 
 def consumes_of_sql(parents: int) -> str:

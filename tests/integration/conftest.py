@@ -21,6 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from base.settings import Settings
 from flowscope.infra import jaeger, kafka
 from flowscope.infra.jaeger import JaegerStatus
+from tests.integration.demo_stack import free_ports
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -92,8 +93,6 @@ def run_flowscope(env: dict[str, str], *args: str, timeout_s: float = 180
 @pytest.fixture
 def own_broker_env(tmp_path: Path, settings: Settings) -> Iterator[dict[str, str]]:
     """An environment for a second native broker: its own home and ports, the shared cache."""
-    from tests.integration.demo_stack import free_ports  # noqa: PLC0415
-
     broker, controller = free_ports(2)
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
     env.update(FLOWSCOPE_HOME=str(tmp_path / "home"), FLOWSCOPE_CACHE_DIR=str(settings.cache_dir),

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,9 +160,6 @@ async def test_offsets_reset_backwards_show_rewind(
 
 
 def test_inspect_lag_prints_a_table_for_people(lag_collector: Collector, tmp_path: Path) -> None:
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-
     done = subprocess.run([sys.executable, "-m", "flowscope", "inspect", "lag"],
                           env=lag_collector.env, capture_output=True, text=True, timeout=60,
                           check=False)
@@ -170,8 +170,6 @@ def test_inspect_lag_prints_a_table_for_people(lag_collector: Collector, tmp_pat
 
 async def test_lag_is_served_in_prometheus_format(
         lag_collector: Collector, kafka_bootstrap: str, unique_name: str) -> None:
-    import urllib.request  # noqa: PLC0415
-
     topic = await create_topic(kafka_bootstrap, unique_name, partitions=1)
     group = f"{unique_name}-g"
     await produce_to_partitions(kafka_bootstrap, topic, {0: 12})

@@ -3,6 +3,7 @@ counted where something was cut or dropped, and never raises."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import os
@@ -16,8 +17,9 @@ from aiokafka import ConsumerRecord
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from base.errors import SettingsError
-from base.settings import IngestLimits, Settings
+from base.settings import IngestLimits, Settings, redact_url
 from collectors.ingest.decode import BadPayload, decode_request, decompress, is_json
+from collectors.ingest.otlp_http import ByteBudget, Rejection
 from collectors.ingest.tap import tap_record
 from collectors.normalize import MAX_TEXT, NormalizeReport, as_int64, normalize_request
 from store.contract import StoreError, StoreUnavailable
@@ -215,8 +217,6 @@ def test_a_read_only_store_file_is_unavailable_not_a_bad_record(tmp_path: Path) 
 
 
 def test_credentials_in_a_jaeger_url_stay_out_of_log_lines() -> None:
-    from base.settings import redact_url  # noqa: PLC0415
-
     assert redact_url("https://user:secret@jaeger.example:4318/v1/traces") == \
         "https://***@jaeger.example:4318/v1/traces"
     assert redact_url("http://token@[::1]:4318") == "http://***@[::1]:4318"
@@ -224,10 +224,6 @@ def test_credentials_in_a_jaeger_url_stay_out_of_log_lines() -> None:
 
 
 async def test_bodies_beyond_the_in_flight_budget_wait_and_are_refused_in_time() -> None:
-    import asyncio  # noqa: PLC0415
-
-    from collectors.ingest.otlp_http import ByteBudget, Rejection  # noqa: PLC0415
-
     budget = ByteBudget(100)
     async with budget.hold(80, 1):
         with pytest.raises(Rejection) as refused:

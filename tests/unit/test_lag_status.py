@@ -1,7 +1,10 @@
 import pytest
 
+from collectors.lag.poller import LagPoller, _PartitionState
 from collectors.lag.status import Observation, PartitionWindow, evaluate, group_status, trend
 from collectors.lag.timelag import EndOffsetTable, lag_seconds
+from store.records import LagRow
+from store.vocabulary import PartitionStatus
 
 
 def _window(*points: tuple[float, int, int]) -> list[Observation]:
@@ -63,15 +66,35 @@ def test_group_status_is_its_worst_partition() -> None:
     assert group_status([]) == ("OK", None)
 
 
-def test_trend_estimates_time_to_catch_up() -> None:
+def test_trend_measures_consumption_and_the_change_of_lag() -> None:
     draining = trend(_window((0, 0, 100), (10, 60, 120)))
     assert draining is not None
-    assert (draining.consume_rate, draining.produce_rate, draining.lag_rate) == (6.0, 2.0, -4.0)
-    assert draining.catch_up_s == pytest.approx(60 / 4)
+    assert (draining.consume_rate, draining.lag_rate) == (6.0, -4.0)
     growing = trend(_window((0, 0, 10), (10, 5, 40)))
     assert growing is not None
-    assert growing.catch_up_s is None
+    assert (growing.consume_rate, growing.lag_rate) == (0.5, 2.5)
     assert trend(_window((0, 0, 10))) is None
+
+
+def test_group_estimates_time_to_catch_up_from_its_trend() -> None:
+    poller = LagPoller("127.0.0.1:9", window=10)
+    rows = []
+    for group, points in (("draining", ((0, 0, 100), (10, 60, 120))),
+                          ("growing", ((0, 0, 10), (10, 5, 40))),
+                          ("caught-up", ((0, 0, 10), (10, 10, 10)))):
+        window = PartitionWindow(10)
+        for observation in _window(*points):
+            window.add(observation)
+        poller.state[(group, "t", 0)] = _PartitionState(window)
+        last = window.entries[-1]
+        rows.append(LagRow(group, "t", 0, last.committed, last.end, last.lag, None,
+                           PartitionStatus.OK, 10.0))
+    groups = {g.group: g for g in poller._groups(rows, 10.0)}
+    draining = groups["draining"]
+    assert (draining.consume_rate, draining.lag_rate) == (6.0, -4.0)
+    assert draining.catch_up_s == pytest.approx(60 / 4)
+    assert groups["growing"].catch_up_s is None
+    assert groups["caught-up"].catch_up_s == 0.0
 
 
 def test_time_lag_interpolates_between_log_end_points() -> None:
