@@ -5,9 +5,10 @@ Run it with `flowscope dashboard`.
 
 import streamlit as st
 
-from dashboard import controls
+from dashboard import controls, queries
 
 st.set_page_config(page_title="Flowscope", page_icon=":material/hub:", layout="wide")
+queries.read_settings()  # once per run, for every query of it (see queries.read_settings)
 PAGES = [  # (file, title, icon, url path)
     ("flow_map", "Flow map", "account_tree", ""),
     ("lag", "Lag", "hourglass_top", "lag"),

@@ -17,8 +17,6 @@ from dashboard.transforms import TEXT_LIMIT, cut_text
 # One palette for the whole dashboard.
 STATUS_COLORS = {"OK": "#2e7d32", "WARN": "#f9a825", "ERR": "#c62828", "STOP": "#c62828",
                  "STALL": "#c62828", "REWIND": "#c62828", "none": "#90a4ae"}
-FLOW_COLORS = {"completed": "#2e7d32", "in flight": "#1e88e5", "failed": "#e53935",
-               "dead-lettered": "#6a1b9a", "compensated": "#fb8c00", "stuck": "#757575"}
 SEGMENT_COLORS = {"produce": "#5c6bc0", "wait": "#cfd8dc", "process": "#26a69a"}
 ERROR_COLOR = "#e53935"
 PERCENTILE_DASH = {"p50_ms": "dot", "p95_ms": "solid", "p99_ms": "dash"}

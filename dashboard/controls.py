@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import quote, urlsplit
 
 import streamlit as st
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 ALL = "(everything)"
 REFRESH_CHOICES = (2, 5, 10, 30, 60)
 FOCUS_LABEL = 80  # characters of a service or topic name the focus control shows
+T = TypeVar("T")
 
 
 def render_sidebar() -> None:
@@ -31,12 +33,13 @@ def render_sidebar() -> None:
                      format_func=lambda node: transforms.cut_text(node, FOCUS_LABEL),
                      help="Narrow every page to one service or topic; or click a node of "
                      "the flow map.")
-        default = queries.settings().dashboard.refresh_s
+        settings = queries.settings()
+        default = settings.dashboard.refresh_s
         choices = sorted({*REFRESH_CHOICES, int(default)})
         st.selectbox("Refresh every (s)", choices, index=choices.index(int(default)),
                      key="refresh_s")
         st.toggle("Pause live refresh", key="paused")
-        st.caption(f"Store: {queries.settings().collect.store}")
+        st.caption(f"Store: {settings.collect.store}")
 
 
 def _nodes() -> list[str]:
@@ -99,7 +102,7 @@ def show_collector_health() -> None:
             st.code(note.reason, language=None)
 
 
-def load(loader: Callable[[float], object]) -> object | None:
+def load(loader: Callable[[float], T]) -> T | None:
     """A page's data for the selected window; None (with the reason shown) when the store
     cannot be read."""
     try:

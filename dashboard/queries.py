@@ -10,9 +10,11 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from base.errors import FlowscopeError
 from base.settings import Settings
@@ -79,12 +81,32 @@ class Latency:
     edges_total: int
 
 
-# -- opening the store -----------------------------------------------------------------------
+# -- the settings and the store -------------------------------------------------------------
+# Read once per run of the app: app.py calls read_settings() first thing in every full run,
+# and it keeps them in the session's state. Not a module global: Streamlit serves every
+# session from this one module, and a test (or an operator) that changes the environment
+# expects the next run to follow. Not a per-thread value either: a page's live body is a
+# fragment that reruns on its own (controls.live), without app.py, and must find the settings
+# of the run that drew it.
+SETTINGS_KEY = "_flowscope_settings"
+
+
+def read_settings() -> Settings:
+    """The settings, read from the environment, kept for this run of the app and the fragment
+    reruns that follow it."""
+    current = Settings.from_env()
+    st.session_state[SETTINGS_KEY] = current
+    return current
 
 
 def settings() -> Settings:
-    """The settings, from the environment (cheap; not cached, so tests can change it)."""
-    return Settings.from_env()
+    """This run's settings (see read_settings). Outside a script run (a test or a script
+    calling the queries) there is no run to keep them for, and Streamlit's stand-in session
+    state there is one for the whole process: read from the environment."""
+    if get_script_run_ctx(suppress_warning=True) is None:
+        return Settings.from_env()
+    current = st.session_state.get(SETTINGS_KEY)
+    return current if isinstance(current, Settings) else read_settings()
 
 
 class GuardedStore:
@@ -102,16 +124,19 @@ class GuardedStore:
 
 
 @st.cache_resource(show_spinner=False)
-def _open(path: str) -> GuardedStore:
-    del path  # the cache key: one store per path
-    return GuardedStore(open_store(settings(), readonly=True))
+def _open(path: str, _settings: Settings) -> GuardedStore:
+    del path  # the cache key: one store per path (a leading _ keeps _settings out of it)
+    return GuardedStore(open_store(_settings, readonly=True))
 
 
-def guarded_store() -> GuardedStore:
-    """The store, or StoreUnavailable saying why it cannot be read (not cached, so a store
-    created after the dashboard started is found on the next refresh)."""
+def guarded_store(current: Settings | None = None) -> GuardedStore:
+    """The store of these settings (this run's by default), or StoreUnavailable saying why it
+    cannot be read (not cached, so a store created after the dashboard started is found on
+    the next refresh)."""
+    if current is None:
+        current = settings()
     try:
-        return _open(str(settings().collect.store))
+        return _open(str(current.collect.store), current)
     except FlowscopeError as exc:
         raise StoreUnavailable(exc.render()) from None
     except StoreError as exc:
@@ -223,14 +248,55 @@ def load_flow(store: Store, text: str, now_ns: int) -> FoundFlow:
 
 
 # -- cached, for the pages ---------------------------------------------------------------------
-# Keyed by store path and a clock tick, so sessions share a result for CACHE_TTL_S seconds.
+
+A = TypeVar("A", bound=Hashable)  # a loader's argument: a window, a search, a window and more
+R = TypeVar("R")  # what it returns
+# A loader takes the store, its argument and now in ns.
+Loader = Callable[[Store, A, int], R]
+_CACHED: set[str] = set()  # the loaders cached so far, by name
 
 
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False, max_entries=64)
-def _cached(loader: str, path: str, argument: Hashable, at_tick: int) -> object:
-    del path, at_tick  # cache keys
-    with guarded_store().use() as store:
-        return LOADERS[loader](store, argument, time.time_ns())  # type: ignore[operator]
+def cached(loader: Loader[A, R]) -> Callable[[A], R]:
+    """The loader as pages call it: of its argument only, its result cached for all sessions,
+    keyed by the store's path, the argument and a clock tick (so for CACHE_TTL_S seconds).
+
+    One st.cache_data function per loader. Streamlit keys a cached function's cache by its
+    __module__, __qualname__ and source (_make_function_key in streamlit/runtime/caching/
+    cache_utils.py), computed once, when st.cache_data wraps it (CachedFunc.__init__); the
+    loader, a closure variable, is not in that key. Every `run` below has the same module and
+    source, so each is named after its loader before it is wrapped, and a name is cached once
+    only: two loaders never share a cache, whatever their arguments."""
+    name = f"{loader.__module__}.{loader.__qualname__}"
+    if name in _CACHED:
+        raise ValueError(f"a loader named {name} is cached already: two would share a cache")
+    _CACHED.add(name)
+
+    def run(path: str, argument: A, at_tick: int, _settings: Settings) -> R:
+        del path, at_tick  # cache keys; a leading _ keeps the settings out of the key
+        with guarded_store(_settings).use() as store:
+            return loader(store, argument, time.time_ns())
+
+    run.__qualname__ = f"cached[{name}]"
+    cached_run = st.cache_data(ttl=CACHE_TTL_S, show_spinner=False, max_entries=64)(run)
+
+    def load(argument: A) -> R:
+        current = settings()
+        return cached_run(str(current.collect.store), argument, tick(), current)
+
+    return load
+
+
+def _focused(load: Callable[[Store, float, int, str | None], R]
+             ) -> Loader[tuple[float, str | None], R]:
+    """A loader of (window, focus) from one of a window and a focus; named after it, so that
+    each gets a cache of its own (see cached)."""
+
+    def focused(store: Store, argument: tuple[float, str | None], now_ns: int) -> R:
+        window_s, focus = argument
+        return load(store, window_s, now_ns, focus)
+
+    focused.__module__, focused.__qualname__ = load.__module__, f"{load.__qualname__}[focused]"
+    return focused
 
 
 def load_nodes(store: Store, window_s: float, now_ns: int) -> list[str]:
@@ -238,63 +304,33 @@ def load_nodes(store: Store, window_s: float, now_ns: int) -> list[str]:
     return list(store.topology_nodes(now_ns - int(window_s * 1e9)))
 
 
-def _focused(load: Callable[..., object]) -> Callable[..., object]:
-    """A loader of (window, focus) from one of a window with a focus keyword."""
-    return lambda store, argument, now_ns: load(store, argument[0], now_ns, focus=argument[1])
-
-
-# Each loader takes (store, its argument: a window in seconds, a search, or a window with a
-# focus or with edges; now in ns).
-LOADERS = {"nodes": load_nodes, "flow_map": _focused(load_flow_map), "lag": load_lag,
-           "flow": load_flow, "retries": _focused(load_retries),
-           "latency": _focused(load_latency), "propagation": load_propagation,
-           "recent_flows": load_recent_flows, "edge_series": load_edge_series}
-
-
-def _load(loader: str, argument: Hashable) -> object:
-    return _cached(loader, str(settings().collect.store), argument, tick())
-
-
-def nodes(window_s: float) -> list[str]:
-    """The services and topics of the window."""
-    return _load("nodes", window_s)  # type: ignore[return-value]
+# What the pages call, each of its loader's argument.
+nodes: Callable[[float], list[str]] = cached(load_nodes)  # the services and topics of a window
+lag: Callable[[float], Lag] = cached(load_lag)
+propagation: Callable[[float], pd.DataFrame] = cached(load_propagation)
+recent_flows: Callable[[float], list[FlowRow]] = cached(load_recent_flows)
+flow: Callable[[str], FoundFlow] = cached(load_flow)  # a search's flows, the first in full
+_flow_map = cached(_focused(load_flow_map))
+_retries = cached(_focused(load_retries))
+_latency = cached(_focused(load_latency))
+_edge_series = cached(load_edge_series)
 
 
 def flow_map(window_s: float, focus: str | None = None) -> FlowMap:
     """The flow map page's data."""
-    return _load("flow_map", (window_s, focus))  # type: ignore[return-value]
-
-
-def lag(window_s: float) -> Lag:
-    """The lag page's data."""
-    return _load("lag", window_s)  # type: ignore[return-value]
+    return _flow_map((window_s, focus))
 
 
 def retries(window_s: float, focus: str | None = None) -> Retries:
     """The retries page's data."""
-    return _load("retries", (window_s, focus))  # type: ignore[return-value]
+    return _retries((window_s, focus))
 
 
 def latency(window_s: float, focus: str | None = None) -> Latency:
     """The latency page's data."""
-    return _load("latency", (window_s, focus))  # type: ignore[return-value]
-
-
-def propagation(window_s: float) -> pd.DataFrame:
-    """The propagation page's data."""
-    return _load("propagation", window_s)  # type: ignore[return-value]
-
-
-def recent_flows(window_s: float) -> list[FlowRow]:
-    """The newest flows of the window."""
-    return _load("recent_flows", window_s)  # type: ignore[return-value]
-
-
-def flow(text: str) -> FoundFlow:
-    """The flows a search names, and the first with its hops and dead letters."""
-    return _load("flow", text)  # type: ignore[return-value]
+    return _latency((window_s, focus))
 
 
 def edge_series(window_s: float, edges: Iterable[tuple[str, str]]) -> pd.DataFrame:
     """Messages and retries per second of these (source, target) edges over the window."""
-    return _load("edge_series", (window_s, tuple(edges)))  # type: ignore[return-value]
+    return _edge_series((window_s, tuple(edges)))

@@ -6,7 +6,7 @@ rates in messages (or flows) per second.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 
 import pandas as pd
@@ -14,13 +14,15 @@ import pandas as pd
 from store.contract import (
     DeadLetter,
     EdgeBucket,
+    FailedStep,
     FlowCounts,
+    FlowRow,
     LatencyBucket,
     PropagationRow,
     Topology,
 )
 from store.histogram import Histogram
-from store.records import GroupLag, LagRow
+from store.records import GroupLag, Hop, LagRow
 
 WINDOWS = {"5m": 300, "15m": 900, "1h": 3600, "6h": 6 * 3600, "24h": 24 * 3600}
 DEFAULT_WINDOW = "15m"
@@ -104,9 +106,38 @@ def build_edges(topology: Topology, rate_over_s: float) -> pd.DataFrame:
 
 def focus_edges(edges: pd.DataFrame, focus: str | None) -> pd.DataFrame:
     """The edges touching the focused node (all edges when nothing is focused)."""
-    if not focus or edges.empty:
-        return edges
-    return edges[(edges["source"] == focus) | (edges["target"] == focus)]
+    return focus_rows(edges, focus, ("source", "target"))
+
+
+def focus_rows(frame: pd.DataFrame, focus: str | None, columns: Sequence[str]) -> pd.DataFrame:
+    """The rows where one of `columns` is the focused node (every row when nothing is
+    focused): a topic, a service, a producer."""
+    if not focus or frame.empty:
+        return frame
+    touching = pd.Series(False, index=frame.index)
+    for column in columns:
+        touching |= frame[column] == focus
+    return frame[touching]
+
+
+def busiest(frame: pd.DataFrame, limit: int, column: str) -> pd.DataFrame:
+    """The `limit` rows with the most `column`, most first, for a chart that cannot draw
+    every row; the frame as it is when it has no more rows than that."""
+    return frame.nlargest(limit, column) if len(frame) > limit else frame
+
+
+def edge_pairs(edges: pd.DataFrame, limit: int, by: str | None = None
+               ) -> list[tuple[str, str]]:
+    """(source, target) of the first `limit` edges: of those with the most `by` when given,
+    else in the frame's order."""
+    chosen = edges.nlargest(limit, by) if by else edges.head(limit)
+    return list(zip(chosen["source"], chosen["target"], strict=True))
+
+
+def edge_table(edges: pd.DataFrame) -> pd.DataFrame:
+    """The columns of the flow map's table of edges."""
+    return edges[["source", "target", "rate", "count", "p50_ms", "p95_ms", "processing_p95_ms",
+                  "error_rate", "retry_rate"]]
 
 
 def group_services(edges: pd.DataFrame, lag_rows: Sequence[LagRow]) -> dict[str, str]:
@@ -187,6 +218,32 @@ def lag_table(rows: Sequence[LagRow], focus: str | None = None) -> pd.DataFrame:
     return frame.drop(columns=["at_s"])
 
 
+def partitions_by_lag(partitions: pd.DataFrame) -> pd.DataFrame:
+    """A lag_table with the partitions furthest behind first."""
+    return partitions.sort_values(["lag", "group", "topic", "partition"],
+                                  ascending=[False, True, True, True])
+
+
+def shown_groups(groups: Sequence[GroupLag], partitions: pd.DataFrame) -> list[GroupLag]:
+    """The groups with a partition in `partitions` (a lag_table), furthest behind first."""
+    shown = set(partitions["group"])
+    return rank_groups([g for g in groups if g.group in shown])
+
+
+def group_table(groups: Sequence[GroupLag]) -> pd.DataFrame:
+    """Per group: status, lag in messages and seconds, rates and the catch-up outlook."""
+    return pd.DataFrame([{
+        "group": g.group, "status": g.status, "lag": g.lag, "lag_seconds": g.lag_seconds,
+        "consume_rate": g.consume_rate, "lag_rate": g.lag_rate, "outlook": catch_up_text(g)}
+        for g in groups], columns=["group", "status", "lag", "lag_seconds", "consume_rate",
+                                   "lag_rate", "outlook"])
+
+
+def trend_of(trend: pd.DataFrame, groups: Sequence[GroupLag]) -> pd.DataFrame:
+    """The lag trend (see lag_trend) of these groups only."""
+    return trend[trend["group"].isin({g.group for g in groups})]
+
+
 def lag_trend(rows: Sequence[tuple[str, float, int, float | None]]) -> pd.DataFrame:
     """Per group and poll: total offset lag and the largest lag in seconds."""
     trend = pd.DataFrame(list(rows), columns=["group", "at_s", "lag", "lag_seconds"])
@@ -262,6 +319,56 @@ def dead_letter_table(letters: Sequence[DeadLetter]) -> pd.DataFrame:
                                        "key", "flow", "headers", "truncated"])
 
 
+def with_flow_links(letters: pd.DataFrame, link: Callable[[str], str]) -> pd.DataFrame:
+    """Dead letters (a dead_letter_table) with an 'open' column: the link to each one's flow,
+    None where the flow is not known."""
+    return letters.assign(open=[link(f) if f else None for f in letters["flow"]])
+
+
+def dead_letter_details(letters: pd.DataFrame, message: str) -> dict[str, object]:
+    """What a dead letter's details show of the one with this message id: its reason,
+    correlation id, key and headers (untrusted text, for a code block)."""
+    row = letters[letters["message"] == message].iloc[0]
+    return {name: row[name] for name in ("reason", "correlation_id", "key", "headers")}
+
+
+def match_table(matches: Sequence[str], link: Callable[[str], str]) -> pd.DataFrame:
+    """Flows a search matched, each with its link."""
+    return pd.DataFrame({"flow": list(matches), "open": [link(m) for m in matches]},
+                        columns=["flow", "open"])
+
+
+def failed_step_table(steps: Sequence[FailedStep]) -> pd.DataFrame:
+    """A flow's failed steps: when, where, what and the error's type."""
+    return pd.DataFrame([{
+        "at": utc_time(step.start_ns), "service": step.service, "step": step.name,
+        "kind": step.kind, "error": step.error_type or "(no type given)",
+        "trace_id": step.trace_id} for step in steps],
+        columns=["at", "service", "step", "kind", "error", "trace_id"])
+
+
+def flow_hop_table(hops: Sequence[Hop]) -> pd.DataFrame:
+    """A flow's hops: where each message went, who sent and took it, and its times in ms."""
+    return pd.DataFrame([{
+        "topic": h.topic, "partition": h.partition, "offset": h.offset,
+        "producer": h.producer_service, "consumer": h.consumer_service,
+        "group": h.consumer_group, "attempt": h.retry_attempt, "queue_ms": h.queue_ms,
+        "processing_ms": h.processing_ms, "error": h.error, "trace_id": h.trace_id}
+        for h in hops], columns=["topic", "partition", "offset", "producer", "consumer",
+                                 "group", "attempt", "queue_ms", "processing_ms", "error",
+                                 "trace_id"])
+
+
+def recent_flow_table(flows: Sequence[FlowRow], link: Callable[[str], str]) -> pd.DataFrame:
+    """Flows, each with its link, status, start, duration and size."""
+    return pd.DataFrame([{
+        "open": link(f.id), "flow": f.id, "status": f.status,
+        "started": utc_time(f.started_ns), "duration_ms": (f.ended_ns - f.started_ns) / 1e6,
+        "hops": f.hops, "retries": f.retries, "errors": f.errors} for f in flows],
+        columns=["open", "flow", "status", "started", "duration_ms", "hops", "retries",
+                 "errors"])
+
+
 def latency_series(buckets: Sequence[LatencyBucket], since_s: float, window_s: float,
                    points: int = 30) -> pd.DataFrame:
     """End-to-end latency percentiles (ms) per flow type at `points` times across the window,
@@ -291,6 +398,11 @@ def hop_breakdown(edges: pd.DataFrame) -> pd.DataFrame:
                      "processing_p50_ms", "processing_p95_ms"]].rename(
         columns={"source": "topic", "target": "service", "p50_ms": "queue_p50_ms",
                  "p95_ms": "queue_p95_ms"})
+
+
+def hop_timing_table(hops: pd.DataFrame) -> pd.DataFrame:
+    """The latency page's table of hops (a hop_breakdown): the hop, its messages and times."""
+    return hops.drop(columns=["topic", "service"])
 
 
 def edge_series(buckets: Sequence[EdgeBucket], bucket_s: int, since_s: float, now_s: float

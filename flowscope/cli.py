@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import errno
+import importlib
 import json
-import logging
 import os
-import random
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 from base.errors import FlowscopeError
 from base.settings import Settings, redact_url
-from collectors.collect import run_collector
-from demo_services.loadgen import LoadPlan, run_load
 from flowscope import __version__, inspect
-from flowscope.demo import run_demo
 from flowscope.infra import jaeger, kafka
 from flowscope.infra.process import check_ports_free
-from flowscope.scenario import FAILURE_KNOBS, SCENARIOS, DemoOptions
-from flowscope.services import SERVICES, demo_config, run_services
+from flowscope.scenario import SCENARIOS
 from store.contract import StoreError
 from store.factory import open_store
 
@@ -111,70 +103,6 @@ def _jaeger_install(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
-def _services(settings: Settings, args: argparse.Namespace) -> int:
-    names = tuple(args.only.split(",")) if args.only else SERVICES
-    unknown = sorted(set(names) - set(SERVICES))
-    if unknown:
-        raise FlowscopeError("services", f"unknown service(s) {', '.join(unknown)}; "
-                             f"choose from {', '.join(SERVICES)}")
-    return run_services(settings, names)
-
-
-def _loadgen(settings: Settings, args: argparse.Namespace) -> int:
-    try:
-        plan = LoadPlan(rate=args.rate, duration_s=args.duration, seed=args.seed,
-                        transient_failure=args.transient_failure,
-                        permanent_failure=args.permanent_failure,
-                        callback_failure=args.callback_failure,
-                        inventory_failure=args.inventory_failure, work_ms=args.work_ms,
-                        pause_group=args.pause_group, pause_after_s=args.pause_after,
-                        pause_for_s=args.pause_for)
-    except ValueError as exc:
-        raise FlowscopeError("loadgen", str(exc)) from None
-    report = asyncio.run(run_load(demo_config(settings), plan))
-    if args.json:
-        print(json.dumps(report.as_json()))
-    return 0 if not report.errors else 1
-
-
-def _collect(settings: Settings, args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s collect %(levelname)s %(message)s")
-    logging.getLogger("aiokafka").setLevel(logging.ERROR)
-    collector = settings.collect
-    if args.otlp_address:
-        host, _, port = args.otlp_address.rpartition(":")
-        if not host or not port.isdigit():
-            raise FlowscopeError("collect",
-                                 f"--otlp-address {args.otlp_address!r} is not host:port")
-        collector = replace(collector, otlp_host=host, otlp_port=int(port))
-    settings = replace(settings, collector=collector)
-
-    def ready(url: str) -> None:
-        forward = redact_url(settings.jaeger.external_otlp_endpoint or "off")
-        print(f"collect: ready; OTLP/HTTP on {url}/v1/traces, spans topic "
-              f"{collector.spans_topic} on {settings.kafka.bootstrap}, store {collector.store}, "
-              f"forwarding to Jaeger: {forward}", flush=True)
-
-    try:
-        asyncio.run(run_collector(settings, kafka_spans=not args.no_kafka, on_ready=ready))
-    except StoreError as exc:
-        raise FlowscopeError("collect", f"cannot start: {exc}",
-                             hint="check that FLOWSCOPE_STORE and FLOWSCOPE_HOME are writable"
-                             ) from None
-    except OSError as exc:
-        if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES) and \
-                exc.filename is None:
-            raise FlowscopeError("collect", f"cannot listen on {collector.otlp_host}:"
-                                 f"{collector.otlp_port}: {exc.strerror or exc}",
-                                 hint="another collector may be running; or set "
-                                 "FLOWSCOPE_OTLP_ADDRESS") from None
-        where = f" ({exc.filename})" if exc.filename else ""
-        raise FlowscopeError("collect", f"cannot start: {exc.strerror or exc}{where}",
-                             hint="check that FLOWSCOPE_STORE and FLOWSCOPE_HOME are writable"
-                             ) from None
-    return 0
-
-
 def _inspect(settings: Settings, args: argparse.Namespace) -> int:
     try:
         since = inspect.parse_duration(args.since)
@@ -229,16 +157,6 @@ def _dashboard(settings: Settings, args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-def _demo(settings: Settings, args: argparse.Namespace) -> int:
-    failures = tuple((name, getattr(args, name)) for name in FAILURE_KNOBS
-                     if getattr(args, name) is not None)
-    seed = args.seed if args.seed is not None else random.randrange(1_000_000)
-    options = DemoOptions(duration_s=args.duration, scenario=args.scenario, rate=args.rate,
-                          seed=seed, failures=failures, jaeger=not args.no_jaeger,
-                          dashboard=not args.no_dashboard, dashboard_port=args.dashboard_port)
-    return run_demo(settings, options)
-
-
 def _add_collector_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser]
                             ) -> None:
     collect = groups.add_parser("collect", help="receive spans and build flows in the store",
@@ -249,7 +167,7 @@ def _add_collector_commands(groups: argparse._SubParsersAction[argparse.Argument
                          "(default FLOWSCOPE_OTLP_ADDRESS or 127.0.0.1:4318)")
     collect.add_argument("--no-kafka", action="store_true",
                          help="leave Kafka alone: no spans topic, no lag polling")
-    collect.set_defaults(handler=_collect)
+    collect.set_defaults(handler=_runner("collect"))
     inspect_parser = groups.add_parser(
         "inspect", help="print topology, flows, one flow, lag, propagation or counters",
         description="Read the store named by FLOWSCOPE_STORE.")
@@ -277,7 +195,7 @@ def _add_demo_commands(groups: argparse._SubParsersAction[argparse.ArgumentParse
                                  description="Create the demo topics and run every demo "
                                  "service as its own process until SIGINT or SIGTERM.")
     services.add_argument("--only", help="comma-separated services to run (default: all)")
-    services.set_defaults(handler=_services)
+    services.set_defaults(handler=_runner("services"))
     load = groups.add_parser("loadgen", help="drive both demo flows at a steady rate",
                              description="Send file uploads and orders to the demo services.")
     load.add_argument("--rate", type=float, default=5.0, help="flows per second (default 5)")
@@ -292,7 +210,7 @@ def _add_demo_commands(groups: argparse._SubParsersAction[argparse.ArgumentParse
     load.add_argument("--pause-after", type=float, default=0.0, help="seconds into the run")
     load.add_argument("--pause-for", type=float, default=10.0, help="seconds to pause")
     load.add_argument("--json", action="store_true", help="print the report as JSON")
-    load.set_defaults(handler=_loadgen)
+    load.set_defaults(handler=_runner("loadgen"))
 
 
 def _add_demo_stack_command(groups: argparse._SubParsersAction[argparse.ArgumentParser]
@@ -318,10 +236,23 @@ def _add_demo_stack_command(groups: argparse._SubParsersAction[argparse.Argument
     demo.add_argument("--no-dashboard", action="store_true", help="no dashboard")
     demo.add_argument("--dashboard-port", type=int, metavar="P",
                       help="dashboard port (default FLOWSCOPE_DASHBOARD_PORT or 8501)")
-    demo.set_defaults(handler=_demo)
+    demo.set_defaults(handler=_runner("demo"))
 
 
 Handler = Callable[[Settings, argparse.Namespace], int]
+
+
+def _runner(name: str) -> Handler:
+    """A command of flowscope/runners.py, whose module is imported when that command runs
+    (it brings aiohttp, aiokafka and OpenTelemetry: half a second that `flowscope inspect`
+    and the infrastructure commands do not spend). No cycle: runners imports the layers, and
+    nothing imports it."""
+
+    def run(settings: Settings, args: argparse.Namespace) -> int:
+        handler: Handler = getattr(importlib.import_module("flowscope.runners"), name)
+        return handler(settings, args)
+
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,6 @@
 
 from functools import partial
 
-import pandas as pd
 import streamlit as st
 
 from dashboard import charts, controls, queries, transforms
@@ -17,7 +16,6 @@ def render() -> None:
     data = controls.load(lambda window: queries.flow_map(window, focus))
     if data is None:
         return
-    assert isinstance(data, queries.FlowMap)
     columns = st.columns(len(data.metrics) + 1)
     inverse = {"Failed", "Dead-lettered", "Stuck"}
     for column, (label, value, delta) in zip(columns, data.metrics, strict=False):
@@ -49,10 +47,8 @@ def render() -> None:
                    f"{data.edges_total - len(data.edges):,} left out.")
     edges = transforms.focus_edges(data.edges, focus)
     st.subheader("Edges" + (" (focused)" if focus else ""))
-    st.dataframe(transforms.cut_columns(edges[[
-                     "source", "target", "rate", "count", "p50_ms", "p95_ms",
-                     "processing_p95_ms", "error_rate", "retry_rate"]]),
-                 hide_index=True, width="stretch", column_config={
+    st.dataframe(transforms.cut_columns(transforms.edge_table(edges)), hide_index=True,
+                 width="stretch", column_config={
                      "rate": st.column_config.NumberColumn("msg/s", format="%.2f"),
                      "count": st.column_config.NumberColumn("messages"),
                      "p50_ms": st.column_config.NumberColumn("p50 queue/send (ms)",
@@ -64,10 +60,9 @@ def render() -> None:
                      "error_rate": st.column_config.NumberColumn("errors", format="percent"),
                      "retry_rate": st.column_config.NumberColumn("retries",
                                                                  format="percent")})
-    busiest = edges.nlargest(queries.SERIES_EDGES, "count")
-    pairs = list(zip(busiest["source"], busiest["target"], strict=True))
+    pairs = transforms.edge_pairs(edges, queries.SERIES_EDGES, by="count")
     series = controls.load(lambda window: queries.edge_series(window, pairs))
-    if isinstance(series, pd.DataFrame) and not series.empty:
+    if series is not None and not series.empty:
         st.subheader("Throughput")
         st.plotly_chart(charts.lines(series, "time", "rate", "edge", x_title="time (UTC)",
                                      y_title="messages/s"), width="stretch")

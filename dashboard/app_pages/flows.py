@@ -4,7 +4,6 @@ see its hops as a waterfall, with a link to its trace in Jaeger."""
 import json
 import re
 
-import pandas as pd
 import streamlit as st
 
 from dashboard import charts, controls, queries, transforms, waterfall
@@ -22,12 +21,12 @@ def render() -> None:
     text = (st.session_state.get("flow") or "").strip()
     if text:
         found = controls.load(lambda _window: queries.flow(text))
-        if isinstance(found, queries.FoundFlow):
+        if found is not None:
             show_search(found)
     else:
         flows = controls.load(queries.recent_flows)
         if flows is not None:
-            show_recent(flows)  # type: ignore[arg-type]
+            show_recent(flows)
 
 
 def show_search(found: queries.FoundFlow) -> None:
@@ -39,8 +38,7 @@ def show_search(found: queries.FoundFlow) -> None:
     if len(matches) > 1:
         st.caption(f"{len(matches)} flows match; showing the first. The others:")
         st.dataframe(transforms.cut_columns(
-            pd.DataFrame({"flow": matches[1:], "open": [controls.flow_link(m)
-                                                        for m in matches[1:]]}), keep=["open"]),
+            transforms.match_table(matches[1:], controls.flow_link), keep=["open"]),
                      hide_index=True, column_config={"open": st.column_config.LinkColumn(
                          "", display_text="open")})
     started = transforms.utc_time(flow.started_ns)
@@ -67,10 +65,7 @@ def show_search(found: queries.FoundFlow) -> None:
     if found.failed_steps:
         st.subheader("Failed steps")
         # error types are the instrumented code's text: a table shows them as text only
-        st.dataframe(transforms.cut_columns(pd.DataFrame([{
-            "at": transforms.utc_time(step.start_ns), "service": step.service,
-            "step": step.name, "kind": step.kind, "error": step.error_type or "(no type given)",
-            "trace_id": step.trace_id} for step in found.failed_steps])),
+        st.dataframe(transforms.cut_columns(transforms.failed_step_table(found.failed_steps)),
             hide_index=True, width="stretch", column_config={
                 "at": st.column_config.DatetimeColumn("at (UTC)", format="HH:mm:ss.SSS")})
     for letter in found.dead_letters.itertuples():
@@ -90,14 +85,10 @@ def show_search(found: queries.FoundFlow) -> None:
     if len(breaks) > charts.BREAK_LABELS:
         st.caption(f"{len(breaks):,} idle stretches collapsed (dotted lines); the longest "
                    "are labelled with their length, as many as fit.")
-    st.dataframe(transforms.cut_columns(pd.DataFrame([{
-        "topic": h.topic, "partition": h.partition, "offset": h.offset,
-        "producer": h.producer_service, "consumer": h.consumer_service,
-        "group": h.consumer_group, "attempt": h.retry_attempt, "queue_ms": h.queue_ms,
-        "processing_ms": h.processing_ms, "error": h.error, "trace_id": h.trace_id}
-        for h in hops])), hide_index=True, width="stretch", column_config={
-            "queue_ms": st.column_config.NumberColumn("queue (ms)", format="%.1f"),
-            "processing_ms": st.column_config.NumberColumn("processing (ms)", format="%.1f")})
+    st.dataframe(transforms.cut_columns(transforms.flow_hop_table(hops)), hide_index=True,
+                 width="stretch", column_config={
+        "queue_ms": st.column_config.NumberColumn("queue (ms)", format="%.1f"),
+        "processing_ms": st.column_config.NumberColumn("processing (ms)", format="%.1f")})
 
 
 def show_recent(flows: list[FlowRow]) -> None:
@@ -106,11 +97,8 @@ def show_recent(flows: list[FlowRow]) -> None:
         controls.empty("No flows in this window yet.")
         return
     st.subheader("Newest flows")
-    st.dataframe(transforms.cut_columns(pd.DataFrame([{
-        "open": controls.flow_link(f.id), "flow": f.id, "status": f.status,
-        "started": transforms.utc_time(f.started_ns),
-        "duration_ms": (f.ended_ns - f.started_ns) / 1e6, "hops": f.hops,
-        "retries": f.retries, "errors": f.errors} for f in flows]), keep=["open"]),
+    st.dataframe(transforms.cut_columns(transforms.recent_flow_table(flows, controls.flow_link),
+                                        keep=["open"]),
         hide_index=True, width="stretch", column_config={
             "open": st.column_config.LinkColumn("", display_text="open"),
             "started": st.column_config.DatetimeColumn("started (UTC)", format="HH:mm:ss"),

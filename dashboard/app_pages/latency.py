@@ -14,7 +14,6 @@ def render() -> None:
     data = controls.load(lambda window: queries.latency(window, focus))
     if data is None:
         return
-    assert isinstance(data, queries.Latency)
     if data.series.empty and data.hops.empty:
         controls.empty("No completed flows in this window yet.")
         return
@@ -26,21 +25,18 @@ def render() -> None:
         st.caption("Flow type: the completion topic a flow reached. Dotted p50, solid p95, "
                    "dashed p99.")
     st.subheader("Where the time goes, per hop")
-    hops = data.hops
-    if focus:
-        hops = hops[(hops["topic"] == focus) | (hops["service"] == focus)]
+    hops = transforms.focus_rows(data.hops, focus, ("topic", "service"))
     if data.edges_total > queries.MAP_EDGES:
         first = ", the focused node's first" if focus else ""
         st.caption(f"Hops of the {queries.MAP_EDGES:,} busiest edges{first}; "
                    f"{data.edges_total - queries.MAP_EDGES:,} edges left out.")
     if not hops.empty:
-        charted = hops.nlargest(BREAKDOWN_HOPS, "count") if len(hops) > BREAKDOWN_HOPS \
-            else hops
+        charted = transforms.busiest(hops, BREAKDOWN_HOPS, "count")
         st.plotly_chart(charts.breakdown(charted), width="stretch")
         if len(hops) > len(charted):
             st.caption(f"The chart shows the {len(charted)} busiest hops; the table all "
                        f"{len(hops):,}.")
-        st.dataframe(transforms.cut_columns(hops.drop(columns=["topic", "service"])),
+        st.dataframe(transforms.cut_columns(transforms.hop_timing_table(hops)),
                      hide_index=True, width="stretch", column_config={
             c: st.column_config.NumberColumn(c.replace("_ms", " (ms)"), format="%.1f")
             for c in ("queue_p50_ms", "queue_p95_ms", "processing_p50_ms",

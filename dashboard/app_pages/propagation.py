@@ -10,16 +10,14 @@ CHARTED = 60  # bars of the chart; the table lists every topic and producer
 
 def render() -> None:
     """The share of tapped messages that carry a valid W3C traceparent."""
-    data = controls.load(queries.propagation)
-    if data is None:
+    loaded = controls.load(queries.propagation)
+    if loaded is None:
         return
-    focus = controls.focus()
-    if focus:
-        data = data[(data["topic"] == focus) | (data["producer"] == focus)]
+    data = transforms.focus_rows(loaded, controls.focus(), ("topic", "producer"))
     if data.empty:
         controls.empty("No tapped messages in this window (the collector's tap reads them).")
         return
-    charted = data.nlargest(CHARTED, "messages") if len(data) > CHARTED else data
+    charted = transforms.busiest(data, CHARTED, "messages")
     st.plotly_chart(charts.propagation(charted), width="stretch")
     if len(data) > len(charted):
         st.caption(f"The chart shows the {CHARTED} topics and producers with the most "

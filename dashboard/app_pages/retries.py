@@ -2,7 +2,6 @@
 
 import json
 
-import pandas as pd
 import streamlit as st
 
 from dashboard import charts, controls, queries, transforms
@@ -16,10 +15,7 @@ def render() -> None:
     data = controls.load(lambda window: queries.retries(window, focus))
     if data is None:
         return
-    assert isinstance(data, queries.Retries)
-    rates = data.rates
-    if focus:
-        rates = rates[(rates["topic"] == focus) | (rates["service"] == focus)]
+    rates = transforms.focus_rows(data.rates, focus, ("topic", "service"))
     if rates.empty:
         controls.empty("Nothing was consumed in this window yet.")
         return
@@ -36,19 +32,17 @@ def render() -> None:
                                                       color="red"),
         "error_rate": st.column_config.NumberColumn("failed", format="percent")})
     right.subheader("Attempts")
-    attempts = data.attempts[data.attempts["topic"] == focus] if focus else data.attempts
+    attempts = transforms.focus_rows(data.attempts, focus, ("topic",))
     if attempts.empty:
         right.info("No tapped message of this window was a retry (or the collector's tap "
                    "is off).")
     else:
         right.plotly_chart(charts.attempts(attempts), width="stretch")
         right.caption(f"The newest {queries.ATTEMPTS_SAMPLE:,} tapped messages of the window.")
-    retried = data.retried
-    if focus:
-        retried = retried[(retried["source"] == focus) | (retried["target"] == focus)]
-    pairs = list(zip(retried["source"], retried["target"], strict=True))[:queries.SERIES_EDGES]
+    retried = transforms.focus_edges(data.retried, focus)
+    pairs = transforms.edge_pairs(retried, queries.SERIES_EDGES)
     series = controls.load(lambda window: queries.edge_series(window, pairs)) if pairs else None
-    if isinstance(series, pd.DataFrame) and not series.empty:
+    if series is not None and not series.empty:
         st.subheader("Retries over time")
         if len(retried) > len(pairs):
             st.caption(f"The {len(pairs)} edges with the most retries; "
@@ -56,14 +50,11 @@ def render() -> None:
         st.plotly_chart(charts.lines(series, "time", "retry_rate", "edge", x_title="time (UTC)",
                                      y_title="retries/s"), width="stretch")
     st.subheader("Dead letters")
-    letters = data.dead_letters
-    if focus:
-        letters = letters[letters["topic"] == focus]
+    letters = transforms.focus_rows(data.dead_letters, focus, ("topic",))
     if letters.empty:
         st.success("No message was dead-lettered in this window.")
         return
-    letters = letters.assign(open=[controls.flow_link(f) if f else None
-                                   for f in letters["flow"]])
+    letters = transforms.with_flow_links(letters, controls.flow_link)
     st.dataframe(transforms.cut_columns(letters, keep=["open"]), hide_index=True,
                  width="stretch", column_config={
                      "time": st.column_config.DatetimeColumn("time (UTC)", format="HH:mm:ss"),
@@ -72,10 +63,8 @@ def render() -> None:
     chosen = st.selectbox("Dead letter", list(letters["message"]), key="dead_letter",
                           format_func=transforms.cut_text,
                           help="topic.partition.offset of the message whose details to show")
-    row = letters[letters["message"] == chosen].iloc[0]
     # Header values come from other systems: shown in a code block, as text, never markup.
-    st.code(json.dumps({"reason": row["reason"], "correlation_id": row["correlation_id"],
-                        "key": row["key"], "headers": row["headers"]}, indent=2,
+    st.code(json.dumps(transforms.dead_letter_details(letters, chosen), indent=2,
                        ensure_ascii=False), language="json")
 
 

@@ -155,10 +155,13 @@ class SqliteStore:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        """One transaction; an error of the store's own (disk full, read-only...) comes out
-        as StoreUnavailable, an error about the data as it is."""
+        """One transaction, begun here: Python's sqlite3 begins one only before a data change,
+        so a write opening with a SELECT or a SAVEPOINT would otherwise commit in parts. An
+        error of the store's own (disk full, read-only...) comes out as StoreUnavailable, an
+        error about the data as it is."""
         try:
             with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
                 yield
         except sqlite3.Error as exc:
             unavailable = store_unavailable(exc, self.path)

@@ -3,6 +3,7 @@ reporting; and nothing when all is well."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from streamlit.testing.v1 import AppTest
 
 from collectors.supervise import Health
 from dashboard.collector_health import STALE_S, collector_notes
+from flowscope.demo import health_changes
+from flowscope.inspect import inspect_health
 from store.contract import ComponentRow
 from tests.store_writer import open_writable
 from tests.unit.test_dashboard_pages import APP, PAGES
@@ -67,8 +70,6 @@ def test_every_page_shows_a_component_that_is_down(page: str, tmp_path: Path,
 
 
 def test_the_demo_says_when_a_component_goes_down_and_comes_back() -> None:
-    from flowscope.demo import health_changes  # noqa: PLC0415
-
     ok = {"tap": ("ok", None), "spans_topic": ("ok", None)}
     down = {"tap": ("down", "RuntimeError: boom"), "spans_topic": ("ok", None)}
     assert health_changes({}, ok) == []
@@ -80,10 +81,6 @@ def test_the_demo_says_when_a_component_goes_down_and_comes_back() -> None:
 
 
 def test_inspect_health_lists_components_and_the_age_of_the_report(tmp_path: Path) -> None:
-    import json  # noqa: PLC0415
-
-    from flowscope.inspect import inspect_health  # noqa: PLC0415
-
     store = open_writable(tmp_path / "s.db", RULES)
     assert "no health report" in inspect_health(store, False)
     health = Health()

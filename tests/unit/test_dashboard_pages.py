@@ -11,6 +11,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from base.settings import Settings
+from dashboard import queries
+from store.contract import FlowRow, Store
 from store.factory import open_store
 from tests.dashboard_seed import COMPLETED, DEAD, DEAD_KEY, HOSTILE, SLOW, Seeded, seed_store
 
@@ -59,6 +61,59 @@ def _values(data: object) -> list[object]:
     if isinstance(data, dict):
         return np.frombuffer(base64.b64decode(data["bdata"]), dtype=data["dtype"]).tolist()
     return list(data)  # type: ignore[call-overload]
+
+
+LOADED: list[str] = []
+
+
+def _first(store: Store, argument: str, now_ns: int) -> str:
+    LOADED.append("first")
+    return f"first {argument}"
+
+
+def _second(store: Store, argument: str, now_ns: int) -> str:
+    LOADED.append("second")
+    return f"second {argument}"
+
+
+# Built once, as queries.py builds its own: by one factory, so their cached functions have
+# the same module and source, and only the name each is given apart.
+FIRST, SECOND = queries.cached(_first), queries.cached(_second)
+
+
+def test_two_loaders_of_one_argument_keep_their_own_cached_results(
+        seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queries, "tick", lambda: 0)  # one clock tick for every call
+    LOADED.clear()
+    assert [FIRST("x"), SECOND("x"), FIRST("x"), SECOND("x")] == [
+        "first x", "second x", "first x", "second x"]
+    assert LOADED == ["first", "second"]  # each loaded once, then read from its cache
+    # and so the dashboard's own, of one window
+    nodes, flows = queries.nodes(900), queries.recent_flows(900)
+    assert "files.uploaded" in nodes
+    assert flows
+    assert all(isinstance(flow, FlowRow) for flow in flows)
+
+
+def test_a_loader_is_cached_once_only() -> None:
+    with pytest.raises(ValueError, match="cached already"):
+        queries.cached(queries.load_nodes)
+
+
+def test_settings_are_read_once_per_run_and_again_on_the_next(
+        app: AppTest, seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[Settings] = []
+    read = Settings.from_env
+
+    def counted(env: object = None) -> Settings:
+        reads.append(read())
+        return reads[-1]
+
+    monkeypatch.setattr(Settings, "from_env", counted)
+    _run(app, PAGES[0])  # the sidebar, the focus nodes, the map, its series, the health box
+    assert len(reads) == 1
+    _run(app, PAGES[2])
+    assert len(reads) == 2
 
 
 def test_flow_map_shows_the_seeded_overview_and_graph(app: AppTest, seeded: Seeded) -> None:

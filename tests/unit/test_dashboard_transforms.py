@@ -9,14 +9,18 @@ import pytest
 
 from dashboard import charts, layout, transforms, waterfall
 from store.contract import (
+    DeadLetter,
     EdgeBucket,
     EdgeRow,
+    FailedStep,
     FlowCounts,
+    FlowRow,
     LatencyBucket,
     Topology,
 )
 from store.histogram import Histogram
 from store.records import GroupLag, Hop, LagRow
+from store.vocabulary import FlowStatus
 
 MS = 1_000_000
 
@@ -204,3 +208,140 @@ def test_dense_lines_drop_their_markers_and_sparse_ones_keep_them() -> None:
     figure = charts.lines(frame, "t", "lag", "group", x_title="time", y_title="lag")
     assert {trace.name: trace.mode for trace in figure.data} == {
         "dense": "lines", "sparse": "lines+markers"}
+
+
+def _link(flow: str) -> str:
+    return f"/flows?flow={flow}"
+
+
+def test_focus_keeps_the_rows_naming_the_node_in_any_given_column() -> None:
+    frame = pd.DataFrame({"topic": ["jobs", "done", "jobs"], "service": ["worker", "jobs", "x"]})
+    assert transforms.focus_rows(frame, None, ("topic", "service")) is frame
+    assert list(transforms.focus_rows(frame, "jobs", ("topic", "service")).index) == [0, 1, 2]
+    assert list(transforms.focus_rows(frame, "jobs", ("topic",)).index) == [0, 2]
+    assert transforms.focus_rows(frame, "nobody", ("topic", "service")).empty
+    edges = transforms.build_edges(_topology(), 60)
+    assert set(transforms.focus_edges(edges, "done")["source"]) == {"worker"}
+
+
+def test_busiest_keeps_the_most_only_past_the_limit() -> None:
+    frame = pd.DataFrame({"hop": ["a", "b", "c"], "count": [1, 3, 2]})
+    assert transforms.busiest(frame, 3, "count") is frame  # in its own order
+    assert list(transforms.busiest(frame, 2, "count")["hop"]) == ["b", "c"]
+
+
+def test_edge_pairs_are_the_first_edges_or_the_busiest() -> None:
+    edges = transforms.build_edges(_topology(), 60)
+    assert transforms.edge_pairs(edges, 2) == [("api", "jobs"), ("jobs", "worker")]
+    assert transforms.edge_pairs(edges, 2, by="retries") == [("worker", "jobs.retry"),
+                                                            ("jobs.retry", "worker")]
+    assert transforms.edge_pairs(edges.iloc[0:0], 8) == []
+
+
+def test_edge_table_has_the_columns_the_map_lists() -> None:
+    table = transforms.edge_table(transforms.build_edges(_topology(), 60))
+    assert list(table.columns) == ["source", "target", "rate", "count", "p50_ms", "p95_ms",
+                                   "processing_p95_ms", "error_rate", "retry_rate"]
+    assert len(table) == 5
+
+
+def _lag_rows() -> list[LagRow]:
+    return [LagRow(g, t, p, 1, 1 + lag, lag, 0.1, "OK", 0.0) for g, t, p, lag in (
+        ("notifier", "done", 0, 2), ("worker", "jobs", 1, 9), ("worker", "jobs", 0, 9),
+        ("api", "x", 0, 1))]
+
+
+def _groups() -> list[GroupLag]:
+    return [GroupLag("notifier", "OK", None, 2, 0.1, 5.0, 0.0, None, 0.0),
+            GroupLag("worker", "WARN", None, 18, 3.0, 5.0, 1.0, None, 0.0),
+            GroupLag("api", "OK", None, 1, 0.0, 5.0, 0.0, None, 0.0)]
+
+
+def test_partitions_furthest_behind_come_first() -> None:
+    table = transforms.partitions_by_lag(transforms.lag_table(_lag_rows()))
+    assert list(zip(table["group"], table["partition"], strict=True)) == [
+        ("worker", 0), ("worker", 1), ("notifier", 0), ("api", 0)]
+
+
+def test_shown_groups_are_those_with_a_partition_shown_furthest_behind_first() -> None:
+    partitions = transforms.lag_table(_lag_rows(), "jobs")
+    assert [g.group for g in transforms.shown_groups(_groups(), partitions)] == ["worker"]
+    every = transforms.shown_groups(_groups(), transforms.lag_table(_lag_rows()))
+    assert [g.group for g in every] == ["worker", "notifier", "api"]
+
+
+def test_group_table_says_how_each_group_is_doing() -> None:
+    table = transforms.group_table(transforms.rank_groups(_groups()))
+    assert list(table["group"]) == ["worker", "notifier", "api"]
+    assert "will not catch up" in table.iloc[0]["outlook"]
+    assert list(transforms.group_table([]).columns) == [
+        "group", "status", "lag", "lag_seconds", "consume_rate", "lag_rate", "outlook"]
+
+
+def test_trend_of_keeps_the_given_groups_only() -> None:
+    trend = transforms.lag_trend([("worker", 10.0, 5, 1.0), ("api", 10.0, 1, 0.1),
+                                  ("worker", 20.0, 7, 1.5)])
+    kept = transforms.trend_of(trend, _groups()[1:2])
+    assert list(kept["lag"]) == [5, 7]
+    assert transforms.trend_of(trend, []).empty
+
+
+def _letters() -> pd.DataFrame:
+    return transforms.dead_letter_table([
+        DeadLetter("jobs.dlq", 0, 7, 1_000, "k1", "c1", "flow-1", (("dlq-reason", "boom"),),
+                   False),
+        DeadLetter("jobs.dlq", 0, 8, 2_000, None, None, None, (), False)])
+
+
+def test_dead_letters_link_to_their_flow_where_known() -> None:
+    letters = transforms.with_flow_links(_letters(), _link)
+    assert letters["open"].iloc[0] == "/flows?flow=flow-1"
+    assert pd.isna(letters["open"].iloc[1])  # no link: an empty cell
+    assert "open" not in _letters().columns  # the letters themselves are left as they were
+
+
+def test_dead_letter_details_are_those_of_the_chosen_message() -> None:
+    assert transforms.dead_letter_details(_letters(), "jobs.dlq.0.7") == {
+        "reason": "boom", "correlation_id": "c1", "key": "k1", "headers": "dlq-reason=boom"}
+
+
+def test_match_table_links_every_match() -> None:
+    table = transforms.match_table(["a", "b"], _link)
+    assert table.to_dict("records") == [{"flow": "a", "open": "/flows?flow=a"},
+                                        {"flow": "b", "open": "/flows?flow=b"}]
+    assert list(transforms.match_table([], _link).columns) == ["flow", "open"]
+
+
+def test_failed_steps_name_where_and_what_failed() -> None:
+    table = transforms.failed_step_table([
+        FailedStep(2 * 10**9, "worker", "process jobs", "consumer", None, "t" * 32)])
+    row = table.iloc[0]
+    assert (row["service"], row["step"], row["error"]) == ("worker", "process jobs",
+                                                           "(no type given)")
+    assert row["at"] == pd.Timestamp(2, unit="s", tz="UTC")
+    assert transforms.failed_step_table([]).empty
+
+
+def test_flow_hop_table_has_each_hop_with_its_times_in_ms() -> None:
+    table = transforms.flow_hop_table([_hop("jobs", 0, 40), _hop("jobs.retry", 100, 5)])
+    assert list(table["topic"]) == ["jobs", "jobs.retry"]
+    assert list(table["queue_ms"]) == [pytest.approx(40.0), pytest.approx(5.0)]
+    assert list(table["processing_ms"]) == [pytest.approx(10.0), pytest.approx(10.0)]
+    assert list(table["consumer"]) == ["b", "b"]
+
+
+def test_recent_flow_table_links_each_flow_with_its_duration() -> None:
+    flow = FlowRow("order-1", FlowStatus.COMPLETED, 10**9, 10**9 + 25 * MS, 3, 1, 0)
+    row = transforms.recent_flow_table([flow], _link).iloc[0]
+    assert (row["open"], row["flow"], row["status"]) == ("/flows?flow=order-1", "order-1",
+                                                         "completed")
+    assert row["duration_ms"] == pytest.approx(25.0)
+    assert row["started"] == pd.Timestamp(1, unit="s", tz="UTC")
+
+
+def test_hop_timing_table_drops_what_the_hop_names_already() -> None:
+    hops = transforms.hop_breakdown(transforms.build_edges(_topology(), 60))
+    table = transforms.hop_timing_table(hops)
+    assert list(table.columns) == ["hop", "count", "queue_p50_ms", "queue_p95_ms",
+                                   "processing_p50_ms", "processing_p95_ms"]
+    assert set(table["hop"]) == {"jobs → worker", "jobs.retry → worker"}

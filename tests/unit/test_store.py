@@ -4,6 +4,7 @@ directory. Tests of one backend alone are in a file of their own (test_sqlite_st
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -345,3 +346,37 @@ def test_topology_tells_the_first_bucket_of_its_window_that_holds_data(store: St
     bucket = BASE_NS // 10**9 // 10 * 10
     assert store.topology(BASE_NS - 10**12).first_bucket_s == bucket
     assert store.topology(BASE_NS + 10**12).first_bucket_s is None
+
+
+def test_a_batch_that_fails_midway_leaves_nothing_behind(store: WritableStore) -> None:
+    trace, producer = new_trace_id(), new_span_id()
+    records = (_records("orders", _send("t", trace=trace, span_id=producer)) +
+               _records("payments", _process("t", trace=trace, parent=producer, error=True)))
+    real = store.store.write_batch
+
+    class FailingLate:
+        """The backend's writes, failing at the last step of the batch."""
+
+        def __init__(self, writes: object) -> None:
+            self.writes = writes
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.writes, name)
+
+        def merge_edges(self, totals: object) -> None:
+            raise RuntimeError("the last step failed")
+
+    @contextlib.contextmanager
+    def failing_batch() -> Iterator[object]:
+        with real() as writes:
+            yield FailingLate(writes)
+
+    store.store.write_batch = failing_batch  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="last step"):
+        store.write_spans(records)
+    store.store.write_batch = real  # type: ignore[method-assign]
+    assert store.flow("flow-1", NOW) is None
+    assert store.failed_steps("flow-1") == []
+    assert _edges(store) == {}
+    result = store.write_spans(records)  # nothing of the failed batch is taken as a replay
+    assert (result.written, result.duplicates, result.hops) == (2, 0, 1)

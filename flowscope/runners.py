@@ -1,0 +1,99 @@
+"""The commands that run Flowscope's processes: `collect`, `services`, `loadgen` and `demo`.
+
+Apart from the command line (cli.py) because they bring the collector's and the demo's
+dependencies (aiohttp, aiokafka, OpenTelemetry: about half a second to import), which
+`flowscope inspect` and the infrastructure commands do not need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import json
+import logging
+import random
+from dataclasses import replace
+
+from base.errors import FlowscopeError
+from base.settings import Settings, redact_url
+from collectors.collect import run_collector
+from demo_services.loadgen import LoadPlan, run_load
+from flowscope.demo import run_demo
+from flowscope.scenario import FAILURE_KNOBS, DemoOptions
+from flowscope.services import SERVICES, demo_config, run_services
+from store.contract import StoreError
+
+
+def services(settings: Settings, args: argparse.Namespace) -> int:
+    names = tuple(args.only.split(",")) if args.only else SERVICES
+    unknown = sorted(set(names) - set(SERVICES))
+    if unknown:
+        raise FlowscopeError("services", f"unknown service(s) {', '.join(unknown)}; "
+                             f"choose from {', '.join(SERVICES)}")
+    return run_services(settings, names)
+
+
+def loadgen(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        plan = LoadPlan(rate=args.rate, duration_s=args.duration, seed=args.seed,
+                        transient_failure=args.transient_failure,
+                        permanent_failure=args.permanent_failure,
+                        callback_failure=args.callback_failure,
+                        inventory_failure=args.inventory_failure, work_ms=args.work_ms,
+                        pause_group=args.pause_group, pause_after_s=args.pause_after,
+                        pause_for_s=args.pause_for)
+    except ValueError as exc:
+        raise FlowscopeError("loadgen", str(exc)) from None
+    report = asyncio.run(run_load(demo_config(settings), plan))
+    if args.json:
+        print(json.dumps(report.as_json()))
+    return 0 if not report.errors else 1
+
+
+def collect(settings: Settings, args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s collect %(levelname)s %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    collector = settings.collect
+    if args.otlp_address:
+        host, _, port = args.otlp_address.rpartition(":")
+        if not host or not port.isdigit():
+            raise FlowscopeError("collect",
+                                 f"--otlp-address {args.otlp_address!r} is not host:port")
+        collector = replace(collector, otlp_host=host, otlp_port=int(port))
+    settings = replace(settings, collector=collector)
+
+    def ready(url: str) -> None:
+        forward = redact_url(settings.jaeger.external_otlp_endpoint or "off")
+        print(f"collect: ready; OTLP/HTTP on {url}/v1/traces, spans topic "
+              f"{collector.spans_topic} on {settings.kafka.bootstrap}, store {collector.store}, "
+              f"forwarding to Jaeger: {forward}", flush=True)
+
+    try:
+        asyncio.run(run_collector(settings, kafka_spans=not args.no_kafka, on_ready=ready))
+    except StoreError as exc:
+        raise FlowscopeError("collect", f"cannot start: {exc}",
+                             hint="check that FLOWSCOPE_STORE and FLOWSCOPE_HOME are writable"
+                             ) from None
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES) and \
+                exc.filename is None:
+            raise FlowscopeError("collect", f"cannot listen on {collector.otlp_host}:"
+                                 f"{collector.otlp_port}: {exc.strerror or exc}",
+                                 hint="another collector may be running; or set "
+                                 "FLOWSCOPE_OTLP_ADDRESS") from None
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise FlowscopeError("collect", f"cannot start: {exc.strerror or exc}{where}",
+                             hint="check that FLOWSCOPE_STORE and FLOWSCOPE_HOME are writable"
+                             ) from None
+    return 0
+
+
+def demo(settings: Settings, args: argparse.Namespace) -> int:
+    failures = tuple((name, getattr(args, name)) for name in FAILURE_KNOBS
+                     if getattr(args, name) is not None)
+    seed = args.seed if args.seed is not None else random.randrange(1_000_000)
+    options = DemoOptions(duration_s=args.duration, scenario=args.scenario, rate=args.rate,
+                          seed=seed, failures=failures, jaeger=not args.no_jaeger,
+                          dashboard=not args.no_dashboard, dashboard_port=args.dashboard_port)
+    return run_demo(settings, options)
