@@ -6,7 +6,8 @@ from store.vocabulary import CONSUMES, SENDS, sql_list
 # store is migrated in place when the collector opens it).
 # 3: collector_health (each component's state, for the dashboard).
 # 4: hops_from_batches (a partial index, so that asking whether any hop came from a batch
-# consume reads nothing when none did).
+# consume reads nothing when none did); spans_by_flow replaced by sends_by_flow and
+# failures_by_flow (partial: a consume span that did not fail is in neither).
 SCHEMA_VERSION = 4
 MIGRATES_FROM = (1, 2, 3)
 
@@ -23,7 +24,12 @@ CREATE TABLE IF NOT EXISTS spans (
     retry_attempt INTEGER, batch_count INTEGER, flow_id TEXT NOT NULL,
     PRIMARY KEY (trace_id, span_id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS spans_by_flow ON spans (flow_id);
+-- A flow's spans are read for its sends (those no consumer took) and its failures only; a
+-- flow keyed by a trace ID holds spans of that trace alone, so moving it to a correlation ID
+-- goes by the primary key. Two partial indexes instead of one over every span.
+DROP INDEX IF EXISTS spans_by_flow;
+CREATE INDEX IF NOT EXISTS sends_by_flow ON spans (flow_id) WHERE operation IN {sql_list(SENDS)};
+CREATE INDEX IF NOT EXISTS failures_by_flow ON spans (flow_id, start_ns) WHERE error = 1;
 -- Partial indexes: only sends are looked up by message id, only consumes by parent.
 CREATE INDEX IF NOT EXISTS sends_by_message ON spans (message_id)
     WHERE message_id IS NOT NULL AND operation IN {sql_list(SENDS)};

@@ -69,7 +69,11 @@ class SqliteWrites:
                 trace_id, correlation_id = row[0], by_trace[row[0]]
                 if trace_id == correlation_id:
                     continue
-                for table in ("spans", "hops", "messages"):
+                # A flow keyed by a trace ID holds spans of that trace only (store.records
+                # flow_of): found by the primary key.
+                self.db.execute("UPDATE spans SET flow_id=? WHERE trace_id=? AND flow_id=?",
+                                (correlation_id, trace_id, trace_id))
+                for table in ("hops", "messages"):
                     self.db.execute(f"UPDATE {table} SET flow_id=? WHERE flow_id=?",
                                     (correlation_id, trace_id))
                 self.db.execute("DELETE FROM flows WHERE flow_id=?", (trace_id,))
@@ -186,13 +190,23 @@ class SqliteWrites:
         by_key: dict[str, Hop] = {}
         for hop in hops:
             by_key.setdefault(hop.key, hop)
-        stored: set[str] = set()
-        for chunk in _chunks(list(by_key)):
-            stored.update(k for (k,) in self.db.execute(
-                f"SELECT hop_key FROM hops WHERE hop_key IN ({_marks(chunk)})", chunk))
-        new = [hop for key, hop in by_key.items() if key not in stored]
-        self.db.executemany(HOP_INSERT, [hop_values(hop) for hop in new])
-        return new
+        # Most hops are new: insert them all, and only when one is stored already (a message
+        # redelivered to the same service), roll back and insert those that are not.
+        self.db.execute("SAVEPOINT hops")
+        try:
+            self.db.executemany(HOP_INSERT, [hop_values(hop) for hop in by_key.values()])
+        except sqlite3.IntegrityError:
+            self.db.execute("ROLLBACK TO hops")
+            self.db.execute("RELEASE hops")
+            stored: set[str] = set()
+            for chunk in _chunks(list(by_key)):
+                stored.update(k for (k,) in self.db.execute(
+                    f"SELECT hop_key FROM hops WHERE hop_key IN ({_marks(chunk)})", chunk))
+            new = [hop for key, hop in by_key.items() if key not in stored]
+            self.db.executemany(HOP_INSERT, [hop_values(hop) for hop in new])
+            return new
+        self.db.execute("RELEASE hops")
+        return list(by_key.values())
 
     def merge_flows(self, totals: Mapping[str, FlowTotals]) -> dict[str, FlowTotals]:
         """Add totals into the stored flows; the stored totals before."""

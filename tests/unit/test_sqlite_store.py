@@ -10,6 +10,7 @@ import pytest
 
 from store.contract import StoreError
 from store.sqlite.backend import SqliteStore
+from store.sqlite.readers import PENDING_WHERE
 from store.sqlite.schema import SCHEMA_VERSION
 from store.sqlite.writes import consumes_of_sql
 from store.vocabulary import FlowRules
@@ -44,21 +45,26 @@ def test_a_version_1_store_is_migrated_by_the_writer_and_refused_by_a_reader(
     reader.close()
 
 
-def test_a_version_3_store_gains_the_batch_hops_index_when_the_writer_opens_it(
+def test_a_version_3_store_gets_version_4_s_indexes_when_the_writer_opens_it(
         tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     SqliteStore(path, RULES).close()
     with sqlite3.connect(path) as db:  # as version 3 left it
         db.execute("DROP INDEX hops_from_batches")
+        db.execute("DROP INDEX sends_by_flow")
+        db.execute("DROP INDEX failures_by_flow")
+        db.execute("CREATE INDEX spans_by_flow ON spans (flow_id)")
         db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     db.close()
     SqliteStore(path, RULES).close()
     with sqlite3.connect(path) as db:
         version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        index = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'hops_from_batches'"
-                           ).fetchone()
+        indexes = {name for (name,) in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index'")}
     db.close()
-    assert (int(version[0]), index) == (SCHEMA_VERSION, (1,))
+    assert int(version[0]) == SCHEMA_VERSION
+    assert {"hops_from_batches", "sends_by_flow", "failures_by_flow"} <= indexes
+    assert "spans_by_flow" not in indexes
 
 
 def test_sqlite_uses_its_partial_indexes_for_the_write_paths_lookups(tmp_path: Path) -> None:
@@ -72,6 +78,11 @@ def test_sqlite_uses_its_partial_indexes_for_the_write_paths_lookups(tmp_path: P
                             "IN (VALUES (?,?))",
             "batch hops": "EXPLAIN QUERY PLAN SELECT EXISTS (SELECT 1 FROM hops WHERE "
                           "consumer_is_batch = 1)",
+            "pending sends": f"EXPLAIN QUERY PLAN SELECT 1 {PENDING_WHERE}",
+            "failed steps": "EXPLAIN QUERY PLAN SELECT * FROM spans WHERE flow_id = ? AND "
+                            "error = 1 ORDER BY start_ns",
+            "adoption": "EXPLAIN QUERY PLAN UPDATE spans SET flow_id = ? WHERE trace_id = ? "
+                        "AND flow_id = ?",
         }
         details = {name: " ".join(str(row[-1]) for row in writes.db.execute(
             sql, (1,) * sql.count("?"))) for name, sql in plans.items()}
@@ -80,3 +91,7 @@ def test_sqlite_uses_its_partial_indexes_for_the_write_paths_lookups(tmp_path: P
     assert "consumes_by_parent" in details["consumes by parent"]
     assert "hops_from_batches" in details["batch hops"]
     assert "PRIMARY KEY (trace_id=? AND span_id=?)" in details["spans by key"]
+    assert "sends_by_flow" in details["pending sends"]
+    assert "failures_by_flow" in details["failed steps"]
+    assert "TEMP B-TREE" not in details["failed steps"]  # read in order from the index
+    assert "PRIMARY KEY (trace_id=?)" in details["adoption"]
