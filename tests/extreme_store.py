@@ -39,6 +39,8 @@ SPAN_INSERT = (
     "flow_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 HOP_INSERT = "INSERT INTO hops VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 EDGE_INSERT = "INSERT OR REPLACE INTO edge_buckets VALUES (?,?,?,?,?,?,?,?,?,?)"
+ROLLUP_INSERT = "INSERT OR REPLACE INTO edge_rollups VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+ROLLUP_S = 300  # the store's rollup width for its default 10 s buckets (meta rollup_s)
 FLOW_INSERT = "INSERT OR REPLACE INTO flows VALUES (?,?,?,?,?,?,?,?,?,?)"
 MESSAGE_INSERT = "INSERT OR REPLACE INTO messages VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 LAG_VALUES = "(?,?,?,?,?,?,?,?,?)"
@@ -60,6 +62,26 @@ def _histogram(*values_ms: float) -> str:
     for value in values_ms:
         histogram.add(value)
     return histogram.to_json()
+
+
+def _rollup_rows(edge_rows: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
+    """The 5-minute rollups of these edge bucket rows, as the store keeps them beside the
+    buckets (starts held to int64, as the seeded extremes are at its ends)."""
+    merged: dict[tuple[object, ...], list[object]] = {}
+    for bucket, source, source_kind, target, target_kind, count, errors, retries, \
+            latency, processing in edge_rows:
+        start = max(INT64_MIN, int(bucket) // ROLLUP_S * ROLLUP_S)  # type: ignore[call-overload]
+        row = merged.setdefault((start, source, target), [
+            start, source, source_kind, target, target_kind, 0, 0, 0, Histogram(),
+            Histogram(), bucket])
+        row[5] += count  # type: ignore[operator]
+        row[6] += errors  # type: ignore[operator]
+        row[7] += retries  # type: ignore[operator]
+        row[8].merge(Histogram.from_json(latency))  # type: ignore[union-attr,arg-type]
+        row[9].merge(Histogram.from_json(processing))  # type: ignore[union-attr,arg-type]
+        row[10] = min(row[10], bucket)  # type: ignore[type-var]
+    return [(*row[:8], row[8].to_json(), row[9].to_json(), row[10])  # type: ignore[union-attr]
+            for row in merged.values()]
 
 
 def _edge_rows(edges: int, buckets: int, now_s: int) -> list[tuple[object, ...]]:
@@ -205,6 +227,7 @@ def build_extreme_store(path: Path, settings: Settings, *, edges: int = 5000,
             db.executemany(MESSAGE_INSERT, messages)
             db.executemany(FLOW_INSERT, flows)
             db.executemany(EDGE_INSERT, edge_rows)
+            db.executemany(ROLLUP_INSERT, _rollup_rows(edge_rows))
             if extreme_values:
                 db.executemany("INSERT OR REPLACE INTO flow_latency_buckets VALUES (?,?,?,?)", [
                     (at, name, 2, _histogram(0.0001, 1e12)) for name in HOSTILE_NAMES

@@ -29,7 +29,7 @@ from store.contract import (
 )
 from store.records import GROUP_LAG_COLUMNS, LAG_COLUMNS, GroupLag, Hop, LagRow
 from store.sqlite import readers, summaries
-from store.sqlite.schema import MIGRATES_FROM, SCHEMA, SCHEMA_VERSION
+from store.sqlite.schema import MIGRATES_FROM, SCHEMA, SCHEMA_VERSION, rollup_width
 from store.sqlite.writes import SqliteWrites
 from store.vocabulary import (
     NS_PER_MS,
@@ -113,6 +113,19 @@ class SqliteStore:
             elif int(row[0]) != SCHEMA_VERSION:
                 raise StoreError(f"{self.path} has schema version {row[0]}; this Flowscope "
                                  f"reads version {SCHEMA_VERSION}")
+            self._start_rollups()
+
+    def _start_rollups(self) -> None:
+        """Fix the edge rollups' width, and the bucket they are complete from: at once for a
+        new store; for one migrated with edges in it, the first rollup bucket after the
+        newest edge bucket (earlier windows are read from the edge buckets)."""
+        if self.db.execute("SELECT 1 FROM meta WHERE key = 'rollup_s'").fetchone():
+            return
+        width = rollup_width(self.bucket_s)
+        newest = self.db.execute("SELECT MAX(bucket_start) FROM edge_buckets").fetchone()[0]
+        since = 0 if newest is None else (newest // width + 1) * width
+        self.db.executemany("INSERT INTO meta VALUES (?, ?)",
+                            [("rollup_s", str(width)), ("rollups_since", str(since))])
 
     def _check_is_ours(self) -> None:
         """Refuse a file that is not SQLite, or another program's database: the collector
@@ -151,7 +164,7 @@ class SqliteStore:
         """One write transaction for flow derivation (all or nothing); StoreUnavailable when
         the store, not the records, made it fail."""
         with self._transaction():
-            yield SqliteWrites(self.db)
+            yield SqliteWrites(self.db, readers.rollup_meta(self.db)[0])
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -261,6 +274,8 @@ class SqliteStore:
                                        (raw_cut,)).rowcount
             deleted += self.db.execute("DELETE FROM edge_buckets WHERE bucket_start < ?",
                                        (agg_cut,)).rowcount
+            deleted += self.db.execute("DELETE FROM edge_rollups WHERE bucket_start < ?",
+                                       (agg_cut,)).rowcount
             deleted += self.db.execute("DELETE FROM flow_latency_buckets WHERE bucket_start < ?",
                                        (agg_cut,)).rowcount
             deleted += self.db.execute("DELETE FROM lag_samples WHERE at_s < ?",
@@ -324,8 +339,8 @@ class SqliteStore:
         nodes: dict[str, str] = {}
         # one pass over the window's buckets (a UNION of sources and targets takes two)
         for source, source_kind, target, target_kind in self.db.execute(
-                "SELECT DISTINCT source, source_kind, target, target_kind FROM edge_buckets "
-                "WHERE bucket_start >= ?", (self._bucket(since_ns),)):
+                "SELECT DISTINCT source, source_kind, target, target_kind FROM "
+                f"{readers.WINDOW_EDGES}", readers.window_edges(self.db, self._bucket(since_ns))):
             nodes[source], nodes[target] = source_kind, target_kind
         return dict(sorted(nodes.items()))
 

@@ -24,8 +24,8 @@ def read_topology(db: sqlite3.Connection, since_bucket: int, limit: int | None =
     is what a window of thousands of edges costs."""
     totals = db.execute(
         "SELECT source, target, MIN(source_kind), MIN(target_kind), TOTAL(count), "
-        "TOTAL(errors), TOTAL(retries), MIN(bucket_start) FROM edge_buckets "
-        "WHERE bucket_start >= ? GROUP BY source, target", (since_bucket,)).fetchall()
+        f"TOTAL(errors), TOTAL(retries), MIN(first_bucket) FROM {WINDOW_EDGES} "
+        "GROUP BY source, target", window_edges(db, since_bucket)).fetchall()
     first = min((row[7] for row in totals), default=None)
     kept = totals if limit is None or len(totals) <= limit else \
         sorted(totals, key=_rank(by, touching))[:limit]
@@ -41,6 +41,30 @@ def read_topology(db: sqlite3.Connection, since_bucket: int, limit: int | None =
                              processing.percentile(50), processing.percentile(95)))
     edges.sort(key=lambda e: (e.source, e.target))
     return Topology(dict(sorted(nodes.items())), edges, first), len(totals)
+
+
+# A window's edge rows: the edge buckets up to the first rollup bucket wholly inside it (or up
+# to rollups_since, when that is later), the rollups from there on. Parameters: window_edges.
+WINDOW_EDGES = (
+    "(SELECT source, source_kind, target, target_kind, count, errors, retries, latency, "
+    "processing, bucket_start AS first_bucket FROM edge_buckets WHERE bucket_start >= ? "
+    "AND bucket_start < ? UNION ALL SELECT source, source_kind, target, target_kind, count, "
+    "errors, retries, latency, processing, first_bucket FROM edge_rollups "
+    "WHERE bucket_start >= ?)")
+
+
+def window_edges(db: sqlite3.Connection, since_bucket: int) -> list[object]:
+    """The parameters of WINDOW_EDGES for a window from since_bucket on."""
+    width, since = rollup_meta(db)
+    head_end = max(-(-since_bucket // width) * width, since)
+    return [since_bucket, head_end, head_end]
+
+
+def rollup_meta(db: sqlite3.Connection) -> tuple[int, int]:
+    """The edge rollups' width in seconds, and the bucket they are complete from."""
+    meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN "
+                           "('rollup_s', 'rollups_since')").fetchall())
+    return int(meta.get("rollup_s", 300)), int(meta.get("rollups_since", 2**62))
 
 
 def _rank(by: str, touching: str | None) -> Callable[[tuple], tuple]:  # type: ignore[type-arg]
@@ -62,13 +86,12 @@ def _edge_histograms(db: sqlite3.Connection, since_bucket: int,
     if only == []:
         return merged
     among = ""
-    params: list[object] = [since_bucket]
+    params: list[object] = window_edges(db, since_bucket)
     if only is not None:
-        among = f" AND (source, target) IN (VALUES {', '.join(['(?, ?)'] * len(only))})"
+        among = f" WHERE (source, target) IN (VALUES {', '.join(['(?, ?)'] * len(only))})"
         params += [name for pair in only for name in pair]
     for source, target, latency, processing in db.execute(
-            "SELECT source, target, latency, processing FROM edge_buckets "
-            f"WHERE bucket_start >= ?{among}", params):
+            f"SELECT source, target, latency, processing FROM {WINDOW_EDGES}{among}", params):
         entry = merged.setdefault((source, target), (Histogram(), Histogram()))
         entry[0].merge(Histogram.from_json(latency))
         entry[1].merge(Histogram.from_json(processing))

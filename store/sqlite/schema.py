@@ -7,9 +7,18 @@ from store.vocabulary import CONSUMES, SENDS, sql_list
 # 3: collector_health (each component's state, for the dashboard).
 # 4: hops_from_batches (a partial index, so that asking whether any hop came from a batch
 # consume reads nothing when none did); spans_by_flow replaced by sends_by_flow and
-# failures_by_flow (partial: a consume span that did not fail is in neither).
+# failures_by_flow (partial: a consume span that did not fail is in neither); edge_rollups.
 SCHEMA_VERSION = 4
 MIGRATES_FROM = (1, 2, 3)
+
+ROLLUP_S = 300  # the width of an edge rollup (a multiple of the bucket width; see rollup_width)
+
+
+def rollup_width(bucket_s: int) -> int:
+    """The rollup width for edge buckets of bucket_s seconds: ROLLUP_S, rounded down to a
+    multiple of bucket_s (and at least one bucket)."""
+    return max(bucket_s, ROLLUP_S // bucket_s * bucket_s)
+
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -67,6 +76,17 @@ CREATE TABLE IF NOT EXISTS edge_buckets (
     target TEXT NOT NULL, target_kind TEXT NOT NULL,
     count INTEGER NOT NULL, errors INTEGER NOT NULL, retries INTEGER NOT NULL,
     latency TEXT, processing TEXT,
+    PRIMARY KEY (bucket_start, source, target)
+) WITHOUT ROWID;
+
+-- The same per edge and 5-minute bucket (first_bucket: the earliest edge bucket merged into
+-- it), so that a window of an hour merges a dozen histograms per edge, not 360. Written with
+-- edge_buckets from the store's rollups_since on (meta), and read from there on.
+CREATE TABLE IF NOT EXISTS edge_rollups (
+    bucket_start INTEGER NOT NULL, source TEXT NOT NULL, source_kind TEXT NOT NULL,
+    target TEXT NOT NULL, target_kind TEXT NOT NULL,
+    count INTEGER NOT NULL, errors INTEGER NOT NULL, retries INTEGER NOT NULL,
+    latency TEXT, processing TEXT, first_bucket INTEGER NOT NULL,
     PRIMARY KEY (bucket_start, source, target)
 ) WITHOUT ROWID;
 

@@ -48,8 +48,8 @@ T = TypeVar("T")
 class SqliteWrites:
     """SpanWrites on one SQLite connection, inside the transaction the store opened."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
+    def __init__(self, db: sqlite3.Connection, rollup_s: int) -> None:
+        self.db, self.rollup_s = db, rollup_s
 
     def known_flows(self, trace_ids: set[str]) -> dict[str, str]:
         """The correlation ID already stored for each of these traces."""
@@ -246,6 +246,32 @@ class SqliteWrites:
                          merged.processing.to_json()))
         self.db.executemany("INSERT OR REPLACE INTO edge_buckets VALUES (?,?,?,?,?,?,?,?,?,?)",
                             rows)
+        self._merge_rollups(totals)
+
+    def _merge_rollups(self, totals: Mapping[EdgeKey, EdgeTotals]) -> None:
+        """Add the same totals into the edges' rollup buckets."""
+        rollups: dict[EdgeKey, tuple[EdgeTotals, int]] = {}
+        for (bucket, source, source_kind, target, target_kind), delta in totals.items():
+            key = (bucket // self.rollup_s * self.rollup_s, source, source_kind, target,
+                   target_kind)
+            merged, first = rollups.get(key) or (EdgeTotals(), bucket)
+            merged.merge(delta)
+            rollups[key] = (merged, min(first, bucket))
+        rows = []
+        for (bucket, source, source_kind, target, target_kind), (merged, first) in \
+                rollups.items():
+            row = self.db.execute(
+                "SELECT count, errors, retries, latency, processing, first_bucket FROM "
+                "edge_rollups WHERE bucket_start=? AND source=? AND target=?",
+                (bucket, source, target)).fetchone()
+            if row is not None:
+                merged.merge(EdgeTotals(row[0], row[1], row[2], Histogram.from_json(row[3]),
+                                        Histogram.from_json(row[4])))
+            rows.append((bucket, source, source_kind, target, target_kind, merged.count,
+                         merged.errors, merged.retries, merged.latency.to_json(),
+                         merged.processing.to_json(), first if row is None else min(first, row[5])))
+        self.db.executemany(
+            "INSERT OR REPLACE INTO edge_rollups VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
 
     def merge_flow_latency(self, latencies: Mapping[tuple[int, str], Histogram]) -> None:
         """Add completed flows' latencies into their buckets."""

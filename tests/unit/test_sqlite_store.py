@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from store.contract import StoreError
+from store.sqlite import readers
 from store.sqlite.backend import SqliteStore
 from store.sqlite.readers import PENDING_WHERE
 from store.sqlite.schema import SCHEMA_VERSION
@@ -95,3 +96,22 @@ def test_sqlite_uses_its_partial_indexes_for_the_write_paths_lookups(tmp_path: P
     assert "failures_by_flow" in details["failed steps"]
     assert "TEMP B-TREE" not in details["failed steps"]  # read in order from the index
     assert "PRIMARY KEY (trace_id=?)" in details["adoption"]
+
+
+
+def test_a_migrated_store_reads_its_old_edges_from_the_buckets_and_new_ones_from_rollups(
+        tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = SqliteStore(path, RULES)
+    store.close()
+    with sqlite3.connect(path) as db:  # a version 3 store with an edge in it, no rollups
+        db.execute("DROP TABLE edge_rollups")
+        db.execute("DELETE FROM meta WHERE key IN ('rollup_s', 'rollups_since')")
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        db.execute("INSERT INTO edge_buckets VALUES (1800000010, 'a', 'service', 't', "
+                   "'topic', 4, 1, 0, NULL, NULL)")
+    db.close()
+    store = SqliteStore(path, RULES)  # the collector migrates it
+    assert readers.rollup_meta(store.db) == (300, 1800000300)  # the next rollup bucket
+    assert [(e.source, e.count, e.errors) for e in store.topology(0).edges] == [("a", 4, 1)]
+    store.close()

@@ -380,3 +380,37 @@ def test_a_batch_that_fails_midway_leaves_nothing_behind(store: WritableStore) -
     assert _edges(store) == {}
     result = store.write_spans(records)  # nothing of the failed batch is taken as a replay
     assert (result.written, result.duplicates, result.hops) == (2, 0, 1)
+
+
+def test_a_long_window_counts_every_edge_bucket_once_whatever_its_start(store: Store) -> None:
+    # Messages every 7 s over 20 minutes, written in batches, some late: a window of any
+    # start sees exactly the per-bucket counts, whatever the store keeps for long windows.
+    traces = [new_trace_id() for _ in range(180)]
+    for first in range(0, 180, 30):
+        batch = []
+        for n in range(first, first + 30):
+            producer = new_span_id()
+            batch += _records("api", _send("jobs", trace=traces[n], span_id=producer,
+                                           start=n * 7_000, correlation=f"f-{n}"))
+            batch += _records("worker", _process("jobs", trace=traces[n], parent=producer,
+                                                 start=n * 7_000 + 50, correlation=f"f-{n}",
+                                                 error=n % 9 == 0))
+        store.write_spans(batch[::-1] if first % 60 else batch)
+    end = BASE_NS + 180 * 7 * 10**9
+    for since in (BASE_NS - 10**12, BASE_NS, BASE_NS + 123 * 10**9, BASE_NS + 300 * 10**9,
+                  BASE_NS + 601 * 10**9, end - 5 * 10**9, end + 10**12):
+        buckets = store.edge_buckets(since)
+        expected: dict[tuple[str, str], list[int]] = {}
+        for b in buckets:
+            counts = expected.setdefault((b.source, b.target), [0, 0, 0])
+            counts[0] += b.count
+            counts[1] += b.errors
+            counts[2] += b.retries
+        topology = store.topology(since)
+        assert {(e.source, e.target): [e.count, e.errors, e.retries]
+                for e in topology.edges} == expected, since
+        assert topology.first_bucket_s == min((b.bucket_start for b in buckets), default=None)
+        assert set(store.topology_nodes(since)) == {n for pair in expected for n in pair}
+    whole = {(e.source, e.target): e for e in store.topology(BASE_NS - 10**12).edges}
+    assert whole[("api", "jobs")].count == whole[("jobs", "worker")].count == 180
+    assert whole[("jobs", "worker")].errors == 20
