@@ -229,49 +229,43 @@ class SqliteWrites:
         return before
 
     def merge_edges(self, totals: Mapping[EdgeKey, EdgeTotals]) -> None:
-        """Add totals into the stored edge buckets."""
+        """Add totals into the stored edge buckets, and into their rollups."""
+        self._merge_edge_rows("edge_buckets",
+                              {key: (delta, key[0]) for key, delta in totals.items()})
+        rollups: dict[EdgeKey, tuple[EdgeTotals, int]] = {}
+        for key, delta in totals.items():
+            rollup = (key[0] // self.rollup_s * self.rollup_s, *key[1:])
+            merged, first = rollups.get(rollup) or (EdgeTotals(), key[0])
+            merged.merge(delta)
+            rollups[rollup] = (merged, min(first, key[0]))
+        self._merge_edge_rows("edge_rollups", rollups)
+
+    def _merge_edge_rows(self, table: str, totals: Mapping[EdgeKey, tuple[EdgeTotals, int]]
+                         ) -> None:
+        """Add edge totals, each with the first edge bucket it holds, into edge_buckets or
+        edge_rollups (which keeps that first bucket)."""
+        rollups = table == "edge_rollups"
+        first_column = ", first_bucket" if rollups else ""
         rows = []
-        for (bucket, source, source_kind, target, target_kind), delta in totals.items():
+        for (bucket, source, source_kind, target, target_kind), (delta, first) in \
+                totals.items():
             merged = EdgeTotals()
             merged.merge(delta)
             row = self.db.execute(
-                "SELECT count, errors, retries, latency, processing FROM edge_buckets "
-                "WHERE bucket_start=? AND source=? AND target=?",
+                f"SELECT count, errors, retries, latency, processing{first_column} FROM "
+                f"{table} WHERE bucket_start=? AND source=? AND target=?",
                 (bucket, source, target)).fetchone()
             if row is not None:
                 merged.merge(EdgeTotals(row[0], row[1], row[2], Histogram.from_json(row[3]),
                                         Histogram.from_json(row[4])))
-            rows.append((bucket, source, source_kind, target, target_kind, merged.count,
-                         merged.errors, merged.retries, merged.latency.to_json(),
-                         merged.processing.to_json()))
-        self.db.executemany("INSERT OR REPLACE INTO edge_buckets VALUES (?,?,?,?,?,?,?,?,?,?)",
-                            rows)
-        self._merge_rollups(totals)
-
-    def _merge_rollups(self, totals: Mapping[EdgeKey, EdgeTotals]) -> None:
-        """Add the same totals into the edges' rollup buckets."""
-        rollups: dict[EdgeKey, tuple[EdgeTotals, int]] = {}
-        for (bucket, source, source_kind, target, target_kind), delta in totals.items():
-            key = (bucket // self.rollup_s * self.rollup_s, source, source_kind, target,
-                   target_kind)
-            merged, first = rollups.get(key) or (EdgeTotals(), bucket)
-            merged.merge(delta)
-            rollups[key] = (merged, min(first, bucket))
-        rows = []
-        for (bucket, source, source_kind, target, target_kind), (merged, first) in \
-                rollups.items():
-            row = self.db.execute(
-                "SELECT count, errors, retries, latency, processing, first_bucket FROM "
-                "edge_rollups WHERE bucket_start=? AND source=? AND target=?",
-                (bucket, source, target)).fetchone()
-            if row is not None:
-                merged.merge(EdgeTotals(row[0], row[1], row[2], Histogram.from_json(row[3]),
-                                        Histogram.from_json(row[4])))
-            rows.append((bucket, source, source_kind, target, target_kind, merged.count,
-                         merged.errors, merged.retries, merged.latency.to_json(),
-                         merged.processing.to_json(), first if row is None else min(first, row[5])))
-        self.db.executemany(
-            "INSERT OR REPLACE INTO edge_rollups VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+            values = (bucket, source, source_kind, target, target_kind, merged.count,
+                      merged.errors, merged.retries, merged.latency.to_json(),
+                      merged.processing.to_json())
+            if rollups:
+                values += (first if row is None else min(first, row[5]),)
+            rows.append(values)
+        marks = ",".join("?" * (11 if rollups else 10))
+        self.db.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({marks})", rows)
 
     def merge_flow_latency(self, latencies: Mapping[tuple[int, str], Histogram]) -> None:
         """Add completed flows' latencies into their buckets."""
