@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from store.records import EdgeKey, EdgeTotals, FlowTotals, SpanKey, SpanRecord
-from store.vocabulary import FlowRules, bucket_start
+from store.records import EdgeKey, EdgeTotals, FlowTotals, MessageRecord, SpanKey, SpanRecord
+from store.vocabulary import NS_PER_MS, FlowRules, bucket_start
 
 
 def flow_deltas(records: Sequence[SpanRecord], flow_ids: Mapping[SpanKey, str],
@@ -34,6 +34,27 @@ def flow_deltas(records: Sequence[SpanRecord], flow_ids: Mapping[SpanKey, str],
             delta.topics.add(record.topic)
             if record.is_send:
                 delta.flags |= flag_of(record.topic)
+    return deltas
+
+
+def message_deltas(records: Sequence[MessageRecord],
+                   flow_at: Mapping[tuple[str, int, int], str | None], rules: FlowRules
+                   ) -> dict[str, FlowTotals]:
+    """Per flow, what tapped messages add (flow_at: the flow of each message, by topic,
+    partition and offset; None: no correlation ID and no trace context, no flow to join)."""
+    deltas: dict[str, FlowTotals] = {}
+    for record in records:
+        flow_id = flow_at[(record.topic, record.partition, record.offset)]
+        if flow_id is None:
+            continue
+        at_ns = record.timestamp_ms * NS_PER_MS
+        delta = deltas.setdefault(flow_id, FlowTotals(at_ns, at_ns))
+        delta.started_ns = min(delta.started_ns, at_ns)
+        delta.last_ns = max(delta.last_ns, at_ns)
+        delta.topics.add(record.topic)
+        delta.flags |= rules.flag_of(record.topic)
+        if record.trace_id:
+            delta.trace_ids.add(record.trace_id)
     return deltas
 
 

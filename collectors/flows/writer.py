@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from collectors.flows.assembler import edge_deltas, flow_deltas
+from collectors.flows.assembler import edge_deltas, flow_deltas, message_deltas
 from collectors.flows.hops import HopMatcher
 from store.contract import SpanWrites, Store, WriteResult
 from store.histogram import Histogram
 from store.records import FlowTotals, MessageRecord, SpanRecord, flow_of
-from store.vocabulary import NS_PER_MS, FlowFlag, FlowRules, bucket_start
+from store.vocabulary import FlowFlag, FlowRules, bucket_start
 
 
 class FlowWriter:
@@ -54,19 +54,7 @@ class FlowWriter:
             flow_at = {(r.topic, r.partition, r.offset): f
                        for r, f in zip(records, flow_ids, strict=True)}
             new = writes.insert_messages(records, flow_ids)
-            deltas: dict[str, FlowTotals] = {}
-            for r in new:
-                flow_id = flow_at[(r.topic, r.partition, r.offset)]
-                if flow_id is None:
-                    continue  # no correlation ID and no trace context: no flow to join
-                at_ns = r.timestamp_ms * NS_PER_MS
-                delta = deltas.setdefault(flow_id, FlowTotals(at_ns, at_ns))
-                delta.started_ns = min(delta.started_ns, at_ns)
-                delta.last_ns = max(delta.last_ns, at_ns)
-                delta.topics.add(r.topic)
-                delta.flags |= self.rules.flag_of(r.topic)
-                if r.trace_id:
-                    delta.trace_ids.add(r.trace_id)
+            deltas = message_deltas(new, flow_at, self.rules)
             self._merge_flows(writes, deltas)
         return len(new)
 

@@ -98,6 +98,7 @@ class SqliteStore:
             self._check_version()
         else:
             self._migrate()
+        self.rollup = readers.rollup_meta(self.db)  # fixed once the writer has opened it
 
     def _migrate(self) -> None:
         self._check_is_ours()
@@ -164,7 +165,7 @@ class SqliteStore:
         """One write transaction for flow derivation (all or nothing); StoreUnavailable when
         the store, not the records, made it fail."""
         with self._transaction():
-            yield SqliteWrites(self.db, readers.rollup_meta(self.db)[0])
+            yield SqliteWrites(self.db, self.rollup[0])
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -215,9 +216,11 @@ class SqliteStore:
     def lag(self, group: str | None = None) -> tuple[list[LagRow], list[GroupLag]]:
         """The latest lag of every partition and group (or of one group)."""
         where, params = ('WHERE "group" = ?', (group,)) if group else ("", ())
-        rows = [lag_row(r) for r in self.db.execute(
+        # Read back as stored: a status is the vocabulary's text (a StrEnum equals its text),
+        # and text another writer left outside the vocabulary is shown as it is, not refused.
+        rows = [LagRow(*r) for r in self.db.execute(
             f'SELECT * FROM lag_current {where} ORDER BY "group", topic, partition', params)]
-        groups = [group_lag(g) for g in self.db.execute(
+        groups = [GroupLag(*g) for g in self.db.execute(
             f'SELECT * FROM lag_groups {where} ORDER BY "group"', params)]
         return rows, groups
 
@@ -225,7 +228,7 @@ class SqliteStore:
         """Partition lag over time since since_ns, oldest first."""
         since_s = since_ns / NS_PER_S
         extra, params = ('AND "group" = ?', (since_s, group)) if group else ("", (since_s,))
-        return [lag_row(r) for r in self.db.execute(
+        return [LagRow(*r) for r in self.db.execute(
             f"SELECT * FROM lag_samples WHERE at_s >= ? {extra} ORDER BY at_s", params)]
 
     def lag_trend(self, since_ns: int) -> list[tuple[str, float, int, float | None]]:
@@ -292,17 +295,21 @@ class SqliteStore:
 
     def topology(self, since_ns: int) -> Topology:
         """The service/topic graph from the edge aggregates since since_ns."""
-        return readers.read_topology(self.db, self._bucket(since_ns))[0]
+        return readers.read_topology(self.db, self._window(since_ns))[0]
 
     def busiest_topology(self, since_ns: int, limit: int, by: str = "count",
                          touching: str | None = None) -> tuple[Topology, int]:
         """The graph of the `limit` busiest edges since since_ns (by messages, or by
         retries; those of the node `touching` first), and how many edges there are in
         all."""
-        return readers.read_topology(self.db, self._bucket(since_ns), limit, by, touching)
+        return readers.read_topology(self.db, self._window(since_ns), limit, by, touching)
 
     def _bucket(self, ns: int) -> int:
         return bucket_start(ns, self.bucket_s)
+
+    def _window(self, since_ns: int) -> list[object]:
+        """The parameters of readers.WINDOW_EDGES for the window from since_ns on."""
+        return readers.window_edges(self.rollup, self._bucket(since_ns))
 
     def flows(self, since_ns: int, now_ns: int, limit: int = 100) -> list[FlowRow]:
         """Flows active since since_ns, newest first."""
@@ -340,7 +347,7 @@ class SqliteStore:
         # one pass over the window's buckets (a UNION of sources and targets takes two)
         for source, source_kind, target, target_kind in self.db.execute(
                 "SELECT DISTINCT source, source_kind, target, target_kind FROM "
-                f"{readers.WINDOW_EDGES}", readers.window_edges(self.db, self._bucket(since_ns))):
+                f"{readers.WINDOW_EDGES}", self._window(since_ns)):
             nodes[source], nodes[target] = source_kind, target_kind
         return dict(sorted(nodes.items()))
 
@@ -379,15 +386,3 @@ class SqliteStore:
     def close(self) -> None:
         """Close the connection."""
         self.db.close()
-
-
-# Rows are read back as stored: a status is the vocabulary's text (a StrEnum equals its text),
-# and text another writer left that is not in the vocabulary is shown as it is, not refused.
-def lag_row(row: Sequence) -> LagRow:  # type: ignore[type-arg]
-    """A lag_current or lag_samples row as a record."""
-    return LagRow(*row)
-
-
-def group_lag(row: Sequence) -> GroupLag:  # type: ignore[type-arg]
-    """A lag_groups row as a record."""
-    return GroupLag(*row)

@@ -10,26 +10,27 @@ from collections.abc import Callable
 from store.contract import EdgeRow, FlowRow, Topology
 from store.histogram import Histogram
 from store.records import Hop
+from store.sqlite.schema import FLOW_FIELDS
 from store.vocabulary import SENDS, FlowStatus, sql_list
 
 StatusOf = Callable[[int, int, int], FlowStatus]  # (flags, errors, last_ns) -> status
 
 
-def read_topology(db: sqlite3.Connection, since_bucket: int, limit: int | None = None,
+def read_topology(db: sqlite3.Connection, window: list[object], limit: int | None = None,
                   by: str = "count", touching: str | None = None) -> tuple[Topology, int]:
-    """Merge the edge buckets since since_bucket into one graph of the `limit` busiest edges
-    (by messages, or with by="retries" by retries, then messages; the edges of the node
-    `touching` first) and their nodes; and how many edges the window has in all. Edges are
-    ranked by sums SQL takes, so that only the kept edges' histograms are decoded: decoding
-    is what a window of thousands of edges costs."""
+    """Merge a window's edge rows (window: window_edges' parameters) into one graph of the
+    `limit` busiest edges (by messages, or with by="retries" by retries, then messages; the
+    edges of the node `touching` first) and their nodes; and how many edges the window has
+    in all. Edges are ranked by sums SQL takes, so that only the kept edges' histograms are
+    decoded: decoding is what a window of thousands of edges costs."""
     totals = db.execute(
         "SELECT source, target, MIN(source_kind), MIN(target_kind), TOTAL(count), "
         f"TOTAL(errors), TOTAL(retries), MIN(first_bucket) FROM {WINDOW_EDGES} "
-        "GROUP BY source, target", window_edges(db, since_bucket)).fetchall()
+        "GROUP BY source, target", window).fetchall()
     first = min((row[7] for row in totals), default=None)
     kept = totals if limit is None or len(totals) <= limit else \
         sorted(totals, key=_rank(by, touching))[:limit]
-    histograms = _edge_histograms(db, since_bucket, None if len(kept) == len(totals)
+    histograms = _edge_histograms(db, window, None if len(kept) == len(totals)
                                   else [(r[0], r[1]) for r in kept])
     nodes: dict[str, str] = {}
     edges = []
@@ -53,15 +54,17 @@ WINDOW_EDGES = (
     "WHERE bucket_start >= ?)")
 
 
-def window_edges(db: sqlite3.Connection, since_bucket: int) -> list[object]:
-    """The parameters of WINDOW_EDGES for a window from since_bucket on."""
-    width, since = rollup_meta(db)
+def window_edges(rollup: tuple[int, int], since_bucket: int) -> list[object]:
+    """The parameters of WINDOW_EDGES for a window from since_bucket on (rollup: the store's
+    rollup_meta)."""
+    width, since = rollup
     head_end = max(-(-since_bucket // width) * width, since)
     return [since_bucket, head_end, head_end]
 
 
 def rollup_meta(db: sqlite3.Connection) -> tuple[int, int]:
-    """The edge rollups' width in seconds, and the bucket they are complete from."""
+    """The edge rollups' width in seconds, and the bucket they are complete from: fixed when
+    the writer first opens the store (before that, none: every window reads the buckets)."""
     meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN "
                            "('rollup_s', 'rollups_since')").fetchall())
     return int(meta.get("rollup_s", 300)), int(meta.get("rollups_since", 2**62))
@@ -78,7 +81,7 @@ def _rank(by: str, touching: str | None) -> Callable[[tuple], tuple]:  # type: i
     return key
 
 
-def _edge_histograms(db: sqlite3.Connection, since_bucket: int,
+def _edge_histograms(db: sqlite3.Connection, window: list[object],
                      only: list[tuple[str, str]] | None
                      ) -> dict[tuple[str, str], tuple[Histogram, Histogram]]:
     """The merged latency and processing histograms of these edges (None: of every edge)."""
@@ -86,7 +89,7 @@ def _edge_histograms(db: sqlite3.Connection, since_bucket: int,
     if only == []:
         return merged
     among = ""
-    params: list[object] = window_edges(db, since_bucket)
+    params = list(window)
     if only is not None:
         among = f" WHERE (source, target) IN (VALUES {', '.join(['(?, ?)'] * len(only))})"
         params += [name for pair in only for name in pair]
@@ -98,8 +101,6 @@ def _edge_histograms(db: sqlite3.Connection, since_bucket: int,
     return merged
 
 
-FLOW_FIELDS = ("flow_id, started_ns, last_ns, hops, retries, errors, flags, services, topics, "
-               "trace_ids")
 
 
 def _flow_row(row: tuple, status_of: StatusOf) -> FlowRow:  # type: ignore[type-arg]

@@ -22,6 +22,7 @@ from store.records import (
     SpanKey,
     SpanRecord,
 )
+from store.sqlite.schema import FLOW_FIELDS
 from store.vocabulary import CONSUMES, SENDS, sql_list
 
 SPAN_FIELDS = ", ".join(f'"{c}"' for c in SPAN_COLUMNS)
@@ -39,8 +40,6 @@ HOP_COLUMNS = ("hop_key", "producer_trace_id", "producer_span_id", "consumer_tra
                "retry_attempt", "error")
 HOP_FIELDS = ", ".join(f'"{c}"' for c in HOP_COLUMNS)
 HOP_INSERT = f"INSERT INTO hops ({HOP_FIELDS}) VALUES ({', '.join('?' * len(HOP_COLUMNS))})"
-FLOW_FIELDS = ("flow_id, started_ns, last_ns, hops, retries, errors, flags, services, topics, "
-               "trace_ids")
 CHUNK = 400  # rows per statement: 2 parameters each stays under SQLite's 32,766
 T = TypeVar("T")
 
