@@ -21,7 +21,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from base.settings import IngestLimits
 from store.records import INT64_MAX, INT64_MIN, SpanRecord
-from store.vocabulary import Operation, SpanKind
+from store.vocabulary import CONSUMES, DEFAULT_EXCHANGE, RABBITMQ, Operation, SpanKind
 
 KINDS = {Span.SPAN_KIND_PRODUCER: SpanKind.PRODUCER, Span.SPAN_KIND_CONSUMER: SpanKind.CONSUMER,
          Span.SPAN_KIND_CLIENT: SpanKind.CLIENT, Span.SPAN_KIND_SERVER: SpanKind.SERVER,
@@ -39,6 +39,9 @@ KEY = ("messaging.kafka.message.key", "messaging.kafka.message_key")
 OPERATION = ("messaging.operation.type", "messaging.operation.name", "messaging.operation")
 RETRY = ("messaging.message.retry_attempt", "messaging.retry_attempt", "retry.attempt")
 BATCH = ("messaging.batch.message_count",)
+ROUTING_KEY = ("messaging.rabbitmq.destination.routing_key", "messaging.rabbitmq.routing_key")
+# Where a consumer took the message from, where a system names it apart from the destination.
+SUBSCRIPTION = ("messaging.destination.subscription.name",)
 # A span of one of these kinds is a messaging span even when it does not say its system.
 MESSAGING_KINDS = (SpanKind.PRODUCER, SpanKind.CONSUMER)
 DEFAULT_OPERATION = {SpanKind.PRODUCER: Operation.SEND, SpanKind.CONSUMER: Operation.PROCESS}
@@ -66,6 +69,7 @@ ROLES: dict[str, tuple[str, int]] = {
                         ("message_id", MESSAGE_ID), ("group", GROUP),
                         ("conversation", CONVERSATION), ("key", KEY), ("operation", OPERATION),
                         ("retry", RETRY), ("batch", BATCH), ("system", ("messaging.system",)),
+                        ("routing_key", ROUTING_KEY), ("subscription", SUBSCRIPTION),
                         ("error_type", ("error.type",)))
     for rank, name in enumerate(names)}
 
@@ -251,10 +255,18 @@ def normalize_span(span: Span, service: str, report: NormalizeReport,
 def _add_messaging_fields(record: SpanRecord, roles: Mapping[str, Any], kind: SpanKind,
                           name: str, *, report: NormalizeReport, chars: int) -> None:
     """Fill in the message a messaging span handled (the record is new: nobody holds it)."""
+    system = _as_text(roles.get("system"))
     topic = _as_text(roles.get("topic")) or _topic_from_name(name)
     partition = as_int64(roles.get("partition"))
     offset = as_int64(roles.get("offset"))
     message_id = _as_text(roles.get("message_id"))
+    record.operation = _operation(roles, kind, name)
+    if system == RABBITMQ:
+        _add_rabbitmq_fields(record, topic, roles, kind, message_id)
+        if topic is None:
+            report.count("messaging span without a destination")
+        return
+    # Kafka's coordinates: a message id of topic.partition.offset gives what is missing.
     parsed = MESSAGE_ID_PATTERN.match(message_id) if message_id else None
     if parsed:
         topic = topic or parsed["topic"]
@@ -264,15 +276,72 @@ def _add_messaging_fields(record: SpanRecord, roles: Mapping[str, Any], kind: Sp
         message_id = f"{topic}.{partition}.{offset}"[:chars]
     if topic is None:
         report.count("messaging span without a destination")
-    record.operation = _operation(roles, kind, name)
-    record.system = _as_text(roles.get("system"))
+    record.system = system
     record.topic, record.partition, record.offset = topic, partition, offset
     record.message_id = message_id
     record.consumer_group = _as_text(roles.get("group"))
+    record.queue = _as_text(roles.get("subscription"))
+    _add_common_fields(record, roles)
+
+
+def _add_common_fields(record: SpanRecord, roles: Mapping[str, Any]) -> None:
     record.correlation_id = _as_text(roles.get("conversation"))
     record.message_key = _as_text(roles.get("key"))
     record.retry_attempt = as_count(roles.get("retry"))
     record.batch_count = as_count(roles.get("batch"))
+
+
+def _add_rabbitmq_fields(record: SpanRecord, destination: str | None,
+                         roles: Mapping[str, Any], kind: SpanKind,
+                         message_id: str | None) -> None:
+    """A RabbitMQ span's exchange (record.topic), routing key and queue, from any of the
+    shapes instrumentations write (RECIPES.md, RabbitMQ):
+
+    - current conventions: messaging.destination.name '{exchange}:{routing key}' on a send,
+      '{exchange}:{routing key}:{queue}' on a consume, each part left out when empty (the
+      default exchange) or equal to the one before; the routing key in its own attribute;
+    - aio-pika's instrumentation: messaging.destination '{exchange},{routing key}' on a send,
+      the exchange (or, through the default exchange, the routing key) on a consume;
+    - pika's: the queue on a consume (a CLIENT span), the message type or '(temporary)' on
+      a send (a SERVER span).
+
+    A consume whose destination could be an exchange or a queue keeps it as the exchange; the
+    hop settles it when the send is known (collectors/flows/hops.py)."""
+    routing_key = _as_text(roles.get("routing_key"))
+    queue = _as_text(roles.get("subscription"))
+    exchange = destination
+    consume = record.operation in CONSUMES
+    if destination is not None and "," in destination and not consume:
+        exchange, _, key = destination.partition(",")
+        routing_key = routing_key or key
+        exchange = exchange or DEFAULT_EXCHANGE
+    elif destination is not None and routing_key:
+        exchange, queue = _split_on_key(destination, routing_key, consume, queue)
+    elif destination is not None and ":" in destination:
+        exchange, _, rest = destination.partition(":")
+        if consume:
+            queue = queue or rest.rpartition(":")[2] or None
+    elif consume and kind == SpanKind.CLIENT and queue is None:
+        exchange, queue = None, destination
+    record.system = RABBITMQ
+    record.topic, record.queue, record.routing_key = exchange, queue, routing_key
+    record.message_id = message_id
+    _add_common_fields(record, roles)
+
+
+def _split_on_key(destination: str, key: str, consume: bool, queue: str | None
+                  ) -> tuple[str | None, str | None]:
+    """(exchange, queue) of a current-conventions destination name, knowing the routing key."""
+    if destination == key:  # the default exchange; on a consume, the queue is the key
+        return DEFAULT_EXCHANGE, queue or (key if consume else None)
+    if f":{key}:" in destination:
+        exchange, _, rest = destination.partition(f":{key}:")
+        return exchange or DEFAULT_EXCHANGE, queue or rest
+    if destination.startswith(f"{key}:"):  # default exchange, then the queue
+        return DEFAULT_EXCHANGE, queue or destination[len(key) + 1:]
+    if destination.endswith(f":{key}"):  # the queue named as the key
+        return destination[:-len(key) - 1], queue or (key if consume else None)
+    return destination, queue
 
 
 def count_spans(request: ExportTraceServiceRequest) -> int:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from store.contract import FlowRow, Store, Topology
 from store.records import Hop
+from store.vocabulary import KAFKA, node_parts
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # Senders create services and topics at will: a command prints the busiest edges and a
@@ -77,8 +78,11 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def topology_json(topology: Topology) -> dict[str, object]:
-    """nodes (id, kind) and edges (source, target, count, errors, retries, p50_ms, p95_ms)."""
-    return {"nodes": [{"id": n, "kind": k} for n, k in topology.nodes.items()],
+    """nodes (id, kind, system, name) and edges (source, target: node ids; count, errors,
+    retries, p50_ms, p95_ms)."""
+    return {"nodes": [{"id": n, "kind": k, "system": system, "name": name}
+                      for n, k in topology.nodes.items()
+                      for system, name in (node_parts(n, k),)],
             "edges": [{"source": e.source, "target": e.target, "count": e.count,
                        "errors": e.errors, "retries": e.retries, "p50_ms": e.p50_ms,
                        "p95_ms": e.p95_ms, "processing_p50_ms": e.processing_p50_ms,
@@ -95,7 +99,8 @@ def flow_json(flow: FlowRow) -> dict[str, object]:
 
 def hop_json(hop: Hop) -> dict[str, object]:
     """One hop with its timings."""
-    return {"topic": hop.topic, "partition": hop.partition, "offset": hop.offset,
+    return {"system": hop.system or KAFKA, "topic": hop.topic, "queue": hop.queue,
+            "routing_key": hop.routing_key, "partition": hop.partition, "offset": hop.offset,
             "producer": hop.producer_service, "consumer": hop.consumer_service,
             "consumer_group": hop.consumer_group, "produced": _iso(hop.produce_end_ns),
             "consumed": _iso(hop.consume_start_ns), "queue_ms": hop.queue_ms,
@@ -202,24 +207,27 @@ def inspect_lag(store: Store, group: str | None, as_json: bool) -> str:
     rows, groups = store.lag(group)
     if as_json:
         return json.dumps({
-            "partitions": [{"group": r.group, "topic": r.topic, "partition": r.partition,
+            "partitions": [{"system": r.system, "group": r.group, "topic": r.topic,
+                            "partition": r.partition,
                             "committed": r.committed, "end": r.end, "lag": r.lag,
                             "lag_seconds": _finite(r.lag_seconds), "status": r.status,
                             "at": _finite(r.at_s)} for r in rows],
-            "groups": [{"group": g.group, "status": g.status,
+            "groups": [{"system": g.system, "group": g.group, "status": g.status,
                         "worst_partition": g.worst_partition, "lag": g.lag,
                         "lag_seconds": _finite(g.lag_seconds),
                         "consume_rate": _finite(g.consume_rate),
                         "lag_rate": _finite(g.lag_rate), "catch_up_s": _finite(g.catch_up_s),
                         "at": _finite(g.at_s)} for g in groups]})
     if not rows:
-        return "no consumer groups seen yet (is `flowscope collect` running with Kafka?)"
-    partitions = table(["GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "LAG_S",
-                        "STATUS"],
-                       [(r.group, r.topic, r.partition, r.committed, r.end, r.lag,
+        return ("no consumer groups or queues seen yet (is `flowscope collect` running with "
+                "a broker?)")
+    partitions = table(["SYSTEM", "GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG",
+                        "LAG_S", "STATUS"],
+                       [(r.system, r.group, r.topic, r.partition, r.committed, r.end, r.lag,
                          _decimal(r.lag_seconds), r.status) for r in rows])
-    summary = table(["GROUP", "STATUS", "WORST", "LAG", "LAG_S", "CATCH_UP_S"],
-                    [(g.group, g.status, g.worst_partition, g.lag, _decimal(g.lag_seconds),
+    summary = table(["SYSTEM", "GROUP", "STATUS", "WORST", "LAG", "LAG_S", "CATCH_UP_S"],
+                    [(g.system, g.group, g.status, g.worst_partition, g.lag,
+                      _decimal(g.lag_seconds),
                       "never" if g.catch_up_s is None else _decimal(g.catch_up_s))
                      for g in groups])
     return partitions + "\n\n" + summary

@@ -12,7 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 from store.histogram import Histogram
-from store.vocabulary import CONSUMES, SENDS, GroupStatus, Operation, PartitionStatus, SpanKind
+from store.vocabulary import (
+    CONSUMES,
+    KAFKA,
+    SENDS,
+    GroupStatus,
+    Operation,
+    PartitionStatus,
+    SpanKind,
+)
 
 # What the store's integers hold: numbers from outside beyond these are dropped or clamped.
 INT64_MIN = -(2**63)
@@ -22,6 +30,10 @@ INT64_MAX = 2**63 - 1
 @dataclass(slots=True)
 class SpanRecord:
     """A span as Flowscope keeps it: identity, timing, outcome, and the message it handled.
+
+    topic is the destination a message was sent to, in its system's terms: a Kafka topic, a
+    RabbitMQ exchange (the default exchange as amq.default); queue is where it waited to be
+    consumed, in a system that has queues.
 
     Treated as immutable; not frozen, because a frozen dataclass's __init__ costs a third of
     normalising a span, and ingest runs it for every span.
@@ -52,16 +64,19 @@ class SpanRecord:
     message_key: str | None = None
     retry_attempt: int | None = None
     batch_count: int | None = None
+    queue: str | None = None  # where the message waited, in a system with queues (RabbitMQ)
+    routing_key: str | None = None
 
     @property
     def is_send(self) -> bool:
-        """True for a span that put a message on a topic."""
+        """True for a span that put a message on a destination (a topic, an exchange)."""
         return self.topic is not None and self.operation in SENDS
 
     @property
     def is_consume(self) -> bool:
-        """True for a span that took a message (or a batch) off a topic."""
-        return self.topic is not None and self.operation in CONSUMES
+        """True for a span that took a message (or a batch) off a topic or queue."""
+        return (self.topic is not None or self.queue is not None) and \
+            self.operation in CONSUMES
 
     @property
     def key(self) -> SpanKey:
@@ -81,10 +96,11 @@ def flow_of(correlation_id: str | None, trace_id: str, known: Mapping[str, str])
 
 @dataclass(slots=True)
 class Hop:
-    """One message's trip through a topic (or queue): a send matched with a consume, a consume
-    whose send is not known (yet), a send no consumer took (yet), or a message only the tap
-    saw. Written by flow derivation, read back by the flow pages; None where a side is
-    unknown. trace_id is the trace the hop is shown under (the consumer's, when consumed)."""
+    """One message's trip through a topic (or an exchange and a queue): a send matched with a
+    consume, a consume whose send is not known (yet), a send no consumer took (yet), or a
+    message only the tap saw. Written by flow derivation, read back by the flow pages; None
+    where a side is unknown. trace_id is the trace the hop is shown under (the consumer's,
+    when consumed). topic is the destination in its system's terms (see SpanRecord)."""
 
     topic: str
     partition: int | None
@@ -104,6 +120,9 @@ class Hop:
     producer: SpanKey | None = None
     consumer_span_id: str | None = None
     consumer_is_batch: bool = False
+    system: str | None = None  # the messaging system (None: not said, read as Kafka)
+    queue: str | None = None
+    routing_key: str | None = None
 
     @property
     def key(self) -> str:
@@ -130,32 +149,36 @@ class Hop:
 
 @dataclass(frozen=True)
 class LagRow:
-    """One partition of one consumer group at one poll."""
+    """One partition of one consumer group at one poll; or one queue (partition, committed and
+    end None): group is the queue, topic the exchange that feeds it (else the queue)."""
 
     group: str
     topic: str
-    partition: int
+    partition: int | None
     committed: int | None
     end: int | None
     lag: int | None
     lag_seconds: float | None
     status: PartitionStatus
     at_s: float
+    system: str = KAFKA
 
 
 @dataclass(frozen=True)
 class GroupLag:
-    """A consumer group at one poll: status, worst partition, totals and trend."""
+    """A consumer group (or a queue's consumers) at one poll: status, worst partition, totals
+    and trend."""
 
     group: str
     status: GroupStatus
     worst_partition: str | None
     lag: int
     lag_seconds: float | None
-    consume_rate: float | None  # messages/s committed
+    consume_rate: float | None  # messages/s committed (acknowledged, for a queue)
     lag_rate: float | None  # change of lag, messages/s
     catch_up_s: float | None  # None: not catching up
     at_s: float
+    system: str = KAFKA
 
 
 LAG_COLUMNS = tuple(f.name for f in fields(LagRow))

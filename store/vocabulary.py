@@ -84,6 +84,47 @@ class ComponentState(StrEnum):
     DOWN = "down"  # not running: it failed and waits to be started again
 
 
+class NodeKind(StrEnum):
+    """What a node of the flow map is: a service, or where a messaging system keeps messages
+    (a Kafka topic; a RabbitMQ exchange, which routes, and queue, where messages wait)."""
+
+    SERVICE = "service"
+    TOPIC = "topic"
+    EXCHANGE = "exchange"
+    QUEUE = "queue"
+
+
+KAFKA = "kafka"
+RABBITMQ = "rabbitmq"
+# RabbitMQ's default exchange has the empty name; it answers to this one too.
+DEFAULT_EXCHANGE = "amq.default"
+
+
+def node_id(kind: str, name: str, system: str | None) -> str:
+    """A node's id, unique across messaging systems: a service's name; a Kafka topic's name
+    (what stores before systems hold, and Kafka topic names cannot hold ':'; a destination
+    whose span names no system is read as Kafka's); else 'system:kind:name'."""
+    if kind == NodeKind.SERVICE or (kind == NodeKind.TOPIC and system in (None, KAFKA)):
+        return name
+    return f"{system}:{kind}:{name}"
+
+
+def destination_node(system: str | None, destination: str) -> tuple[str, str]:
+    """(id, kind) of the node a message is sent to: a RabbitMQ exchange, else a topic."""
+    kind = NodeKind.EXCHANGE if system == RABBITMQ else NodeKind.TOPIC
+    return node_id(kind, destination, system), kind
+
+
+def node_parts(node: str, kind: str) -> tuple[str | None, str]:
+    """(system, name) of a node id made by node_id (system None for a service)."""
+    if kind == NodeKind.SERVICE:
+        return None, node
+    system, sep, rest = node.partition(":")
+    if not sep:
+        return KAFKA, node
+    return system, rest.partition(":")[2]
+
+
 class FlowFlag(IntFlag):
     """What a flow's messages reached: a completion, compensation or dead-letter topic."""
 

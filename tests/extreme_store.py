@@ -37,13 +37,13 @@ SPAN_INSERT = (
     "start_ns, end_ns, error, error_type, operation, system, topic, partition, \"offset\", "
     "message_id, consumer_group, correlation_id, message_key, retry_attempt, batch_count, "
     "flow_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
-HOP_INSERT = "INSERT INTO hops VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+HOP_INSERT = "INSERT INTO hops VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 EDGE_INSERT = "INSERT OR REPLACE INTO edge_buckets VALUES (?,?,?,?,?,?,?,?,?,?)"
 ROLLUP_INSERT = "INSERT OR REPLACE INTO edge_rollups VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 ROLLUP_S = 300  # the store's rollup width for its default 10 s buckets (meta rollup_s)
 FLOW_INSERT = "INSERT OR REPLACE INTO flows VALUES (?,?,?,?,?,?,?,?,?,?)"
 MESSAGE_INSERT = "INSERT OR REPLACE INTO messages VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-LAG_VALUES = "(?,?,?,?,?,?,?,?,?)"
+LAG_VALUES = "(?,?,?,?,?,?,?,?,?,?)"
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def _long_flow(now_ns: int, hops: int) -> tuple[list[tuple[object, ...]], ...]:
         hop_rows.append((f"{trace}:{send_id}|consumer-svc", trace, send_id, trace, consume_id,
                          0, LONG_FLOW, topic, 0, index, message_id, "producer-svc",
                          "consumer-svc", "consumers", start, start + 2_000_000, begin,
-                         begin + 10_000_000, 1 + index % 3, int(error)))
+                         begin + 10_000_000, 1 + index % 3, int(error), "kafka", None, None))
     for index in range(TAPPED_ONLY):
         at_ms = (first + index * HOP_GAP_S * 1_000_000_000) // 1_000_000 + 1
         messages.append(("long.tapped", 0, index, at_ms, f"key-t{index}", 10, LONG_FLOW, None,
@@ -158,7 +158,8 @@ def _extreme_flow(now_ns: int) -> tuple[list[tuple[object, ...]], ...]:
                       EXTREME_FLOW, LONG, INT64_MAX, None, EXTREME_FLOW))
         hop_rows.append((f"{trace}:{send_id}|{LONG}", trace, send_id, trace, consume_id, 0,
                          EXTREME_FLOW, topic, INT64_MIN, INT64_MAX, f"{topic}.0.{index}",
-                         SCRIPT, LONG, BOLD, start, end, start, end, INT64_MAX, 1))
+                         SCRIPT, LONG, BOLD, start, end, start, end, INT64_MAX, 1,
+                         ("kafka", "rabbitmq", SCRIPT)[index % 3], LONG, SCRIPT))
     for index, at_ms in enumerate((*EXTREME_TIMES, now_ns // 1_000_000)):
         messages.append((DEAD_TOPIC, index, INT64_MAX - index, at_ms, LONG, INT64_MAX,
                          SCRIPT, "cd" * 16, INT64_MAX,
@@ -192,9 +193,9 @@ def _lag_rows(now_s: float) -> tuple[list[tuple[object, ...]], list[tuple[object
         for step, at in enumerate((0.0, -9.2e18, 9.2e18, now_s, float("inf"))):
             partitions.append((name, f"{name}.t{index}", 10 * index + step, INT64_MIN,
                                INT64_MAX, INT64_MAX, float("inf") if index % 2 else 1e300,
-                               name or "WARN", at))
+                               name or "WARN", at, ("kafka", "rabbitmq", name)[step % 3]))
         groups.append((name, ("OK", "WARN", "ERR", SCRIPT, TERMINAL)[index], LONG, INT64_MAX,
-                       1e300, -1e300, float("inf"), None, 9.2e18))
+                       1e300, -1e300, float("inf"), None, 9.2e18, ("kafka", "rabbitmq")[index % 2]))
     return partitions, groups
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from store.records import EdgeKey, EdgeTotals, FlowTotals, MessageRecord, SpanKey, SpanRecord
-from store.vocabulary import NS_PER_MS, FlowRules, bucket_start
+from store.vocabulary import NS_PER_MS, FlowRules, bucket_start, destination_node
 
 
 def flow_deltas(records: Sequence[SpanRecord], flow_ids: Mapping[SpanKey, str],
@@ -34,6 +34,8 @@ def flow_deltas(records: Sequence[SpanRecord], flow_ids: Mapping[SpanKey, str],
             delta.topics.add(record.topic)
             if record.is_send:
                 delta.flags |= flag_of(record.topic)
+        if record.queue:
+            delta.topics.add(record.queue)
     return deltas
 
 
@@ -59,27 +61,20 @@ def message_deltas(records: Sequence[MessageRecord],
 
 
 def edge_deltas(records: Sequence[SpanRecord], bucket_s: int) -> dict[EdgeKey, EdgeTotals]:
-    """Edge counts from spans alone: service -> topic for sends (latency = send time) and
-    topic -> service for consumes (processing time; time in queue comes with the hop)."""
+    """Edge counts from sends alone: service -> topic (or exchange), latency = send time.
+    What consumes add comes with their hops (collectors/flows/hops.py)."""
     deltas: dict[EdgeKey, EdgeTotals] = {}
     for record in records:
-        if record.is_send:
-            key: EdgeKey = (bucket_start(record.end_ns, bucket_s), record.service, "service",
-                            str(record.topic), "topic")
-        elif record.is_consume:
-            key = (bucket_start(record.start_ns, bucket_s), str(record.topic), "topic",
-                   record.service, "service")
-        else:
+        if not record.is_send:
             continue
+        target, kind = destination_node(record.system, str(record.topic))
+        key: EdgeKey = (bucket_start(record.end_ns, bucket_s), record.service, "service",
+                        target, kind)
         delta = deltas.get(key)
         if delta is None:
             delta = deltas[key] = EdgeTotals()
-        delta.count += max(1, record.batch_count or 1) if record.is_consume else 1
+        delta.count += 1
         delta.errors += record.error
         delta.retries += (record.retry_attempt or 1) > 1
-        duration_ms = (record.end_ns - record.start_ns) / 1e6
-        if record.is_send:
-            delta.latency.add(duration_ms)
-        else:
-            delta.processing.add(duration_ms)
+        delta.latency.add((record.end_ns - record.start_ns) / 1e6)
     return deltas

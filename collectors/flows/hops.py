@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 from store.contract import SpanWrites
 from store.records import EdgeKey, EdgeTotals, FlowTotals, Hop, SpanKey, SpanRecord
-from store.vocabulary import bucket_start
+from store.vocabulary import (
+    DEFAULT_EXCHANGE,
+    NodeKind,
+    bucket_start,
+    destination_node,
+    node_id,
+)
 
 Span = tuple[SpanRecord, str]  # a span with its flow
 
@@ -179,13 +185,15 @@ class HopMatcher:
         send = producer[0] if producer else None
         flow_id = producer[1] if producer else consume_flow or self.batch[consume.key][1]
         source = send or consume
+        destination, queue = _route(send, consume)
         # Positional, in Hop's field order: this runs for every message.
-        hop = Hop(source.topic or str(consume.topic), source.partition, source.offset,
+        hop = Hop(destination, source.partition, source.offset,
                   send.service if send else None, consume.service, consume.consumer_group,
                   send.start_ns if send else None, send.end_ns if send else None,
                   consume.start_ns, consume.end_ns, consume.retry_attempt, consume.error,
                   consume.trace_id, flow_id, source.message_id, send.key if send else None,
-                  consume.span_id, consume.batch_count is not None)
+                  consume.span_id, consume.batch_count is not None, source.system, queue,
+                  source.routing_key or consume.routing_key)
         return _Planned(hop, send, consume, count, latency)
 
     def _insert(self, planned: Iterable[_Planned]) -> None:
@@ -197,9 +205,18 @@ class HopMatcher:
             self._count(plans[id(hop)])
 
     def _count(self, plan: _Planned) -> None:
-        consume, producer = plan.consume, plan.producer
-        key = (bucket_start(consume.start_ns, self.bucket_s), str(consume.topic), "topic",
-               consume.service, "service")
+        """Add a hop to its edges: topic -> service; or, where the message waited in a queue,
+        exchange -> queue (messages routed) and queue -> service."""
+        consume, producer, hop = plan.consume, plan.producer, plan.hop
+        bucket = bucket_start(consume.start_ns, self.bucket_s)
+        source, source_kind = destination_node(hop.system, hop.topic)
+        routed = None
+        if hop.queue is not None:
+            queue = node_id(NodeKind.QUEUE, hop.queue, hop.system)
+            if hop.topic:
+                routed = (bucket, source, source_kind, queue, NodeKind.QUEUE)
+            source, source_kind = queue, NodeKind.QUEUE
+        key = (bucket, source, source_kind, consume.service, "service")
         edge = self.edges.get(key)
         if edge is None:
             edge = self.edges[key] = EdgeTotals()
@@ -213,11 +230,29 @@ class HopMatcher:
         edge.errors += consume.error
         edge.retries += retried
         edge.processing.add((consume.end_ns - consume.start_ns) / 1e6)
+        if routed is not None:
+            route = self.edges.get(routed)
+            if route is None:
+                route = self.edges[routed] = EdgeTotals()
+            route.count += 1
+            route.retries += retried
         flow = self.flows.get(plan.hop.flow_id)
         if flow is None:
             flow = self.flows[plan.hop.flow_id] = FlowTotals(consume.start_ns, consume.end_ns)
         flow.hops += 1
         flow.retries += retried
+
+
+def _route(send: SpanRecord | None, consume: SpanRecord) -> tuple[str, str | None]:
+    """The destination and queue of a hop. A consume span that names one destination only
+    (aio-pika's, through RabbitMQ's default exchange) names the queue the send's routing key
+    addressed; else the send names the destination, the consume its queue."""
+    if send is None:
+        return consume.topic or "", consume.queue
+    if consume.queue is None and send.topic == DEFAULT_EXCHANGE and \
+            consume.topic is not None and consume.topic == send.routing_key:
+        return DEFAULT_EXCHANGE, consume.topic
+    return send.topic or consume.topic or "", consume.queue
 
 
 def _waiting_key(consume: SpanKey) -> str:

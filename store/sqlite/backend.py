@@ -29,9 +29,17 @@ from store.contract import (
 )
 from store.records import GROUP_LAG_COLUMNS, LAG_COLUMNS, GroupLag, Hop, LagRow
 from store.sqlite import readers, summaries
-from store.sqlite.schema import MIGRATES_FROM, SCHEMA, SCHEMA_VERSION, rollup_width
+from store.sqlite.schema import (
+    ADDED_COLUMNS,
+    MIGRATES_FROM,
+    REKEYED,
+    SCHEMA,
+    SCHEMA_VERSION,
+    rollup_width,
+)
 from store.sqlite.writes import SqliteWrites
 from store.vocabulary import (
+    KAFKA,
     NS_PER_MS,
     NS_PER_S,
     SENDS,
@@ -43,6 +51,9 @@ from store.vocabulary import (
 
 LAG_MARKS = ",".join("?" * len(LAG_COLUMNS))
 GROUP_MARKS = ",".join("?" * len(GROUP_LAG_COLUMNS))
+# A lag row as stored (a queue's row has partition -1: a key column cannot be NULL).
+LAG_SELECT = ", ".join("NULLIF(partition, -1)" if c == "partition" else f'"{c}"'
+                       for c in LAG_COLUMNS)
 
 
 # SQLite's result codes that say the store, not the records, is the problem.
@@ -103,18 +114,57 @@ class SqliteStore:
     def _migrate(self) -> None:
         self._check_is_ours()
         with self.db:
-            self.db.executescript(SCHEMA)
-            row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is None:
+            version = self._stored_version()
+            if version is not None and version != SCHEMA_VERSION and \
+                    version not in MIGRATES_FROM:
+                raise StoreError(f"{self.path} has schema version {version}; this Flowscope "
+                                 f"reads version {SCHEMA_VERSION}")
+            moved = self._migrate_tables() if version not in (None, SCHEMA_VERSION) else []
+            self.db.executescript(SCHEMA)  # adds what a store of an older version lacks
+            if version is None:
                 self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)",
                                 (str(SCHEMA_VERSION),))
-            elif int(row[0]) in MIGRATES_FROM:  # the script above added what was missing
+            elif version != SCHEMA_VERSION:
+                for table in moved:
+                    self._move_rows(f"{table}_before", table)
                 self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                                 (str(SCHEMA_VERSION),))
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise StoreError(f"{self.path} has schema version {row[0]}; this Flowscope "
-                                 f"reads version {SCHEMA_VERSION}")
             self._start_rollups()
+
+    def _stored_version(self) -> int | None:
+        """The schema version of the file; None for a new store."""
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+            return None
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return None if row is None else int(row[0])
+
+    def _move_rows(self, old: str, new: str) -> None:
+        """Move a set-aside table's rows into its new table (rows without a system were
+        Kafka's), and drop it."""
+        have = [r[1] for r in self.db.execute(f"PRAGMA table_info({old})")]
+        columns = [r[1] for r in self.db.execute(f"PRAGMA table_info({new})") if r[1] in have]
+        names = ", ".join(f'"{c}"' for c in columns)
+        system = "" if "system" in have else ", system"
+        value = "" if "system" in have else f", '{KAFKA}'"
+        self.db.execute(f"INSERT OR REPLACE INTO {new} ({names}{system}) "
+                        f"SELECT {names}{value} FROM {old}")
+        self.db.execute(f"DROP TABLE {old}")
+
+    def _migrate_tables(self) -> list[str]:
+        """Before the schema script runs on an older store: add the columns added since, and
+        set aside the tables whose key changed (their rows are moved back after it); those
+        set aside."""
+        tables = {r[0] for r in self.db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table, column, kind in ADDED_COLUMNS:
+            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if table in tables and column not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        self.db.execute("DROP INDEX IF EXISTS lag_samples_by_time")
+        moved = [table for table in REKEYED if table in tables]
+        for table in moved:
+            self.db.execute(f"ALTER TABLE {table} RENAME TO {table}_before")
+        return moved
 
     def _start_rollups(self) -> None:
         """Fix the edge rollups' width, and the bucket they are complete from: at once for a
@@ -203,7 +253,8 @@ class SqliteStore:
 
     def write_lag(self, rows: Sequence[LagRow], groups: Sequence[GroupLag]) -> None:
         """Record one lag poll: the current figures and the history."""
-        lag_values = [tuple(getattr(r, c) for c in LAG_COLUMNS) for r in rows]
+        lag_values = [tuple(-1 if c == "partition" and r.partition is None else getattr(r, c)
+                            for c in LAG_COLUMNS) for r in rows]
         with self._transaction():
             self.db.executemany(f"INSERT OR REPLACE INTO lag_current VALUES ({LAG_MARKS})",
                                 lag_values)
@@ -219,9 +270,10 @@ class SqliteStore:
         # Read back as stored: a status is the vocabulary's text (a StrEnum equals its text),
         # and text another writer left outside the vocabulary is shown as it is, not refused.
         rows = [LagRow(*r) for r in self.db.execute(
-            f'SELECT * FROM lag_current {where} ORDER BY "group", topic, partition', params)]
+            f'SELECT {LAG_SELECT} FROM lag_current {where} '
+            'ORDER BY system, "group", topic, partition', params)]
         groups = [GroupLag(*g) for g in self.db.execute(
-            f'SELECT * FROM lag_groups {where} ORDER BY "group"', params)]
+            f'SELECT * FROM lag_groups {where} ORDER BY system, "group"', params)]
         return rows, groups
 
     def lag_history(self, since_ns: int, group: str | None = None) -> list[LagRow]:
@@ -229,14 +281,15 @@ class SqliteStore:
         since_s = since_ns / NS_PER_S
         extra, params = ('AND "group" = ?', (since_s, group)) if group else ("", (since_s,))
         return [LagRow(*r) for r in self.db.execute(
-            f"SELECT * FROM lag_samples WHERE at_s >= ? {extra} ORDER BY at_s", params)]
+            f"SELECT {LAG_SELECT} FROM lag_samples WHERE at_s >= ? {extra} ORDER BY at_s",
+            params)]
 
     def lag_trend(self, since_ns: int) -> list[tuple[str, float, int, float | None]]:
         """Per group and poll since since_ns: (group, at_s, total lag, largest lag seconds)."""
         # TOTAL, not SUM: a sum past int64 is an error in SQLite; the cast saturates instead.
         return self.db.execute(
             'SELECT "group", at_s, CAST(TOTAL(lag) AS INTEGER), MAX(lag_seconds) FROM '
-            'lag_samples WHERE at_s >= ? GROUP BY "group", at_s ORDER BY at_s',
+            'lag_samples WHERE at_s >= ? GROUP BY system, "group", at_s ORDER BY at_s',
             (since_ns / NS_PER_S,)).fetchall()
 
     def add_counters(self, counts: Mapping[str, int]) -> None:

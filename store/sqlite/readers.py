@@ -120,7 +120,7 @@ def read_flows(db: sqlite3.Connection, since_ns: int, limit: int, status_of: Sta
 HOP_SELECT = (
     "SELECT topic, partition, \"offset\", producer_service, consumer_service, consumer_group, "
     "produce_start_ns, produce_end_ns, consume_start_ns, consume_end_ns, retry_attempt, error, "
-    "consumer_trace_id FROM hops WHERE flow_id = ? "
+    "consumer_trace_id, system, queue, routing_key FROM hops WHERE flow_id = ? "
     "ORDER BY COALESCE(produce_start_ns, consume_start_ns), consume_start_ns LIMIT ?")
 # Sends no consumer took (yet): no hop is keyed by their span (hop keys are
 # 'trace:span|consumer service'; '}' is the character after '|'). A unary + keeps SQLite
@@ -131,7 +131,8 @@ PENDING_WHERE = (
     "AND h.hop_key < s.trace_id || ':' || s.span_id || '}' AND +h.flow_id = s.flow_id)")
 PENDING_SELECT = (
     "SELECT s.topic, s.partition, s.\"offset\", s.service, s.start_ns, s.end_ns, "
-    f"s.retry_attempt, s.error, s.trace_id {PENDING_WHERE} ORDER BY s.start_ns LIMIT ?")
+    "s.retry_attempt, s.error, s.trace_id, s.system, s.queue, s.routing_key "
+    f"{PENDING_WHERE} ORDER BY s.start_ns LIMIT ?")
 # Messages only the tap saw: no send span and no hop of the flow names them (looked up by
 # message id, as above).
 TAPPED_WHERE = (
@@ -164,14 +165,15 @@ def read_flow(db: sqlite3.Connection, flow_or_trace_id: str, status_of: StatusOf
             return None
     flow = _flow_row(row, status_of)
     bound = -1 if limit is None else limit  # SQLite: a negative LIMIT is none
-    hops = [Hop(*r[:11], bool(r[11]), r[12], flow_id=flow.id)
-            for r in db.execute(HOP_SELECT, (flow.id, bound))]
+    hops = [Hop(*r[:11], bool(r[11]), r[12], flow_id=flow.id, system=r[13], queue=r[14],
+                routing_key=r[15]) for r in db.execute(HOP_SELECT, (flow.id, bound))]
     pending = [Hop(topic, partition, offset, producer_service=service, consumer_service=None,
                    consumer_group=None, produce_start_ns=start, produce_end_ns=end,
                    consume_start_ns=None, consume_end_ns=None, retry_attempt=attempt,
-                   error=bool(error), trace_id=trace_id, flow_id=flow.id)
-               for topic, partition, offset, service, start, end, attempt, error, trace_id
-               in db.execute(PENDING_SELECT, (flow.id, bound))]
+                   error=bool(error), trace_id=trace_id, flow_id=flow.id, system=system,
+                   queue=queue, routing_key=routing_key)
+               for (topic, partition, offset, service, start, end, attempt, error, trace_id,
+                    system, queue, routing_key) in db.execute(PENDING_SELECT, (flow.id, bound))]
     tapped = [Hop(topic, partition, offset, producer_service=None, consumer_service=None,
                   consumer_group=None, produce_start_ns=_ms_to_ns(at_ms),
                   produce_end_ns=_ms_to_ns(at_ms), consume_start_ns=None, consume_end_ns=None,

@@ -8,8 +8,17 @@ from store.vocabulary import CONSUMES, SENDS, sql_list
 # 4: hops_from_batches (a partial index, so that asking whether any hop came from a batch
 # consume reads nothing when none did); spans_by_flow replaced by sends_by_flow and
 # failures_by_flow (partial: a consume span that did not fail is in neither); edge_rollups.
-SCHEMA_VERSION = 4
-MIGRATES_FROM = (1, 2, 3)
+# 5: messaging systems: spans and hops keep their system, queue and routing key; lag rows
+# and groups their system (a queue's row has no partition: -1 in the table).
+SCHEMA_VERSION = 5
+MIGRATES_FROM = (1, 2, 3, 4)
+# Columns added since a table was first made: (table, column, type), added by the migration.
+ADDED_COLUMNS = (("spans", "queue", "TEXT"), ("spans", "routing_key", "TEXT"),
+                 ("hops", "system", "TEXT"), ("hops", "queue", "TEXT"),
+                 ("hops", "routing_key", "TEXT"))
+# Tables whose key changed: a migration moves their rows into the new table (every row of
+# them was Kafka's).
+REKEYED = ("lag_current", "lag_samples", "lag_groups")
 
 ROLLUP_S = 300  # the width of an edge rollup (a multiple of the bucket width; see rollup_width)
 
@@ -34,8 +43,8 @@ CREATE TABLE IF NOT EXISTS spans (
     start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL, error INTEGER NOT NULL, error_type TEXT,
     operation TEXT, system TEXT, topic TEXT, partition INTEGER, "offset" INTEGER,
     message_id TEXT, consumer_group TEXT, correlation_id TEXT, message_key TEXT,
-    retry_attempt INTEGER, batch_count INTEGER, flow_id TEXT NOT NULL,
-    PRIMARY KEY (trace_id, span_id)
+    retry_attempt INTEGER, batch_count INTEGER, flow_id TEXT NOT NULL, queue TEXT,
+    routing_key TEXT, PRIMARY KEY (trace_id, span_id)
 ) WITHOUT ROWID;
 -- A flow's spans are read for its sends (those no consumer took) and its failures only; a
 -- flow keyed by a trace ID holds spans of that trace alone, so moving it to a correlation ID
@@ -68,7 +77,7 @@ CREATE TABLE IF NOT EXISTS hops (
     message_id TEXT, producer_service TEXT, consumer_service TEXT NOT NULL,
     consumer_group TEXT, produce_start_ns INTEGER, produce_end_ns INTEGER,
     consume_start_ns INTEGER NOT NULL, consume_end_ns INTEGER NOT NULL,
-    retry_attempt INTEGER, error INTEGER NOT NULL
+    retry_attempt INTEGER, error INTEGER NOT NULL, system TEXT, queue TEXT, routing_key TEXT
 );
 CREATE INDEX IF NOT EXISTS hops_by_flow ON hops (flow_id);
 CREATE INDEX IF NOT EXISTS hops_waiting ON hops (message_id) WHERE producer_span_id IS NULL;
@@ -110,21 +119,25 @@ CREATE TABLE IF NOT EXISTS flow_latency_buckets (
     latency TEXT NOT NULL, PRIMARY KEY (bucket_start, flow_type)
 ) WITHOUT ROWID;
 
--- Consumer lag: the latest poll of every partition and group, and the history of partitions.
+-- Consumer lag: the latest poll of every partition (or queue: partition -1) and group (or
+-- queue), and the history of partitions, per messaging system.
 CREATE TABLE IF NOT EXISTS lag_current (
     "group" TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
     committed INTEGER, "end" INTEGER, lag INTEGER, lag_seconds REAL, status TEXT NOT NULL,
-    at_s REAL NOT NULL, PRIMARY KEY ("group", topic, partition)
+    at_s REAL NOT NULL, system TEXT NOT NULL,
+    PRIMARY KEY (system, "group", topic, partition)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS lag_samples (
     "group" TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
     committed INTEGER, "end" INTEGER, lag INTEGER, lag_seconds REAL, status TEXT NOT NULL,
-    at_s REAL NOT NULL, PRIMARY KEY ("group", at_s, topic, partition)
+    at_s REAL NOT NULL, system TEXT NOT NULL,
+    PRIMARY KEY (system, "group", at_s, topic, partition)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS lag_samples_by_time ON lag_samples (at_s);
 CREATE TABLE IF NOT EXISTS lag_groups (
-    "group" TEXT PRIMARY KEY, status TEXT NOT NULL, worst_partition TEXT, lag INTEGER NOT NULL,
-    lag_seconds REAL, consume_rate REAL, lag_rate REAL, catch_up_s REAL, at_s REAL NOT NULL
+    "group" TEXT NOT NULL, status TEXT NOT NULL, worst_partition TEXT, lag INTEGER NOT NULL,
+    lag_seconds REAL, consume_rate REAL, lag_rate REAL, catch_up_s REAL, at_s REAL NOT NULL,
+    system TEXT NOT NULL, PRIMARY KEY (system, "group")
 ) WITHOUT ROWID;
 
 -- Messages seen by the tap, by their coordinates; headers only for dead-letter topics.

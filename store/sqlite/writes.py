@@ -37,7 +37,7 @@ HOP_COLUMNS = ("hop_key", "producer_trace_id", "producer_span_id", "consumer_tra
                "consumer_span_id", "consumer_is_batch", "flow_id", "topic", "partition",
                "offset", "message_id", "producer_service", "consumer_service", "consumer_group",
                "produce_start_ns", "produce_end_ns", "consume_start_ns", "consume_end_ns",
-               "retry_attempt", "error")
+               "retry_attempt", "error", "system", "queue", "routing_key")
 HOP_FIELDS = ", ".join(f'"{c}"' for c in HOP_COLUMNS)
 HOP_INSERT = f"INSERT INTO hops ({HOP_FIELDS}) VALUES ({', '.join('?' * len(HOP_COLUMNS))})"
 CHUNK = 400  # rows per statement: 2 parameters each stays under SQLite's 32,766
@@ -327,7 +327,7 @@ def hop_values(hop: Hop) -> tuple[object, ...]:
             int(hop.consumer_is_batch), hop.flow_id, hop.topic, hop.partition, hop.offset,
             hop.message_id, hop.producer_service, hop.consumer_service, hop.consumer_group,
             hop.produce_start_ns, hop.produce_end_ns, hop.consume_start_ns, hop.consume_end_ns,
-            hop.retry_attempt, int(hop.error))
+            hop.retry_attempt, int(hop.error), hop.system, hop.queue, hop.routing_key)
 
 
 def encode_links(links: tuple[tuple[str, str], ...]) -> str | None:

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from store.contract import StoreError
+from store.records import GroupLag, LagRow
 from store.sqlite import readers
 from store.sqlite.backend import SqliteStore
 from store.sqlite.readers import PENDING_WHERE
-from store.sqlite.schema import SCHEMA_VERSION
+from store.sqlite.schema import ADDED_COLUMNS, SCHEMA_VERSION
 from store.sqlite.writes import consumes_of_sql
-from store.vocabulary import FlowRules
+from store.vocabulary import KAFKA, FlowRules, GroupStatus, PartitionStatus
 
 RULES = FlowRules(completed=("*done",), dead_letter=("*.dlq",), compensated=("*cancelled",),
                   stuck_after_s=60)
@@ -44,6 +45,60 @@ def test_a_version_1_store_is_migrated_by_the_writer_and_refused_by_a_reader(
     reader = SqliteStore(path, RULES, readonly=True)
     assert reader.flow_latency(0) == []
     reader.close()
+
+
+# Version 4's lag tables, keyed without a system; every row was a Kafka partition or group.
+V4_LAG_TABLES = """
+CREATE TABLE lag_current ("group" TEXT NOT NULL, topic TEXT NOT NULL,
+    partition INTEGER NOT NULL, committed INTEGER, "end" INTEGER, lag INTEGER,
+    lag_seconds REAL, status TEXT NOT NULL, at_s REAL NOT NULL,
+    PRIMARY KEY ("group", topic, partition)) WITHOUT ROWID;
+CREATE TABLE lag_samples ("group" TEXT NOT NULL, topic TEXT NOT NULL,
+    partition INTEGER NOT NULL, committed INTEGER, "end" INTEGER, lag INTEGER,
+    lag_seconds REAL, status TEXT NOT NULL, at_s REAL NOT NULL,
+    PRIMARY KEY ("group", at_s, topic, partition)) WITHOUT ROWID;
+CREATE INDEX lag_samples_by_time ON lag_samples (at_s);
+CREATE TABLE lag_groups ("group" TEXT PRIMARY KEY, status TEXT NOT NULL,
+    worst_partition TEXT, lag INTEGER NOT NULL, lag_seconds REAL, consume_rate REAL,
+    lag_rate REAL, catch_up_s REAL, at_s REAL NOT NULL) WITHOUT ROWID;
+INSERT INTO lag_current VALUES ('g', 't', 3, 10, 15, 5, 1.5, 'OK', 100.0);
+INSERT INTO lag_samples VALUES ('g', 't', 3, 10, 15, 5, 1.5, 'OK', 100.0);
+INSERT INTO lag_groups VALUES ('g', 'OK', 't/3', 5, 1.5, 2.0, 0.0, NULL, 100.0);
+"""
+
+
+def test_a_version_4_store_keeps_its_lag_rows_as_kafka_s_and_takes_queues(
+        tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    SqliteStore(path, RULES).close()
+    with sqlite3.connect(path) as db:  # as version 4 left it
+        for table, column, _ in ADDED_COLUMNS:
+            db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        db.executescript("DROP TABLE lag_current; DROP TABLE lag_samples; "
+                         "DROP TABLE lag_groups;" + V4_LAG_TABLES)
+        db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    db.close()
+    store = SqliteStore(path, RULES)
+    rows, groups = store.lag()
+    assert rows == [LagRow("g", "t", 3, 10, 15, 5, 1.5, PartitionStatus.OK, 100.0, KAFKA)]
+    assert [(g.group, g.system, g.lag) for g in groups] == [("g", KAFKA, 5)]
+    assert [(r.group, r.system) for r in store.lag_history(0)] == [("g", KAFKA)]
+    # A queue of the same name is another row: no partition, its own system.
+    queue = LagRow("g", "amq.default", None, None, None, 7, 2.0, PartitionStatus.WARN, 101.0,
+                   "rabbitmq")
+    store.write_lag([queue], [GroupLag("g", GroupStatus.WARN, None, 7, 2.0, None, None, None,
+                                       101.0, "rabbitmq")])
+    rows, groups = store.lag()
+    assert queue in rows
+    assert len(rows) == 2
+    assert {(g.system, g.lag) for g in groups} == {(KAFKA, 5), ("rabbitmq", 7)}
+    for table, column, _ in ADDED_COLUMNS:
+        assert column in {r[1] for r in store.db.execute(f"PRAGMA table_info({table})")}
+    assert store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'"
+                            ).fetchone()[0] == str(SCHEMA_VERSION)
+    assert store.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'lag_samples_by_time'"
+                            ).fetchone()
+    store.close()
 
 
 def test_a_version_3_store_gets_version_4_s_indexes_when_the_writer_opens_it(

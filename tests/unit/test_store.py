@@ -414,3 +414,103 @@ def test_a_long_window_counts_every_edge_bucket_once_whatever_its_start(store: S
     whole = {(e.source, e.target): e for e in store.topology(BASE_NS - 10**12).edges}
     assert whole[("api", "jobs")].count == whole[("jobs", "worker")].count == 180
     assert whole[("jobs", "worker")].errors == 20
+
+
+# -- RabbitMQ: service -> exchange -> queue -> service -----------------------------------------
+
+def _publish(destination: str, *, trace: str, span_id: str | None = None,
+             key: str | None = None, **extra: object) -> object:
+    attributes = {"messaging.system": "rabbitmq", "messaging.operation.type": "send",
+                  "messaging.destination.name": destination,
+                  "messaging.message.conversation_id": "flow-1", **extra}
+    if key:
+        attributes["messaging.rabbitmq.destination.routing_key"] = key
+    return span(name=f"send {destination}", kind="producer", trace_id=trace, span_id=span_id,
+                attributes=attributes, start_ms=0, duration_ms=2)
+
+
+def _deliver(destination: str, *, trace: str, parent: str | None = None,
+             key: str | None = None, start: float = 10, **extra: object) -> object:
+    attributes = {"messaging.system": "rabbitmq", "messaging.operation.type": "process",
+                  "messaging.destination.name": destination,
+                  "messaging.message.conversation_id": "flow-1", **extra}
+    if key:
+        attributes["messaging.rabbitmq.destination.routing_key"] = key
+    return span(name=f"process {destination}", kind="consumer", trace_id=trace, parent=parent,
+                attributes=attributes, start_ms=start, duration_ms=5)
+
+
+EXCHANGE, QUEUE = "rabbitmq:exchange:jobs", "rabbitmq:queue:thumb-q"
+
+
+def test_a_rabbitmq_hop_goes_service_exchange_queue_service(store: Store) -> None:
+    trace, producer = new_trace_id(), new_span_id()
+    store.write_spans(_records("processor", _publish("jobs:thumb", trace=trace,
+                                                     span_id=producer, key="thumb")))
+    result = store.write_spans(_records("thumbnailer", _deliver(
+        "jobs:thumb:thumb-q", trace=trace, parent=producer, key="thumb")))
+    assert result.hops == 1
+    topology = store.topology(BASE_NS - 10**12)
+    assert topology.nodes == {"processor": "service", "thumbnailer": "service",
+                              EXCHANGE: "exchange", QUEUE: "queue"}
+    assert _edges(store) == {("processor", EXCHANGE): (1, 0, 0), (EXCHANGE, QUEUE): (1, 0, 0),
+                             (QUEUE, "thumbnailer"): (1, 0, 0)}
+    waited = next(e for e in topology.edges if e.source == QUEUE)
+    assert waited.p50_ms is not None
+    assert 7.0 <= waited.p50_ms <= 10.0
+    _, hops = store.flow("flow-1", NOW)  # type: ignore[misc]
+    assert [(h.system, h.topic, h.queue, h.routing_key, h.producer_service,
+             h.consumer_service) for h in hops] == \
+        [("rabbitmq", "jobs", "thumb-q", "thumb", "processor", "thumbnailer")]
+    assert hops[0].queue_ms == pytest.approx(8.0)
+
+
+def test_a_kafka_topic_and_an_exchange_of_one_name_are_two_nodes(store: Store) -> None:
+    store.write_spans(_records("a", _send("jobs", trace=new_trace_id()),
+                               _publish("jobs", trace=new_trace_id())))
+    assert store.topology(BASE_NS - 10**12).nodes == {
+        "a": "service", "jobs": "topic", EXCHANGE: "exchange"}
+
+
+def test_rabbitmq_hops_match_by_message_id_across_traces_in_any_order(store: Store) -> None:
+    ids = {"messaging.message.id": "5f0c-uuid"}
+    store.write_spans(_records("thumbnailer", _deliver(
+        "jobs:thumb:thumb-q", trace=new_trace_id(), key="thumb", **ids)))
+    store.write_spans(_records("processor", _publish("jobs:thumb", trace=new_trace_id(),
+                                                     key="thumb", **ids)))
+    _, hops = store.flow("flow-1", NOW)  # type: ignore[misc]
+    assert [(h.producer_service, h.consumer_service, h.queue) for h in hops] == \
+        [("processor", "thumbnailer", "thumb-q")]
+    assert _edges(store)[(QUEUE, "thumbnailer")] == (1, 0, 0)
+
+
+def test_fan_out_through_an_exchange_shows_every_queue_it_reached(store: Store) -> None:
+    trace, producer = new_trace_id(), new_span_id()
+    store.write_spans(_records("orders", _publish("events", trace=trace, span_id=producer)))
+    for service, queue in (("audit", "audit-q"), ("mailer", "mail-q")):
+        store.write_spans(_records(service, _deliver(f"events:{queue}", trace=trace,
+                                                     parent=producer)))
+    edges = _edges(store)
+    assert {k for k in edges if k[0] == "rabbitmq:exchange:events"} == {
+        ("rabbitmq:exchange:events", "rabbitmq:queue:audit-q"),
+        ("rabbitmq:exchange:events", "rabbitmq:queue:mail-q")}
+    assert edges[("rabbitmq:queue:mail-q", "mailer")] == (1, 0, 0)
+    assert store.flow("flow-1", NOW)[0].hops == 2  # type: ignore[index]
+
+
+def test_aio_pika_spans_through_the_default_exchange_name_their_queue(store: Store) -> None:
+    # The official aio-pika instrumentation: '{exchange},{routing key}' on the publish, the
+    # routing key alone on the consume when the exchange is the default one.
+    trace, producer = new_trace_id(), new_span_id()
+    store.write_spans(_records("processor", span(
+        name=",thumb-q send", kind="producer", trace_id=trace, span_id=producer,
+        attributes={"messaging.system": "rabbitmq", "messaging.destination": ",thumb-q",
+                    "messaging.temp_destination": True})))
+    store.write_spans(_records("thumbnailer", span(
+        name="thumb-q receive", kind="consumer", trace_id=trace, parent=producer,
+        start_ms=10, attributes={"messaging.system": "rabbitmq",
+                                 "messaging.destination": "thumb-q",
+                                 "messaging.operation": "receive"})))
+    assert set(_edges(store)) == {("processor", "rabbitmq:exchange:amq.default"),
+                                  ("rabbitmq:exchange:amq.default", QUEUE),
+                                  (QUEUE, "thumbnailer")}
