@@ -10,11 +10,12 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 
+import aiohttp
 from aiohttp import web
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from base.settings import Settings
+from base.settings import Settings, redact_url
 from collectors.flows.writer import FlowWriter
 from collectors.forward import JaegerForwarder
 from collectors.ingest import otlp_http
@@ -24,6 +25,7 @@ from collectors.ingest.pipeline import Pipeline
 from collectors.ingest.tap import COMPONENT as tap_component
 from collectors.ingest.tap import run_tap, topic_pattern
 from collectors.lag.poller import LagPoller
+from collectors.lag.queues import ManagementError, QueuePoller
 from collectors.supervise import Health, supervise
 from store.contract import StoreUnavailable
 from store.factory import flow_rules, open_store
@@ -32,6 +34,7 @@ from store.vocabulary import ComponentState, FlowFlag
 log = logging.getLogger(__name__)
 RETENTION_EVERY_S = 60.0
 LAG_COMPONENT = "lag_poller"
+QUEUES_COMPONENT = "queue_poller"
 MAINTENANCE = "maintenance"
 FORWARDER = "forwarder"
 
@@ -52,9 +55,11 @@ async def ensure_spans_topic(bootstrap: str, topic: str) -> None:
 
 
 async def run_collector(settings: Settings, *, kafka_spans: bool = True,
+                        queues_url: str | None = None,
                         on_ready: Callable[[str], None] | None = None,
                         stopping: asyncio.Event | None = None) -> None:
-    """Run until SIGINT/SIGTERM (or, when given, until stopping is set)."""
+    """Run until SIGINT/SIGTERM (or, when given, until stopping is set). queues_url: the
+    management API of a RabbitMQ whose queues' backlog to poll (None: none)."""
     collector = settings.collect
     store = open_store(settings)
     forwarder = None
@@ -72,27 +77,14 @@ async def run_collector(settings: Settings, *, kafka_spans: bool = True,
                            access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, collector.otlp_host, collector.otlp_port)
-    components: dict[str, Callable[[], Awaitable[None]]] = {}
     tasks = []
     try:
         await site.start()
         health.ok(otlp_http.COMPONENT)
-        if forwarder is not None:
-            components[FORWARDER] = lambda: forwarder.run(stopping)
         if kafka_spans:
             await ensure_spans_topic(settings.kafka.bootstrap, collector.spans_topic)
-            components[kafka_spans_component] = lambda: consume_spans_topic(
-                settings.kafka.bootstrap, collector.spans_topic, pipeline, health, stopping)
-            if collector.tap:
-                components[tap_component] = lambda: run_tap(
-                    settings.kafka.bootstrap,
-                    topic_pattern(collector.tap_topics, (collector.spans_topic,)), pipeline,
-                    health, stopping, offset_reset=collector.tap_from,
-                    keep_headers_of=lambda topic: rules.flag_of(topic) == FlowFlag.DEAD_LETTERED)
-            components[LAG_COMPONENT] = lambda: poll_lag(
-                settings.kafka.bootstrap, pipeline, health, stopping,
-                interval_s=collector.lag_interval_s, window=collector.lag_window)
-        components[MAINTENANCE] = lambda: _maintain(pipeline, health, stopping)
+        components = _components(settings, pipeline, health, stopping, kafka=kafka_spans,
+                                 queues_url=queues_url)
         for name, run in components.items():
             tasks.append(asyncio.ensure_future(supervise(
                 name, run, health=health, counters=pipeline.counters, stopping=stopping)))
@@ -111,6 +103,36 @@ async def run_collector(settings: Settings, *, kafka_spans: bool = True,
         except StoreUnavailable as exc:
             log.error("counters not saved at exit: %s", exc)
         store.close()
+
+
+def _components(settings: Settings, pipeline: Pipeline, health: Health,
+                stopping: asyncio.Event, *, kafka: bool, queues_url: str | None
+                ) -> dict[str, Callable[[], Awaitable[None]]]:
+    """The collector's background components, by name, each a coroutine to supervise."""
+    collector = settings.collect
+    forwarder = pipeline.forwarder
+    rules = pipeline.writer.rules
+    components: dict[str, Callable[[], Awaitable[None]]] = {}
+    if forwarder is not None:
+        components[FORWARDER] = lambda: forwarder.run(stopping)
+    if kafka:
+        components[kafka_spans_component] = lambda: consume_spans_topic(
+            settings.kafka.bootstrap, collector.spans_topic, pipeline, health, stopping)
+        if collector.tap:
+            components[tap_component] = lambda: run_tap(
+                settings.kafka.bootstrap,
+                topic_pattern(collector.tap_topics, (collector.spans_topic,)), pipeline,
+                health, stopping, offset_reset=collector.tap_from,
+                keep_headers_of=lambda topic: rules.flag_of(topic) == FlowFlag.DEAD_LETTERED)
+        components[LAG_COMPONENT] = lambda: poll_lag(
+            settings.kafka.bootstrap, pipeline, health, stopping,
+            interval_s=collector.lag_interval_s, window=collector.lag_window)
+    if queues_url is not None:
+        components[QUEUES_COMPONENT] = lambda: poll_queues(
+            queues_url, pipeline, health, stopping, interval_s=collector.lag_interval_s,
+            window=collector.lag_window)
+    components[MAINTENANCE] = lambda: _maintain(pipeline, health, stopping)
+    return components
 
 
 async def poll_lag(bootstrap: str, pipeline: Pipeline, health: Health, stopping: asyncio.Event,
@@ -149,6 +171,48 @@ async def poll_lag(bootstrap: str, pipeline: Pipeline, health: Health, stopping:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), delay)
         delay = min(delay * 2, 30.0)
+
+
+async def poll_queues(management_url: str, pipeline: Pipeline, health: Health,
+                      stopping: asyncio.Event, *, interval_s: float, window: int) -> None:
+    """Poll RabbitMQ queues' backlog every interval_s into the store. A management API that is
+    down, refuses the credentials or answers nonsense degrades this component (logged,
+    counted, tried again with backoff); Kafka's polling is another component and goes on."""
+    shown = redact_url(management_url)
+    poller = QueuePoller(management_url, window=window)
+    await poller.start()
+    delay = 1.0
+    try:
+        while not stopping.is_set():
+            started = time.monotonic()
+            try:
+                rows, groups = await poller.poll()
+                delay = 1.0
+            except (aiohttp.ClientError, ManagementError, TimeoutError, OSError) as exc:
+                pipeline.count(f"{QUEUES_COMPONENT}_failures")
+                reason = f"{type(exc).__name__}: {exc}"[:500]
+                health.degraded(QUEUES_COMPONENT, f"RabbitMQ management API {shown}: {reason}")
+                log.warning("queue polling on %s failed (%s); again in %.0fs", shown, reason,
+                            delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            if poller.skipped_queues:
+                pipeline.count(f"{QUEUES_COMPONENT}_skipped_queues", poller.skipped_queues)
+                poller.skipped_queues = 0
+            try:
+                await pipeline.exclusive(pipeline.store.write_lag, rows, groups)
+                health.ok(QUEUES_COMPONENT)
+            except StoreUnavailable as exc:
+                pipeline.count(f"{QUEUES_COMPONENT}_store_unavailable")
+                health.degraded(QUEUES_COMPONENT, f"store unavailable: {exc}")
+                log.warning("queue poll not stored: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(),
+                                       max(0.0, interval_s - (time.monotonic() - started)))
+    finally:
+        await poller.stop()
 
 
 async def _maintain(pipeline: Pipeline, health: Health, stopping: asyncio.Event) -> None:

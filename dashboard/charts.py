@@ -13,6 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from dashboard.transforms import TEXT_LIMIT, cut_text
+from store.vocabulary import node_parts
 
 # One palette for the whole dashboard.
 STATUS_COLORS = {"OK": "#2e7d32", "WARN": "#f9a825", "ERR": "#c62828", "STOP": "#c62828",
@@ -51,12 +52,29 @@ def _layout(fig: go.Figure, x_title: str, y_title: str, height: int = HEIGHT) ->
     return fig
 
 
+# How the flow map draws each kind of node, by (system, kind): a marker and a legend entry.
+NODE_STYLES = {(None, "service"): ("circle", 26, "services"),
+               ("kafka", "topic"): ("square", 20, "Kafka topics"),
+               ("rabbitmq", "exchange"): ("diamond", 22, "RabbitMQ exchanges"),
+               ("rabbitmq", "queue"): ("hexagon", 22, "RabbitMQ queues")}
+OTHER_STYLE = ("triangle-up", 20, "{system} {kind}s")
+
+
+def node_style(system: str | None, kind: str) -> tuple[str, int, str]:
+    """(marker symbol, size, legend name) of a node of this system and kind."""
+    symbol, size, name = NODE_STYLES.get((system, kind), OTHER_STYLE)
+    return symbol, size, name.format(system=system, kind=kind)
+
+
 def flow_map(nodes: pd.DataFrame, edges: pd.DataFrame, statuses: dict[str, str],
              focus: str | None) -> go.Figure:
-    """Services (circles) and topics (squares) left to right, coloured by consumer-group lag
-    status; each edge labelled with messages/s, p95 wait, error and retry shares."""
+    """Services and where messages go (Kafka topics, RabbitMQ exchanges and queues, each its
+    own shape, with a legend) left to right, coloured by the lag status of the consumer group
+    or queue; each edge labelled with messages/s, p95 wait, error and retry shares."""
     position = {n: (x, y) for n, x, y in zip(nodes["node"], nodes["x"], nodes["y"], strict=True)}
-    prefix = common_prefix(list(nodes.loc[nodes["kind"] == "topic", "node"]))
+    parts = {n: node_parts(n, k) for n, k in zip(nodes["node"], nodes["kind"], strict=True)}
+    prefix = common_prefix([parts[n][1] for n, k in zip(nodes["node"], nodes["kind"],
+                                                        strict=True) if k != "service"])
     fig = go.Figure()
     # One layout update for every arrow: each add_annotation copies all the annotations
     # before it, so adding them one by one takes time quadratic in the edges.
@@ -73,33 +91,41 @@ def flow_map(nodes: pd.DataFrame, edges: pd.DataFrame, statuses: dict[str, str],
         x=labels["mx"], y=labels["my"], mode="text", name="edges", showlegend=False,
         text=[_edge_label(e) for e in labels.itertuples()], textfont={"size": 10},
         hovertext=[_edge_hover(e) for e in labels.itertuples()], hoverinfo="text",
-        # Choosing an edge focuses on its topic end: every edge has exactly one.
-        customdata=[t if k == "produce" else s for s, t, k in zip(
+        # Choosing an edge focuses on where its messages wait or go: a send on its topic or
+        # exchange, a consume on its topic or queue, a route on its queue.
+        customdata=[s if k == "consume" else t for s, t, k in zip(
             labels["source"], labels["target"], labels["kind"], strict=True)]))
-    for kind, symbol in (("service", "circle"), ("topic", "square")):
-        part = nodes[nodes["kind"] == kind]
+    styles = {(parts[n][0], k) for n, k in zip(nodes["node"], nodes["kind"], strict=True)}
+    for system, kind in sorted(styles, key=lambda s: (s[1] != "service", str(s[0]), s[1])):
+        symbol, size, legend = node_style(system, kind)
+        part = nodes[[k == kind and parts[n][0] == system
+                      for n, k in zip(nodes["node"], nodes["kind"], strict=True)]]
         fig.add_trace(go.Scatter(
-            x=part["x"], y=part["y"], mode="markers+text", name=f"{kind}s", showlegend=False,
-            marker={"symbol": symbol, "size": 26 if kind == "service" else 20,
+            x=part["x"], y=part["y"], mode="markers+text", name=safe(legend, LABEL_LIMIT),
+            showlegend=True,
+            marker={"symbol": symbol, "size": size,
                     "color": [STATUS_COLORS.get(statuses.get(n, "none"), "#90a4ae")
                               for n in part["node"]],
                     "line": {"width": [4 if n == focus else 1 for n in part["node"]],
                              "color": "#263238"}},
-            text=[safe(n.removeprefix(prefix), LABEL_LIMIT) for n in part["node"]],
+            text=[safe(parts[n][1] if kind == "service" else
+                       parts[n][1].removeprefix(prefix), LABEL_LIMIT) for n in part["node"]],
             textposition="top center", textfont={"size": 11},
-            hovertext=[f"{kind} {safe(n)}<br>lag status: {safe(statuses.get(n, 'none'))}"
-                       for n in part["node"]], hoverinfo="text", customdata=list(part["node"])))
+            hovertext=[f"{safe(legend, LABEL_LIMIT)[:-1]} {safe(parts[n][1])}<br>"
+                       f"lag status: {safe(statuses.get(n, 'none'))}" for n in part["node"]],
+            hoverinfo="text", customdata=list(part["node"])))
     if prefix:
         arrows.append({"x": 0, "y": 1, "xref": "paper", "yref": "paper", "showarrow": False,
-                       "xanchor": "left", "text": f"topics: {safe(prefix, LABEL_LIMIT)}…",
+                       "xanchor": "left", "text": f"names: {safe(prefix, LABEL_LIMIT)}…",
                        "font": {"size": 11}})
     fig.update_layout(annotations=arrows)
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     fig.update_layout(height=max(HEIGHT, 90 * (int(nodes.groupby("layer").size().max())
                                                  if not nodes.empty else 1)),
-                      margin={"l": 10, "r": 10, "t": 10, "b": 10}, template="plotly_white",
-                      clickmode="event+select")
+                      margin={"l": 10, "r": 10, "t": 30, "b": 10}, template="plotly_white",
+                      clickmode="event+select",
+                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0.3})
     return fig
 
 

@@ -23,6 +23,7 @@ from store.contract import (
 )
 from store.histogram import Histogram
 from store.records import GroupLag, Hop, LagRow
+from store.vocabulary import KAFKA, NodeKind, node_id
 
 WINDOWS = {"5m": 300, "15m": 900, "1h": 3600, "6h": 6 * 3600, "24h": 24 * 3600}
 DEFAULT_WINDOW = "15m"
@@ -95,8 +96,11 @@ def build_edges(topology: Topology, rate_over_s: float) -> pd.DataFrame:
     columns = ["source", "target", "count", "errors", "retries", "p50_ms", "p95_ms",
                "processing_p50_ms", "processing_p95_ms"]
     frame = pd.DataFrame(rows, columns=columns)
-    frame["kind"] = ["produce" if topology.nodes.get(s) == "service" else "consume"
-                     for s in frame["source"]]
+    # produce: service -> topic or exchange; consume: topic or queue -> service; route:
+    # exchange -> queue (the messages an exchange routed into a queue).
+    frame["kind"] = ["produce" if topology.nodes.get(s) == NodeKind.SERVICE else
+                     "consume" if topology.nodes.get(t) == NodeKind.SERVICE else "route"
+                     for s, t in zip(frame["source"], frame["target"], strict=True)]
     frame["rate"] = frame["count"] / max(rate_over_s, 1.0)
     counts = frame["count"].where(frame["count"] > 0)
     frame["error_rate"] = (frame["errors"] / counts).fillna(0.0)
@@ -140,26 +144,36 @@ def edge_table(edges: pd.DataFrame) -> pd.DataFrame:
                   "error_rate", "retry_rate"]]
 
 
-def group_services(edges: pd.DataFrame, lag_rows: Sequence[LagRow]) -> dict[str, str]:
-    """Which service each consumer group belongs to, from the topics both consume: the only
-    consumer of a topic, else the one whose name the group's name contains."""
+def lag_node(row: LagRow) -> str:
+    """The flow map node a lag row is the backlog of: a Kafka group's topic, or the queue."""
+    if row.system == KAFKA:
+        return row.topic
+    return node_id(NodeKind.QUEUE, row.group, row.system)
+
+
+def group_services(edges: pd.DataFrame, lag_rows: Sequence[LagRow]
+                   ) -> dict[tuple[str, str], str]:
+    """Which service each consumer group (or queue) belongs to, by (system, group), from the
+    topics or queues both consume: the only consumer, else the one whose name the group's
+    name contains."""
     consumers = edges[edges["kind"] == "consume"].groupby("source")["target"].apply(set)
-    owners: dict[str, str] = {}
+    owners: dict[tuple[str, str], str] = {}
     for row in lag_rows:
-        services = consumers.get(row.topic, set())
+        services = consumers.get(lag_node(row), set())
+        key = (row.system, row.group)
         if len(services) == 1:
-            owners.setdefault(row.group, next(iter(services)))
+            owners.setdefault(key, next(iter(services)))
             continue
         named = [s for s in services if s in row.group or row.group in s]
         if named:
-            owners.setdefault(row.group, max(named, key=len))
+            owners.setdefault(key, max(named, key=len))
     return owners
 
 
 def node_statuses(nodes: dict[str, str], edges: pd.DataFrame, lag_rows: Sequence[LagRow],
                   groups: Sequence[GroupLag]) -> dict[str, str]:
-    """Each node's worst consumer-group lag status; 'none' where no group is known."""
-    group_status = {g.group: g.status for g in groups}
+    """Each node's worst consumer-group (or queue) lag status; 'none' where none is known."""
+    group_status = {(g.system, g.group): g.status for g in groups}
     owners = group_services(edges, lag_rows)
     worst: dict[str, str] = {}
 
@@ -168,10 +182,11 @@ def node_statuses(nodes: dict[str, str], edges: pd.DataFrame, lag_rows: Sequence
             worst[node] = status
 
     for row in lag_rows:
-        status = group_status.get(row.group, "OK")
-        raise_to(row.topic, status)
-        if row.group in owners:
-            raise_to(owners[row.group], status)
+        key = (row.system, row.group)
+        status = group_status.get(key, "OK")
+        raise_to(lag_node(row), status)
+        if key in owners:
+            raise_to(owners[key], status)
     return {n: worst.get(n, "none") for n in nodes}
 
 
@@ -210,10 +225,11 @@ def group_belongs_to(group: str, service: str) -> bool:
 def lag_table(rows: Sequence[LagRow], focus: str | None = None) -> pd.DataFrame:
     """The latest lag per group, topic and partition (narrowed to a focused topic or group)."""
     frame = pd.DataFrame([asdict(r) for r in rows],
-                         columns=["group", "topic", "partition", "committed", "end", "lag",
-                                  "lag_seconds", "status", "at_s"])
-    if focus:  # a topic, or a service and the groups named after it
-        frame = frame[(frame["topic"] == focus)
+                         columns=["system", "group", "topic", "partition", "committed", "end",
+                                  "lag", "lag_seconds", "status", "at_s"])
+    if focus:  # a topic or queue, or a service and the groups named after it
+        nodes = pd.Series([lag_node(r) for r in rows], index=frame.index, dtype=object)
+        frame = frame[(frame["topic"] == focus) | (nodes == focus)
                       | frame["group"].map(lambda g: group_belongs_to(g, focus))]
     return frame.drop(columns=["at_s"])
 
@@ -226,17 +242,18 @@ def partitions_by_lag(partitions: pd.DataFrame) -> pd.DataFrame:
 
 def shown_groups(groups: Sequence[GroupLag], partitions: pd.DataFrame) -> list[GroupLag]:
     """The groups with a partition in `partitions` (a lag_table), furthest behind first."""
-    shown = set(partitions["group"])
-    return rank_groups([g for g in groups if g.group in shown])
+    shown = set(zip(partitions["system"], partitions["group"], strict=True))
+    return rank_groups([g for g in groups if (g.system, g.group) in shown])
 
 
 def group_table(groups: Sequence[GroupLag]) -> pd.DataFrame:
     """Per group: status, lag in messages and seconds, rates and the catch-up outlook."""
     return pd.DataFrame([{
-        "group": g.group, "status": g.status, "lag": g.lag, "lag_seconds": g.lag_seconds,
-        "consume_rate": g.consume_rate, "lag_rate": g.lag_rate, "outlook": catch_up_text(g)}
-        for g in groups], columns=["group", "status", "lag", "lag_seconds", "consume_rate",
-                                   "lag_rate", "outlook"])
+        "system": g.system, "group": g.group, "status": g.status, "lag": g.lag,
+        "lag_seconds": g.lag_seconds, "consume_rate": g.consume_rate, "lag_rate": g.lag_rate,
+        "outlook": catch_up_text(g)}
+        for g in groups], columns=["system", "group", "status", "lag", "lag_seconds",
+                                   "consume_rate", "lag_rate", "outlook"])
 
 
 def trend_of(trend: pd.DataFrame, groups: Sequence[GroupLag]) -> pd.DataFrame:

@@ -127,10 +127,14 @@ class Hop:
     @property
     def key(self) -> str:
         """What makes a hop unique: its send and consuming service ('trace:span|service'),
-        or, until its send is known, its consume span ('?trace:span')."""
+        and the queue it was consumed from where a send reaches several (a fanout exchange:
+        'trace:span|service|queue'); until its send is known, its consume span
+        ('?trace:span')."""
         if self.producer is None:
             return f"?{self.trace_id}:{self.consumer_span_id}"
-        return f"{self.producer[0]}:{self.producer[1]}|{self.consumer_service}"
+        if self.queue is None:
+            return f"{self.producer[0]}:{self.producer[1]}|{self.consumer_service}"
+        return f"{self.producer[0]}:{self.producer[1]}|{self.consumer_service}|{self.queue}"
 
     @property
     def queue_ms(self) -> float | None:

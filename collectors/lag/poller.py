@@ -18,7 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from collectors.lag.offsets import compute_lag
-from collectors.lag.status import Observation, PartitionWindow, Trend, group_status, trend
+from collectors.lag.status import Observation, PartitionWindow, Trend, group_lag, trend
 from collectors.lag.timelag import EndOffsetTable, lag_seconds
 from store.records import GroupLag, LagRow
 from store.vocabulary import PartitionStatus
@@ -206,24 +206,9 @@ class LagPoller:
         by_group: dict[str, list[LagRow]] = {}
         for row in rows:
             by_group.setdefault(row.group, []).append(row)
-        groups = []
-        for group, members in sorted(by_group.items()):
-            status, worst = group_status(r.status for r in members)
-            trends = [t for r in members if (t := self._trend(r)) is not None]
-            seconds = [r.lag_seconds for r in members if r.lag_seconds is not None]
-            total_lag = sum(r.lag or 0 for r in members)
-            consume = sum(t.consume_rate for t in trends) if trends else None
-            lag_rate = sum(t.lag_rate for t in trends) if trends else None
-            if total_lag == 0:
-                catch_up: float | None = 0.0
-            elif lag_rate is not None and lag_rate < 0:
-                catch_up = total_lag / -lag_rate
-            else:
-                catch_up = None
-            groups.append(GroupLag(group, status, worst, total_lag,
-                                   max(seconds) if seconds else None, consume, lag_rate,
-                                   catch_up, now_s))
-        return groups
+        return [group_lag(group, members,
+                          [t for r in members if (t := self._trend(r)) is not None], now_s)
+                for group, members in sorted(by_group.items())]
 
     def _trend(self, row: LagRow) -> Trend | None:
         state = self.state.get((row.group, row.topic, row.partition))

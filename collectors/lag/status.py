@@ -23,7 +23,8 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from store.vocabulary import GroupStatus, PartitionStatus
+from store.records import GroupLag, LagRow
+from store.vocabulary import KAFKA, GroupStatus, PartitionStatus
 
 PARTITION_SEVERITY = {PartitionStatus.OK: 0, PartitionStatus.WARN: 1, PartitionStatus.REWIND: 2,
                       PartitionStatus.STALL: 3, PartitionStatus.STOP: 4}
@@ -93,6 +94,25 @@ def group_status(partition_statuses: Iterable[PartitionStatus]
     """(group status, worst partition status) from its partitions' statuses."""
     worst = max(partition_statuses, key=lambda s: PARTITION_SEVERITY[s], default=None)
     return (GROUP_OF[worst] if worst else GroupStatus.OK), worst
+
+
+def group_lag(group: str, members: Sequence[LagRow], trends: Sequence[Trend], now_s: float,
+              system: str = KAFKA) -> GroupLag:
+    """A group's figures from its partitions' (or a queue's from its one row): status and
+    worst partition, total lag, largest lag in seconds, rates and the time to catch up."""
+    status, worst = group_status(r.status for r in members)
+    seconds = [r.lag_seconds for r in members if r.lag_seconds is not None]
+    total_lag = sum(r.lag or 0 for r in members)
+    consume = sum(t.consume_rate for t in trends) if trends else None
+    lag_rate = sum(t.lag_rate for t in trends) if trends else None
+    if total_lag == 0:
+        catch_up: float | None = 0.0
+    elif lag_rate is not None and lag_rate < 0:
+        catch_up = total_lag / -lag_rate
+    else:
+        catch_up = None
+    return GroupLag(group, status, worst, total_lag, max(seconds) if seconds else None,
+                    consume, lag_rate, catch_up, now_s, system)
 
 
 @dataclass(frozen=True)

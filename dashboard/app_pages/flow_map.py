@@ -1,4 +1,5 @@
-"""Flow map: the overview, then producer -> topic -> consumer as a graph, and its edges."""
+"""Flow map: the overview, then producer -> topic (or exchange -> queue) -> consumer as a
+graph, and its edges."""
 
 from functools import partial
 
@@ -37,10 +38,11 @@ def render() -> None:
     st.plotly_chart(charts.flow_map(data.nodes, data.edges, data.statuses, focus), key=key,
                     on_select=partial(_clicked, key, frozenset(data.statuses)),
                     selection_mode="points", width="stretch")
-    st.caption("Circles are services, squares topics; colour: worst lag status of the "
-               "consumer groups (green OK, amber WARN, red ERR, grey none). Edge labels: "
-               "messages/s, p95 time in queue, error and retry shares. Click a node, or an edge's "
-               "label for its topic, to focus every page on it.")
+    st.caption("Shapes: services, Kafka topics, RabbitMQ exchanges and queues (legend "
+               "above); colour: worst lag status of the consumer groups or queues (green OK, "
+               "amber WARN, red ERR, grey none). Edge labels: messages/s, p95 time in queue, "
+               "error and retry shares. Click a node, or an edge's label for its topic or "
+               "queue, to focus every page on it.")
     if data.edges_total > len(data.edges):
         which = "the focused node's first, then the busiest" if focus else "the busiest"
         st.caption(f"{len(data.edges):,} edges of {data.edges_total:,} shown ({which}); "

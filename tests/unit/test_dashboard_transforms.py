@@ -275,7 +275,7 @@ def test_group_table_says_how_each_group_is_doing() -> None:
     assert list(table["group"]) == ["worker", "notifier", "api"]
     assert "will not catch up" in table.iloc[0]["outlook"]
     assert list(transforms.group_table([]).columns) == [
-        "group", "status", "lag", "lag_seconds", "consume_rate", "lag_rate", "outlook"]
+        "system", "group", "status", "lag", "lag_seconds", "consume_rate", "lag_rate", "outlook"]
 
 
 def test_trend_of_keeps_the_given_groups_only() -> None:
@@ -345,3 +345,58 @@ def test_hop_timing_table_drops_what_the_hop_names_already() -> None:
     assert list(table.columns) == ["hop", "count", "queue_p50_ms", "queue_p95_ms",
                                    "processing_p50_ms", "processing_p95_ms"]
     assert set(table["hop"]) == {"jobs → worker", "jobs.retry → worker"}
+
+
+# -- RabbitMQ next to Kafka ---------------------------------------------------------------------
+
+EXCHANGE, QUEUE = "rabbitmq:exchange:thumbnails", "rabbitmq:queue:thumbnails.jobs"
+
+
+def _mixed_topology() -> Topology:
+    nodes = {"processor": "service", "thumbnailer": "service", "files": "topic",
+             EXCHANGE: "exchange", QUEUE: "queue"}
+    edges = [EdgeRow("files", "processor", 50, 0, 0, 3.0, 6.0),
+             EdgeRow("processor", EXCHANGE, 50, 0, 0, 1.0, 2.0),
+             EdgeRow(EXCHANGE, QUEUE, 50, 0, 5, None, None),
+             EdgeRow(QUEUE, "thumbnailer", 50, 0, 5, 4.0, 9.0, 2.0, 5.0)]
+    return Topology(nodes, edges)
+
+
+def test_an_exchange_routing_into_a_queue_is_a_route_not_a_consume() -> None:
+    edges = transforms.build_edges(_mixed_topology(), 10)
+    kinds = dict(zip(zip(edges["source"], edges["target"], strict=True), edges["kind"],
+                     strict=True))
+    assert kinds == {("files", "processor"): "consume", ("processor", EXCHANGE): "produce",
+                     (EXCHANGE, QUEUE): "route", (QUEUE, "thumbnailer"): "consume"}
+    assert set(transforms.hop_breakdown(edges)["topic"]) == {"files", QUEUE}
+
+
+def test_a_queue_s_lag_colours_the_queue_and_its_consumer_not_a_kafka_topic() -> None:
+    edges = transforms.build_edges(_mixed_topology(), 10)
+    rows = [LagRow("thumbnails.jobs", "thumbnails", None, None, None, 40, 12.0, "STOP", 1.0,
+                   "rabbitmq"),
+            LagRow("thumbnails.jobs", "files", 0, 5, 5, 0, 0.0, "OK", 1.0)]
+    groups = [GroupLag("thumbnails.jobs", "ERR", "STOP", 40, 12.0, None, None, None, 1.0,
+                       "rabbitmq"),
+              GroupLag("thumbnails.jobs", "OK", None, 0, 0.0, None, None, 0.0, 1.0)]
+    statuses = transforms.node_statuses(_mixed_topology().nodes, edges, rows, groups)
+    assert statuses[QUEUE] == "ERR"
+    assert statuses["thumbnailer"] == "ERR"
+    assert statuses["files"] == "OK"  # the Kafka group of the same name is fine
+    assert statuses[EXCHANGE] == "none"
+    table = transforms.lag_table(rows, QUEUE)
+    assert list(table["system"]) == ["rabbitmq"]
+    assert [(g.system, g.group) for g in transforms.shown_groups(groups, table)] == \
+        [("rabbitmq", "thumbnails.jobs")]
+
+
+def test_the_flow_map_draws_each_system_s_nodes_in_their_own_shape_with_a_legend() -> None:
+    topology = _mixed_topology()
+    edges = transforms.build_edges(topology, 10)
+    nodes = layout.layout_nodes(topology.nodes, edges)
+    figure = charts.flow_map(nodes, edges, {}, None)
+    legend = {t.name: (t.marker.symbol, list(t.text)) for t in figure.data if t.showlegend}
+    assert legend == {"services": ("circle", ["processor", "thumbnailer"]),
+                      "Kafka topics": ("square", ["files"]),
+                      "RabbitMQ exchanges": ("diamond", ["thumbnails"]),
+                      "RabbitMQ queues": ("hexagon", ["thumbnails.jobs"])}

@@ -514,3 +514,14 @@ def test_aio_pika_spans_through_the_default_exchange_name_their_queue(store: Sto
     assert set(_edges(store)) == {("processor", "rabbitmq:exchange:amq.default"),
                                   ("rabbitmq:exchange:amq.default", QUEUE),
                                   (QUEUE, "thumbnailer")}
+
+
+def test_one_service_consuming_two_queues_of_a_fanout_makes_two_hops(store: Store) -> None:
+    trace, producer = new_trace_id(), new_span_id()
+    store.write_spans(_records("orders", _publish("events", trace=trace, span_id=producer)))
+    for queue in ("audit-q", "mail-q"):
+        store.write_spans(_records("catalog", _deliver(f"events:{queue}", trace=trace,
+                                                       parent=producer)))
+    _, hops = store.flow("flow-1", NOW)  # type: ignore[misc]
+    assert sorted(h.queue for h in hops) == ["audit-q", "mail-q"]  # type: ignore[type-var]
+    assert store.flow("flow-1", NOW)[0].hops == 2  # type: ignore[index]
