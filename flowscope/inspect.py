@@ -211,7 +211,9 @@ def inspect_lag(store: Store, group: str | None, as_json: bool) -> str:
                             "partition": r.partition,
                             "committed": r.committed, "end": r.end, "lag": r.lag,
                             "lag_seconds": _finite(r.lag_seconds), "status": r.status,
-                            "at": _finite(r.at_s)} for r in rows],
+                            "at": _finite(r.at_s), "ready": r.ready,
+                            "unacknowledged": r.unacknowledged, "consumers": r.consumers}
+                           for r in rows],
             "groups": [{"system": g.system, "group": g.group, "status": g.status,
                         "worst_partition": g.worst_partition, "lag": g.lag,
                         "lag_seconds": _finite(g.lag_seconds),

@@ -154,7 +154,8 @@ class Hop:
 @dataclass(frozen=True)
 class LagRow:
     """One partition of one consumer group at one poll; or one queue (partition, committed and
-    end None): group is the queue, topic the exchange that feeds it (else the queue)."""
+    end None): group is the queue, topic the exchange that feeds it (else the queue), and its
+    lag is its ready and unacknowledged messages, given apart with its consumers."""
 
     group: str
     topic: str
@@ -166,6 +167,9 @@ class LagRow:
     status: PartitionStatus
     at_s: float
     system: str = KAFKA
+    ready: int | None = None
+    unacknowledged: int | None = None
+    consumers: int | None = None
 
 
 @dataclass(frozen=True)

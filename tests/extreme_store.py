@@ -43,7 +43,8 @@ ROLLUP_INSERT = "INSERT OR REPLACE INTO edge_rollups VALUES (?,?,?,?,?,?,?,?,?,?
 ROLLUP_S = 300  # the store's rollup width for its default 10 s buckets (meta rollup_s)
 FLOW_INSERT = "INSERT OR REPLACE INTO flows VALUES (?,?,?,?,?,?,?,?,?,?)"
 MESSAGE_INSERT = "INSERT OR REPLACE INTO messages VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-LAG_VALUES = "(?,?,?,?,?,?,?,?,?,?)"
+LAG_VALUES = "(?,?,?,?,?,?,?,?,?,?,?,?,?)"
+GROUP_VALUES = "(?,?,?,?,?,?,?,?,?,?)"
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,8 @@ def _lag_rows(now_s: float) -> tuple[list[tuple[object, ...]], list[tuple[object
         for step, at in enumerate((0.0, -9.2e18, 9.2e18, now_s, float("inf"))):
             partitions.append((name, f"{name}.t{index}", 10 * index + step, INT64_MIN,
                                INT64_MAX, INT64_MAX, float("inf") if index % 2 else 1e300,
-                               name or "WARN", at, ("kafka", "rabbitmq", name)[step % 3]))
+                               name or "WARN", at, ("kafka", "rabbitmq", name)[step % 3],
+                               INT64_MAX, INT64_MIN, INT64_MAX))
         groups.append((name, ("OK", "WARN", "ERR", SCRIPT, TERMINAL)[index], LONG, INT64_MAX,
                        1e300, -1e300, float("inf"), None, 9.2e18, ("kafka", "rabbitmq")[index % 2]))
     return partitions, groups
@@ -237,7 +239,8 @@ def build_extreme_store(path: Path, settings: Settings, *, edges: int = 5000,
                                partitions)
                 db.executemany(f"INSERT OR REPLACE INTO lag_samples VALUES {LAG_VALUES}",
                                partitions)
-                db.executemany(f"INSERT OR REPLACE INTO lag_groups VALUES {LAG_VALUES}", groups)
+                db.executemany(f"INSERT OR REPLACE INTO lag_groups VALUES {GROUP_VALUES}",
+                               groups)
                 db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?)",
                                [(name, INT64_MAX) for name in HOSTILE_NAMES])
                 db.executemany(

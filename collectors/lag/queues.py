@@ -149,7 +149,7 @@ class QueueLag:
                                    sample.acknowledged + sample.lag))
             row = LagRow(sample.group, sample.exchange, None, None, None, sample.lag,
                          _lag_seconds(sample, now_s), _status(sample, window, now_s), now_s,
-                         RABBITMQ)
+                         RABBITMQ, sample.ready, sample.unacknowledged, sample.consumers)
             rows.append(row)
             found = trend(list(window.entries))
             groups.append(group_lag(sample.group, [row], [found] if found else [], now_s,

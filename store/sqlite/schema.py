@@ -9,7 +9,8 @@ from store.vocabulary import CONSUMES, SENDS, sql_list
 # consume reads nothing when none did); spans_by_flow replaced by sends_by_flow and
 # failures_by_flow (partial: a consume span that did not fail is in neither); edge_rollups.
 # 5: messaging systems: spans and hops keep their system, queue and routing key; lag rows
-# and groups their system (a queue's row has no partition: -1 in the table).
+# and groups their system (a queue's row has no partition: -1 in the table), a queue's row
+# its ready and unacknowledged messages and its consumers.
 SCHEMA_VERSION = 5
 MIGRATES_FROM = (1, 2, 3, 4)
 # Columns added since a table was first made: (table, column, type), added by the migration.
@@ -124,14 +125,14 @@ CREATE TABLE IF NOT EXISTS flow_latency_buckets (
 CREATE TABLE IF NOT EXISTS lag_current (
     "group" TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
     committed INTEGER, "end" INTEGER, lag INTEGER, lag_seconds REAL, status TEXT NOT NULL,
-    at_s REAL NOT NULL, system TEXT NOT NULL,
-    PRIMARY KEY (system, "group", topic, partition)
+    at_s REAL NOT NULL, system TEXT NOT NULL, ready INTEGER, unacknowledged INTEGER,
+    consumers INTEGER, PRIMARY KEY (system, "group", topic, partition)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS lag_samples (
     "group" TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
     committed INTEGER, "end" INTEGER, lag INTEGER, lag_seconds REAL, status TEXT NOT NULL,
-    at_s REAL NOT NULL, system TEXT NOT NULL,
-    PRIMARY KEY (system, "group", at_s, topic, partition)
+    at_s REAL NOT NULL, system TEXT NOT NULL, ready INTEGER, unacknowledged INTEGER,
+    consumers INTEGER, PRIMARY KEY (system, "group", at_s, topic, partition)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS lag_samples_by_time ON lag_samples (at_s);
 CREATE TABLE IF NOT EXISTS lag_groups (

@@ -55,6 +55,7 @@ def test_lag_is_ready_plus_unacknowledged_and_seconds_the_age_of_the_head() -> N
     assert (row.system, row.group, row.topic, row.partition, row.committed, row.end) == \
         (RABBITMQ, "jobs", "jobs", None, None, None)
     assert (row.lag, row.lag_seconds) == (6, 12.5)
+    assert (row.ready, row.unacknowledged, row.consumers) == (4, 2, 1)
     assert groups[0].lag == 6
     assert groups[0].system == RABBITMQ
     # Nothing ready: nothing waits (what is unacknowledged is being processed).

@@ -85,7 +85,7 @@ def test_a_version_4_store_keeps_its_lag_rows_as_kafka_s_and_takes_queues(
     assert [(r.group, r.system) for r in store.lag_history(0)] == [("g", KAFKA)]
     # A queue of the same name is another row: no partition, its own system.
     queue = LagRow("g", "amq.default", None, None, None, 7, 2.0, PartitionStatus.WARN, 101.0,
-                   "rabbitmq")
+                   "rabbitmq", ready=5, unacknowledged=2, consumers=1)
     store.write_lag([queue], [GroupLag("g", GroupStatus.WARN, None, 7, 2.0, None, None, None,
                                        101.0, "rabbitmq")])
     rows, groups = store.lag()
