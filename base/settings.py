@@ -84,6 +84,51 @@ class JaegerSettings:
 
 
 @dataclass(frozen=True)
+class RabbitmqSettings:
+    """Where the RabbitMQ broker is, or how to run the native one (Debian's rabbitmq-server).
+
+    The native node's ports are the standard ones plus 10, so that it runs beside a system
+    RabbitMQ (5672, 15672, 25672, epmd 4369); its user is guest/guest, which RabbitMQ accepts
+    from loopback only.
+    """
+
+    # These may hold passwords: kept out of repr, shown only through redact_url.
+    external_amqp_url: str | None = field(default=None, repr=False)
+    external_management_url: str | None = field(default=None, repr=False)
+    port: int = 5682
+    management_port: int = 15682
+    dist_port: int = 25682
+    epmd_port: int = 4379
+    start_timeout_s: float = 60.0
+    stop_timeout_s: float = 60.0
+    user: str = "guest"
+    password: str = field(default="guest", repr=False)
+
+    @property
+    def external(self) -> bool:
+        """True when an existing broker is used and nothing is started."""
+        return self.external_amqp_url is not None
+
+    @property
+    def amqp_url(self) -> str:
+        """The AMQP URL clients connect to, credentials included (redact it before showing)."""
+        return self.external_amqp_url or \
+            f"amqp://{self.user}:{self.password}@{LOOPBACK}:{self.port}/"
+
+    @property
+    def management_url(self) -> str:
+        """Base URL of the management HTTP API, credentials included (redact it before showing)."""
+        return self.external_management_url or \
+            f"http://{self.user}:{self.password}@{LOOPBACK}:{self.management_port}"
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """Every port the native node binds, by role (epmd is the Erlang port mapper)."""
+        return {"amqp": self.port, "management": self.management_port,
+                "dist": self.dist_port, "epmd": self.epmd_port}
+
+
+@dataclass(frozen=True)
 class IngestLimits:
     """What one OTLP request may hold, so that no sender can stall ingest for the others.
 
@@ -159,6 +204,7 @@ class Settings:
     cache_dir: Path
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     jaeger: JaegerSettings = field(default_factory=JaegerSettings)
+    rabbitmq: RabbitmqSettings = field(default_factory=RabbitmqSettings)
     collector: CollectorSettings | None = None
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
 
@@ -201,6 +247,7 @@ class Settings:
                 "FLOWSCOPE_JAEGER_OTLP_ENDPOINT and FLOWSCOPE_JAEGER_QUERY_URL must be set together"
                 " to use an existing Jaeger"
             )
+        rabbitmq = _rabbitmq_settings(reader)
         collector = _collector_settings(reader, home)
         dashboard = DashboardSettings(
             address=reader.text("FLOWSCOPE_DASHBOARD_ADDRESS") or DashboardSettings.address,
@@ -208,7 +255,7 @@ class Settings:
             refresh_s=reader.seconds("FLOWSCOPE_DASHBOARD_REFRESH", DashboardSettings.refresh_s),
             jaeger_ui_url=reader.url("FLOWSCOPE_JAEGER_UI_URL"),
         )
-        _check_distinct_ports(reader.problems, kafka, jaeger)
+        _check_distinct_ports(reader.problems, kafka, jaeger, rabbitmq)
         if reader.problems:
             raise SettingsError(reader.problems)
         return cls(
@@ -216,6 +263,7 @@ class Settings:
             cache_dir=Path(cache).expanduser() if cache else home / "cache",
             kafka=kafka,
             jaeger=jaeger,
+            rabbitmq=rabbitmq,
             collector=collector,
             dashboard=dashboard,
         )
@@ -229,6 +277,37 @@ class Settings:
     def jaeger_dir(self) -> Path:
         """Run state of the native Jaeger: config, log, pid file."""
         return self.home / "jaeger"
+
+    @property
+    def rabbitmq_dir(self) -> Path:
+        """Run state of the native RabbitMQ node: config, data, logs, cookie, pid file."""
+        return self.home / "rabbitmq"
+
+
+def _rabbitmq_settings(reader: _EnvReader) -> RabbitmqSettings:
+    defaults = RabbitmqSettings()
+    amqp = reader.url("FLOWSCOPE_RABBITMQ_URL", ("amqp://", "amqps://"))
+    management = reader.url("FLOWSCOPE_RABBITMQ_MANAGEMENT_URL")
+    if (amqp is None) != (management is None) and not reader.problems_with(
+            "FLOWSCOPE_RABBITMQ_URL", "FLOWSCOPE_RABBITMQ_MANAGEMENT_URL"):
+        given, missing = (("FLOWSCOPE_RABBITMQ_URL", "FLOWSCOPE_RABBITMQ_MANAGEMENT_URL")
+                          if management is None else
+                          ("FLOWSCOPE_RABBITMQ_MANAGEMENT_URL", "FLOWSCOPE_RABBITMQ_URL"))
+        reader.problems.append(
+            f"{given} is set but {missing} is not: to use an existing RabbitMQ set both (the "
+            "AMQP URL and the management API's http://user:password@host:15672); to run the "
+            "native node set neither")
+    return RabbitmqSettings(
+        external_amqp_url=amqp,
+        external_management_url=management,
+        port=reader.port("FLOWSCOPE_RABBITMQ_PORT", defaults.port),
+        management_port=reader.port("FLOWSCOPE_RABBITMQ_MANAGEMENT_PORT",
+                                    defaults.management_port),
+        dist_port=reader.port("FLOWSCOPE_RABBITMQ_DIST_PORT", defaults.dist_port),
+        epmd_port=reader.port("FLOWSCOPE_RABBITMQ_EPMD_PORT", defaults.epmd_port),
+        start_timeout_s=reader.seconds("FLOWSCOPE_RABBITMQ_START_TIMEOUT",
+                                       defaults.start_timeout_s),
+    )
 
 
 def _collector_settings(reader: _EnvReader, home: Path) -> CollectorSettings:
@@ -268,11 +347,12 @@ def _collector_settings(reader: _EnvReader, home: Path) -> CollectorSettings:
     )
 
 
-def _check_distinct_ports(problems: list[str], kafka: KafkaSettings, jaeger: JaegerSettings
-                          ) -> None:
+def _check_distinct_ports(problems: list[str], kafka: KafkaSettings, jaeger: JaegerSettings,
+                          rabbitmq: RabbitmqSettings) -> None:
     ports: dict[int, str] = {}
     named = {"kafka": kafka.port, "kafka controller": kafka.controller_port}
     named |= {f"jaeger {role}": port for role, port in jaeger.ports.items()}
+    named |= {f"rabbitmq {role}": port for role, port in rabbitmq.ports.items()}
     for role, port in named.items():
         if port in ports:
             problems.append(f"port {port} is given to both {ports[port]} and {role}")
@@ -355,9 +435,23 @@ class _EnvReader:
             return default
         return tuple(p.strip() for p in value.split(",") if p.strip())
 
-    def url(self, name: str) -> str | None:
+    def url(self, name: str, schemes: tuple[str, ...] = ("http://", "https://")
+            ) -> str | None:
+        """A URL of one of the schemes, with a host; an http(s) one without its trailing '/'
+        (an AMQP URL keeps it: its path is the virtual host)."""
         value = self.text(name)
-        if value is not None and not value.startswith(("http://", "https://")):
-            self.problems.append(f"{name}={value!r} is not an http:// or https:// URL")
+        if value is None:
             return None
-        return value.rstrip("/") if value else None
+        try:
+            host, shown = urlsplit(value).hostname, redact_url(value)
+        except ValueError:  # e.g. an unclosed [ipv6
+            host, shown = None, value
+        if not value.lower().startswith(schemes) or not host:
+            self.problems.append(f"{name}={shown!r} is not an {' or '.join(schemes)} URL")
+            return None
+        return value.rstrip("/") if schemes[0].startswith("http") else value
+
+    def problems_with(self, *names: str) -> bool:
+        """True when a problem was already recorded for one of these variables."""
+        return any(problem.startswith(f"{name}=") for problem in self.problems
+                   for name in names)

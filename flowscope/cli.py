@@ -13,7 +13,7 @@ from pathlib import Path
 from base.errors import FlowscopeError
 from base.settings import Settings, redact_url
 from flowscope import __version__, inspect
-from flowscope.infra import jaeger, kafka
+from flowscope.infra import jaeger, kafka, rabbitmq
 from flowscope.infra.process import check_ports_free
 from flowscope.scenario import SCENARIOS
 from store.contract import StoreError
@@ -103,6 +103,53 @@ def _jaeger_install(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
+def _rabbitmq_external_note(settings: Settings) -> str:
+    return (f"rabbitmq: using the external broker {redact_url(settings.rabbitmq.amqp_url)} "
+            "(FLOWSCOPE_RABBITMQ_URL)")
+
+
+def _rabbitmq_start(settings: Settings, _: argparse.Namespace) -> int:
+    current = rabbitmq.start(settings)
+    print(f"amqp {redact_url(current.amqp_url)}\n"
+          f"management {redact_url(current.management_url)}")
+    return 0
+
+
+def _rabbitmq_stop(settings: Settings, _: argparse.Namespace) -> int:
+    if settings.rabbitmq.external:
+        print(f"{_rabbitmq_external_note(settings)}; nothing to stop")
+        return 0
+    pid = rabbitmq.stop(settings)
+    print(f"rabbitmq: stopped (pid {pid})" if pid else "rabbitmq: not running")
+    return 0
+
+
+def _rabbitmq_status(settings: Settings, args: argparse.Namespace) -> int:
+    current = rabbitmq.status(settings)
+    if args.json:
+        print(json.dumps(current.as_json()))
+        return 0 if current.running else 3
+    state = "running" if current.running else "not running"
+    origin = "external" if current.external else f"pid {current.pid}" if current.pid else "native"
+    print(f"rabbitmq: {state} ({origin})")
+    print(f"  amqp        {redact_url(current.amqp_url)}")
+    print(f"  management  {redact_url(current.management_url)}")
+    if not current.external:
+        print(f"  node        {current.node} (dist port {settings.rabbitmq.dist_port}, "
+              f"epmd port {settings.rabbitmq.epmd_port})")
+    if current.log:
+        print(f"  log         {current.log}")
+    return 0 if current.running else 3
+
+
+def _rabbitmq_install(settings: Settings, _: argparse.Namespace) -> int:
+    if settings.rabbitmq.external:
+        print(f"{_rabbitmq_external_note(settings)}; nothing to install")
+        return 0
+    print(rabbitmq.install(settings))
+    return 0
+
+
 def _inspect(settings: Settings, args: argparse.Namespace) -> int:
     try:
         since = inspect.parse_duration(args.since)
@@ -167,6 +214,9 @@ def _add_collector_commands(groups: argparse._SubParsersAction[argparse.Argument
                          "(default FLOWSCOPE_OTLP_ADDRESS or 127.0.0.1:4318)")
     collect.add_argument("--no-kafka", action="store_true",
                          help="leave Kafka alone: no spans topic, no lag polling")
+    collect.add_argument("--no-rabbitmq", action="store_true",
+                         help="do not poll RabbitMQ queues (polled by default when "
+                         "FLOWSCOPE_RABBITMQ_MANAGEMENT_URL is set or the native node runs)")
     collect.set_defaults(handler=_runner("collect"))
     inspect_parser = groups.add_parser(
         "inspect", help="print topology, flows, one flow, lag, propagation or counters",
@@ -268,10 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
         "jaeger": ("the native Jaeger v2 (OTLP in, query API out)",
                    {"start": _jaeger_start, "stop": _jaeger_stop, "status": _jaeger_status,
                     "install": _jaeger_install}),
+        "rabbitmq": ("a native RabbitMQ node (Debian's rabbitmq-server, management API on)",
+                     {"start": _rabbitmq_start, "stop": _rabbitmq_stop,
+                      "status": _rabbitmq_status, "install": _rabbitmq_install}),
     }
     helps = {"start": "start it (or find it running) and wait until it is ready",
              "stop": "stop it cleanly", "status": "say whether it is up and where",
-             "install": "download or build it into the cache, start nothing"}
+             "install": "download or build it into the cache (RabbitMQ: check that Debian's "
+                        "package is installed), start nothing"}
     for name, (description, actions) in components.items():
         group = groups.add_parser(name, help=description, description=description)
         verbs = group.add_subparsers(dest="action", required=True)

@@ -157,7 +157,8 @@ def inspect_flow(store: Store, flow_id: str, as_json: bool, limit: int = HOPS_SH
                                             for f in failed]})
     head = (f"flow {cell(flow.id)}: {flow.status}, {flow.hops} hops, {flow.retries} retries, "
             f"{_time(flow.started_ns)} -> {_time(flow.ended_ns)}")
-    rows = [(_time(h.produce_end_ns or h.consume_start_ns), h.producer_service, h.topic,
+    rows = [(_time(h.produce_end_ns or h.consume_start_ns), h.producer_service,
+             h.topic if h.queue is None else f"{h.topic} -> {h.queue}",
              h.consumer_service or "(waiting)", _decimal(h.queue_ms), _decimal(h.processing_ms),
              h.retry_attempt, "error" if h.error else "") for h in hops]
     text = head + "\n" + table(["AT", "PRODUCER", "TOPIC", "CONSUMER", "QUEUE_MS",

@@ -20,6 +20,7 @@ from base.settings import Settings, redact_url
 from collectors.collect import run_collector
 from demo_services.loadgen import LoadPlan, run_load
 from flowscope.demo import run_demo
+from flowscope.infra import rabbitmq
 from flowscope.scenario import FAILURE_KNOBS, DemoOptions
 from flowscope.services import SERVICES, demo_config, run_services
 from store.contract import StoreError
@@ -51,6 +52,15 @@ def loadgen(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if not report.errors else 1
 
 
+def _rabbitmq_to_poll(settings: Settings) -> str | None:
+    """The management API whose queues the collector polls: the configured broker's, else
+    the native node's when it runs (`flowscope rabbitmq start`); None when there is none."""
+    if settings.rabbitmq.external:
+        return settings.rabbitmq.management_url
+    current = rabbitmq.status(settings)
+    return current.management_url if current.running else None
+
+
 def collect(settings: Settings, args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s collect %(levelname)s %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
@@ -63,14 +73,18 @@ def collect(settings: Settings, args: argparse.Namespace) -> int:
         collector = replace(collector, otlp_host=host, otlp_port=int(port))
     settings = replace(settings, collector=collector)
 
+    queues_url = None if args.no_rabbitmq else _rabbitmq_to_poll(settings)
+
     def ready(url: str) -> None:
         forward = redact_url(settings.jaeger.external_otlp_endpoint or "off")
+        queues = redact_url(queues_url) if queues_url else "off (no RabbitMQ running)"
         print(f"collect: ready; OTLP/HTTP on {url}/v1/traces, spans topic "
               f"{collector.spans_topic} on {settings.kafka.bootstrap}, store {collector.store}, "
-              f"forwarding to Jaeger: {forward}", flush=True)
+              f"forwarding to Jaeger: {forward}, RabbitMQ queues: {queues}", flush=True)
 
     try:
-        asyncio.run(run_collector(settings, kafka_spans=not args.no_kafka, on_ready=ready))
+        asyncio.run(run_collector(settings, kafka_spans=not args.no_kafka, queues_url=queues_url,
+                                  on_ready=ready))
     except StoreError as exc:
         raise FlowscopeError("collect", f"cannot start: {exc}",
                              hint="check that FLOWSCOPE_STORE and FLOWSCOPE_HOME are writable"

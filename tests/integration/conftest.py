@@ -19,8 +19,9 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from base.settings import Settings
-from flowscope.infra import jaeger, kafka
+from flowscope.infra import jaeger, kafka, rabbitmq
 from flowscope.infra.jaeger import JaegerStatus
+from flowscope.infra.rabbitmq import RabbitmqStatus
 from tests.integration.demo_stack import free_ports
 
 
@@ -55,6 +56,17 @@ def jaeger_endpoints(settings: Settings) -> Iterator[JaegerStatus]:
     yield current
     if not already:
         jaeger.stop(settings)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_node(settings: Settings) -> Iterator[RabbitmqStatus]:
+    """A real RabbitMQ: the external one, a running native node, or a new one (Debian's
+    rabbitmq-server; a machine without it fails here with the apt-get command)."""
+    already = settings.rabbitmq.external or rabbitmq.status(settings).running
+    current = rabbitmq.start(settings)
+    yield current
+    if not already:
+        rabbitmq.stop(settings)
 
 
 @pytest.fixture

@@ -29,16 +29,20 @@ from base.settings import (
     DashboardSettings,
     JaegerSettings,
     KafkaSettings,
+    RabbitmqSettings,
     Settings,
 )
 from demo_services.config import ConfigError, DemoConfig
 from flowscope.cli import build_parser
+from flowscope.infra import rabbitmq
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 PROJECT_SERVICES = ("collector", "services", "loadgen", "dashboard")
-IMAGES = {"kafka": r"apache/kafka:4\.\d+\.\d+", "jaeger": r"jaegertracing/jaeger:2\.\d+\.\d+"}
+IMAGES = {"kafka": r"apache/kafka:4\.\d+\.\d+", "jaeger": r"jaegertracing/jaeger:2\.\d+\.\d+",
+          # Debian 12's rabbitmq-server series (3.10 is final: the tag no longer moves)
+          "rabbitmq": r"rabbitmq:3\.10(\.\d+)?-management"}
 SOURCE_DIRS = ("base", "store", "flowscope", "collectors", "demo_services", "dashboard")
 VARIABLE = re.compile(r"^(FLOWSCOPE|KAFKA|OTEL)_[A-Z0-9_]*[A-Z0-9]$")
 LOOPBACK = "127.0.0.1"
@@ -202,6 +206,7 @@ def code_default_ports(name: str) -> set[int]:
     return {
         "kafka": {KafkaSettings.port},
         "jaeger": {JaegerSettings.query_port},
+        "rabbitmq": {RabbitmqSettings.port, RabbitmqSettings.management_port},
         "collector": {CollectorSettings.otlp_port},
         "dashboard": {DashboardSettings.port},
         "services": {demo.uploads_port, demo.orders_port, demo.webhook_port},
@@ -492,10 +497,59 @@ def _closure(services: dict[str, Any], name: str) -> set[str]:
     return seen
 
 
+def _conf(text: str) -> dict[str, str]:
+    """A new-style rabbitmq.conf as key -> value (comments and blank lines left out)."""
+    pairs = (line.split("=", 1) for line in text.splitlines()
+             if line.strip() and not line.lstrip().startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _mounted_configs(compose: Compose, service: Mapping[str, Any]) -> dict[str, str]:
+    """The contents of the top-level configs a service mounts, by target path."""
+    defined = compose.get("configs") or {}
+    mounted = {}
+    for entry in service.get("configs") or []:
+        source = entry.get("source") if isinstance(entry, dict) else entry
+        target = entry.get("target", f"/{source}") if isinstance(entry, dict) else f"/{source}"
+        content = (defined.get(source) or {}).get("content")
+        mounted[str(target)] = str(content) if content is not None else ""
+    return mounted
+
+
+def check_rabbitmq(compose: Compose) -> list[str]:
+    """The broker container is configured as the native node is, Docker's addresses aside:
+    the native rabbitmq.conf with 0.0.0.0 for 127.0.0.1 and without its log settings (a
+    container logs to its console), mounted into the image's conf.d; the native distribution
+    and epmd ports."""
+    service = services_of(compose).get("rabbitmq", {})
+    problems = []
+    mounted = {target: text for target, text in _mounted_configs(compose, service).items()
+               if re.fullmatch(r"/etc/rabbitmq/conf\.d/[^/]+\.conf", target)}
+    native = {key: value.replace(LOOPBACK, ANY_ADDRESS) for key, value in
+              _conf(rabbitmq.render_config(RabbitmqSettings())).items()
+              if not key.startswith("log.")}
+    if len(mounted) != 1:
+        problems.append("rabbitmq: mount exactly one config with content into "
+                        f"/etc/rabbitmq/conf.d/*.conf, not {sorted(mounted)}")
+    for target, text in mounted.items():
+        found = _conf(text)
+        for key in sorted(native.keys() | found.keys()):
+            if found.get(key) != native.get(key):
+                problems.append(f"rabbitmq: {target}: {key} = {found.get(key)}, the native "
+                                f"node's is {native.get(key)}")
+    env = compose_env(service)
+    for variable, port in (("RABBITMQ_DIST_PORT", RabbitmqSettings.dist_port),
+                           ("ERL_EPMD_PORT", RabbitmqSettings.epmd_port)):
+        if str(env.get(variable)) != str(port):
+            problems.append(f"rabbitmq: {variable}={env.get(variable)!r}, the native node's is "
+                            f"{port}")
+    return problems
+
+
 CHECKS: list[Callable[[Compose], list[str]]] = [
     check_services_and_images, check_builds, check_commands, check_variables_are_read,
     check_settings_load, check_defaults, check_ports, check_addresses, check_store_shared,
-    check_depends_on,
+    check_depends_on, check_rabbitmq,
 ]
 
 
@@ -548,6 +602,13 @@ def _undepend(data: Compose) -> None:
     data["services"]["loadgen"]["depends_on"] = ["services"]
 
 
+def _rabbitmq_conf(old: str, new: str) -> Callable[[Compose], None]:
+    def mutate(data: Compose) -> None:
+        config = data["configs"]["rabbitmq-conf"]
+        config["content"] = config["content"].replace(old, new)
+    return mutate
+
+
 MUTATIONS = {
     "misspelt variable": (_rename("collector", "KAFKA_BOOTSTRAP_SERVERS",
                                   "KAFKA_BOOTSTRAP_SERVER"),
@@ -593,6 +654,19 @@ MUTATIONS = {
     "started, not healthy": (_undepend, check_depends_on, "condition: service_healthy"),
     "no dependency": (lambda data: data["services"]["services"].pop("depends_on"),
                       check_depends_on, "does not depend"),
+    "other rabbitmq": (_set("rabbitmq", "image", "rabbitmq:3.13-management"),
+                       check_services_and_images, "rabbitmq:3.13-management"),
+    "system amqp port": (_set("rabbitmq", "ports", ["127.0.0.1:5672:5672",
+                                                    "127.0.0.1:15682:15682"]),
+                         check_ports, "default ports are [5682, 15682]"),
+    "amqp listener moved": (_rabbitmq_conf("0.0.0.0:5682", "0.0.0.0:5672"), check_rabbitmq,
+                            "listeners.tcp.default = 0.0.0.0:5672"),
+    "statistics every 5 s": (_rabbitmq_conf("collect_statistics_interval = 1000\n", ""),
+                             check_rabbitmq, "collect_statistics_interval = None"),
+    "config not mounted": (lambda data: data["services"]["rabbitmq"].pop("configs"),
+                           check_rabbitmq, "mount exactly one config"),
+    "system epmd port": (_env("rabbitmq", ERL_EPMD_PORT="4369"), check_rabbitmq,
+                         "ERL_EPMD_PORT='4369'"),
 }
 
 

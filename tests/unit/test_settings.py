@@ -55,3 +55,66 @@ def test_settings_jaeger_endpoints_must_come_together() -> None:
 def test_settings_rejects_one_port_for_two_roles() -> None:
     with pytest.raises(SettingsError, match="port 9092 is given to both kafka and jaeger query"):
         Settings.from_env({"FLOWSCOPE_JAEGER_QUERY_PORT": "9092"})
+
+
+def test_settings_rabbitmq_defaults_keep_clear_of_a_system_rabbitmq() -> None:
+    rabbitmq = Settings.from_env({}).rabbitmq
+    assert not rabbitmq.external
+    assert rabbitmq.ports == {"amqp": 5682, "management": 15682, "dist": 25682, "epmd": 4379}
+    assert not set(rabbitmq.ports.values()) & {5672, 15672, 25672, 4369}
+    assert rabbitmq.amqp_url == "amqp://guest:guest@127.0.0.1:5682/"
+    assert rabbitmq.management_url == "http://guest:guest@127.0.0.1:15682"
+
+
+def test_settings_rabbitmq_port_overrides_are_read() -> None:
+    rabbitmq = Settings.from_env({"FLOWSCOPE_RABBITMQ_PORT": "26001",
+                                  "FLOWSCOPE_RABBITMQ_MANAGEMENT_PORT": "26002",
+                                  "FLOWSCOPE_RABBITMQ_DIST_PORT": "26003",
+                                  "FLOWSCOPE_RABBITMQ_EPMD_PORT": "26004",
+                                  "FLOWSCOPE_RABBITMQ_START_TIMEOUT": "5"}).rabbitmq
+    assert rabbitmq.ports == {"amqp": 26001, "management": 26002, "dist": 26003, "epmd": 26004}
+    assert rabbitmq.amqp_url == "amqp://guest:guest@127.0.0.1:26001/"
+    assert rabbitmq.management_url == "http://guest:guest@127.0.0.1:26002"
+    assert rabbitmq.start_timeout_s == 5
+
+
+def test_settings_external_rabbitmq_replaces_the_native_one() -> None:
+    rabbitmq = Settings.from_env({
+        "FLOWSCOPE_RABBITMQ_URL": "amqps://app:s3cret@mq.example:5671/orders",
+        "FLOWSCOPE_RABBITMQ_MANAGEMENT_URL": "https://app:s3cret@mq.example:15671/",
+    }).rabbitmq
+    assert rabbitmq.external
+    assert rabbitmq.amqp_url == "amqps://app:s3cret@mq.example:5671/orders"  # the vhost stays
+    assert rabbitmq.management_url == "https://app:s3cret@mq.example:15671"
+    assert "s3cret" not in repr(rabbitmq)
+
+
+@pytest.mark.parametrize(("given", "missing"), [
+    ("FLOWSCOPE_RABBITMQ_URL", "FLOWSCOPE_RABBITMQ_MANAGEMENT_URL"),
+    ("FLOWSCOPE_RABBITMQ_MANAGEMENT_URL", "FLOWSCOPE_RABBITMQ_URL"),
+])
+def test_settings_rabbitmq_urls_must_come_together(given: str, missing: str) -> None:
+    url = "amqp://u:p@mq:5672/" if given == "FLOWSCOPE_RABBITMQ_URL" else "http://u:p@mq:15672"
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({given: url})
+    assert caught.value.problems == [
+        f"{given} is set but {missing} is not: to use an existing RabbitMQ set both (the AMQP "
+        "URL and the management API's http://user:password@host:15672); to run the native node "
+        "set neither"]
+
+
+def test_settings_rabbitmq_bad_urls_are_named_without_their_password() -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"FLOWSCOPE_RABBITMQ_URL": "http://app:s3cret@mq:5672/",
+                           "FLOWSCOPE_RABBITMQ_MANAGEMENT_URL": "mq:15672"})
+    assert caught.value.problems == [
+        "FLOWSCOPE_RABBITMQ_URL='http://***@mq:5672/' is not an amqp:// or amqps:// URL",
+        "FLOWSCOPE_RABBITMQ_MANAGEMENT_URL='mq:15672' is not an http:// or https:// URL"]
+
+
+def test_settings_rejects_a_rabbitmq_port_another_component_has() -> None:
+    with pytest.raises(SettingsError, match="port 16686 is given to both jaeger query and "
+                                            "rabbitmq management"):
+        Settings.from_env({"FLOWSCOPE_RABBITMQ_MANAGEMENT_PORT": "16686"})
+    with pytest.raises(SettingsError, match="FLOWSCOPE_RABBITMQ_EPMD_PORT='70000'"):
+        Settings.from_env({"FLOWSCOPE_RABBITMQ_EPMD_PORT": "70000"})
