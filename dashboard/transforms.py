@@ -365,15 +365,17 @@ def failed_step_table(steps: Sequence[FailedStep]) -> pd.DataFrame:
 
 
 def flow_hop_table(hops: Sequence[Hop]) -> pd.DataFrame:
-    """A flow's hops: where each message went, who sent and took it, and its times in ms."""
+    """A flow's hops: the system, where each message went (a topic; or an exchange with its
+    routing key and the queue it waited in), who sent and took it, and its times in ms."""
     return pd.DataFrame([{
-        "topic": h.topic, "partition": h.partition, "offset": h.offset,
+        "system": h.system or KAFKA, "topic": h.topic, "routing_key": h.routing_key,
+        "queue": h.queue, "partition": h.partition, "offset": h.offset,
         "producer": h.producer_service, "consumer": h.consumer_service,
         "group": h.consumer_group, "attempt": h.retry_attempt, "queue_ms": h.queue_ms,
         "processing_ms": h.processing_ms, "error": h.error, "trace_id": h.trace_id}
-        for h in hops], columns=["topic", "partition", "offset", "producer", "consumer",
-                                 "group", "attempt", "queue_ms", "processing_ms", "error",
-                                 "trace_id"])
+        for h in hops], columns=["system", "topic", "routing_key", "queue", "partition",
+                                 "offset", "producer", "consumer", "group", "attempt",
+                                 "queue_ms", "processing_ms", "error", "trace_id"])
 
 
 def recent_flow_table(flows: Sequence[FlowRow], link: Callable[[str], str]) -> pd.DataFrame:

@@ -400,3 +400,16 @@ def test_the_flow_map_draws_each_system_s_nodes_in_their_own_shape_with_a_legend
                       "Kafka topics": ("square", ["files"]),
                       "RabbitMQ exchanges": ("diamond", ["thumbnails"]),
                       "RabbitMQ queues": ("hexagon", ["thumbnails.jobs"])}
+
+
+def test_a_flow_s_hops_say_their_system_exchange_routing_key_and_queue() -> None:
+    kafka = _hop("files", 0, 40)
+    rabbit = Hop("thumbnails", None, None, "processor", "thumbnailer", None, 10**9, 10**9,
+                 10**9 + 5 * MS, 10**9 + 9 * MS, None, False, "t" * 32, system="rabbitmq",
+                 queue="thumbnails.jobs", routing_key="render")
+    table = transforms.flow_hop_table([kafka, rabbit])
+    assert list(table["system"]) == ["kafka", "rabbitmq"]
+    assert table.iloc[1][["topic", "routing_key", "queue"]].tolist() == \
+        ["thumbnails", "render", "thumbnails.jobs"]
+    assert table.iloc[0][["routing_key", "queue"]].isna().all()
+    assert table.iloc[1]["queue_ms"] == pytest.approx(5.0)
