@@ -1,5 +1,10 @@
 """Lag and collector counters in the Prometheus text format (GET /metrics on the collector's
-loopback port), the way Burrow, kafka-lag-exporter and kminion users wire lag into Grafana."""
+loopback port), the way Burrow, kafka-lag-exporter and kminion users wire lag into Grafana.
+
+Kafka's groups and partitions keep the series those tools have (flowscope_consumergroup_*,
+flowscope_partition_*); RabbitMQ queues have their own (flowscope_queue_*); and every group
+or queue of every system is in flowscope_backlog_*, with a system label, for one panel of
+all of them."""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from collections.abc import Iterable, Mapping
 
 from collectors.supervise import ComponentHealth
 from store.records import GroupLag, LagRow
-from store.vocabulary import ComponentState, GroupStatus, PartitionStatus
+from store.vocabulary import KAFKA, ComponentState, GroupStatus, PartitionStatus
 
 GROUP_STATUS_CODE = {GroupStatus.OK: 0, GroupStatus.WARN: 1, GroupStatus.ERR: 2}
 PARTITION_STATUS_CODE = {PartitionStatus.OK: 0, PartitionStatus.WARN: 1, PartitionStatus.STOP: 2,
@@ -24,6 +29,22 @@ def _labels(**labels: object) -> str:
     return "{" + ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items()) + "}"
 
 
+def _row_samples(row: LagRow) -> list[tuple[str, str, object]]:
+    """(family, labels, value) of one lag row: a Kafka partition's, or a queue's."""
+    if row.system != KAFKA:
+        labels = _labels(system=row.system, queue=row.group, exchange=row.topic)
+        return [("flowscope_queue_messages_ready", labels, row.ready),
+                ("flowscope_queue_messages_unacknowledged", labels, row.unacknowledged),
+                ("flowscope_queue_consumers", labels, row.consumers)]
+    labels = _labels(group=row.group, topic=row.topic, partition=row.partition)
+    return [("flowscope_consumergroup_lag", labels, row.lag),
+            ("flowscope_consumergroup_lag_seconds", labels, row.lag_seconds),
+            ("flowscope_consumergroup_committed_offset", labels, row.committed),
+            ("flowscope_partition_log_end_offset", labels, row.end),
+            ("flowscope_consumergroup_partition_status", labels,
+             PARTITION_STATUS_CODE.get(row.status))]
+
+
 def render_prometheus(rows: Iterable[LagRow], groups: Iterable[GroupLag],
                       counters: Mapping[str, int],
                       components: Iterable[ComponentHealth] = ()) -> str:
@@ -36,6 +57,15 @@ def render_prometheus(rows: Iterable[LagRow], groups: Iterable[GroupLag],
         "flowscope_consumergroup_partition_status": (
             "0 OK, 1 WARN, 2 STOP, 3 STALL, 4 REWIND", []),
         "flowscope_consumergroup_status": ("0 OK, 1 WARN, 2 ERR", []),
+        "flowscope_queue_messages_ready": ("Messages ready for a consumer, per queue", []),
+        "flowscope_queue_messages_unacknowledged": (
+            "Messages delivered and not yet acknowledged, per queue", []),
+        "flowscope_queue_consumers": ("Consumers attached, per queue", []),
+        "flowscope_backlog_messages": (
+            "Messages not yet consumed (acknowledged), per group or queue of each system", []),
+        "flowscope_backlog_seconds": (
+            "Age of the oldest message waiting, per group or queue of each system", []),
+        "flowscope_backlog_status": ("0 OK, 1 WARN, 2 ERR, per group or queue", []),
         "flowscope_collector_events_total": ("What the collector counted, by name", []),
         "flowscope_collector_component_state": (
             "0 ok, 1 starting, 2 degraded, 3 down, per collector component", []),
@@ -43,19 +73,20 @@ def render_prometheus(rows: Iterable[LagRow], groups: Iterable[GroupLag],
             "Restarts of a collector component after a failure", []),
     }
     for row in rows:
-        labels = _labels(group=row.group, topic=row.topic, partition=row.partition)
-        for name, value in (("flowscope_consumergroup_lag", row.lag),
-                            ("flowscope_consumergroup_lag_seconds", row.lag_seconds),
-                            ("flowscope_consumergroup_committed_offset", row.committed),
-                            ("flowscope_partition_log_end_offset", row.end),
-                            ("flowscope_consumergroup_partition_status",
-                             PARTITION_STATUS_CODE.get(row.status))):
+        for name, labels, value in _row_samples(row):
             if value is not None:
                 families[name][1].append(f"{name}{labels} {value}")
     for group in groups:
-        families["flowscope_consumergroup_status"][1].append(
-            f"flowscope_consumergroup_status{_labels(group=group.group)} "
-            f"{GROUP_STATUS_CODE.get(group.status, 2)}")
+        code = GROUP_STATUS_CODE.get(group.status, 2)
+        if group.system == KAFKA:
+            families["flowscope_consumergroup_status"][1].append(
+                f"flowscope_consumergroup_status{_labels(group=group.group)} {code}")
+        labels = _labels(system=group.system, group=group.group)
+        for name, value in (("flowscope_backlog_messages", group.lag),
+                            ("flowscope_backlog_seconds", group.lag_seconds),
+                            ("flowscope_backlog_status", code)):
+            if value is not None:
+                families[name][1].append(f"{name}{labels} {value}")
     for name, value in sorted(counters.items()):
         families["flowscope_collector_events_total"][1].append(
             f"flowscope_collector_events_total{_labels(name=name)} {value}")

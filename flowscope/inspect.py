@@ -224,16 +224,26 @@ def inspect_lag(store: Store, group: str | None, as_json: bool) -> str:
     if not rows:
         return ("no consumer groups or queues seen yet (is `flowscope collect` running with "
                 "a broker?)")
-    partitions = table(["SYSTEM", "GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG",
-                        "LAG_S", "STATUS"],
-                       [(r.system, r.group, r.topic, r.partition, r.committed, r.end, r.lag,
-                         _decimal(r.lag_seconds), r.status) for r in rows])
+    kafka = [r for r in rows if r.system == KAFKA]
+    queues = [r for r in rows if r.system != KAFKA]
+    tables = []
+    if kafka:
+        tables.append(table(["GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG",
+                             "LAG_S", "STATUS"],
+                            [(r.group, r.topic, r.partition, r.committed, r.end, r.lag,
+                              _decimal(r.lag_seconds), r.status) for r in kafka]))
+    if queues:
+        tables.append(table(["SYSTEM", "QUEUE", "EXCHANGE", "READY", "UNACKED", "CONSUMERS",
+                             "LAG", "LAG_S", "STATUS"],
+                            [(r.system, r.group, r.topic, r.ready, r.unacknowledged,
+                              r.consumers, r.lag, _decimal(r.lag_seconds), r.status)
+                             for r in queues]))
     summary = table(["SYSTEM", "GROUP", "STATUS", "WORST", "LAG", "LAG_S", "CATCH_UP_S"],
                     [(g.system, g.group, g.status, g.worst_partition, g.lag,
                       _decimal(g.lag_seconds),
                       "never" if g.catch_up_s is None else _decimal(g.catch_up_s))
                      for g in groups])
-    return partitions + "\n\n" + summary
+    return "\n\n".join([*tables, summary])
 
 
 def inspect_propagation(store: Store, since_s: float, as_json: bool) -> str:

@@ -19,3 +19,24 @@ def test_prometheus_text_has_every_family_and_escapes_labels() -> None:
     assert "# TYPE flowscope_collector_events_total counter" in lines
     assert not any("committed_offset" in line and 'partition="0"' in line for line in lines)
     assert text.endswith("\n")
+
+
+def test_queues_have_their_own_series_and_every_backlog_a_system_label() -> None:
+    rows = [LagRow("thumbnails.jobs", "thumbnails", None, None, None, 9, 4.0, "STOP", 100.0,
+                   "rabbitmq", ready=7, unacknowledged=2, consumers=0),
+            LagRow("g", "orders", 0, 5, 8, 3, 1.0, "OK", 100.0)]
+    groups = [GroupLag("thumbnails.jobs", "ERR", "STOP", 9, 4.0, None, None, None, 100.0,
+                       "rabbitmq"),
+              GroupLag("g", "OK", None, 3, 1.0, 2.0, -1.0, 3.0, 100.0)]
+    lines = render_prometheus(rows, groups, {}).splitlines()
+    queue = 'system="rabbitmq",queue="thumbnails.jobs",exchange="thumbnails"'
+    assert f"flowscope_queue_messages_ready{{{queue}}} 7" in lines
+    assert f"flowscope_queue_messages_unacknowledged{{{queue}}} 2" in lines
+    assert f"flowscope_queue_consumers{{{queue}}} 0" in lines
+    assert 'flowscope_backlog_messages{system="rabbitmq",group="thumbnails.jobs"} 9' in lines
+    assert 'flowscope_backlog_status{system="rabbitmq",group="thumbnails.jobs"} 2' in lines
+    assert 'flowscope_backlog_seconds{system="kafka",group="g"} 1.0' in lines
+    # A queue is not a consumer group of Kafka's: none of its figures are in those series.
+    assert not any(line.startswith("flowscope_consumergroup") and "thumbnails" in line
+                   for line in lines)
+    assert 'flowscope_consumergroup_lag{group="g",topic="orders",partition="0"} 3' in lines
