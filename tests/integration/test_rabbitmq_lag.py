@@ -18,6 +18,7 @@ from base.settings import Settings
 from flowscope.infra import rabbitmq
 from flowscope.infra.rabbitmq import RabbitmqStatus
 from tests.integration.collector_process import Collector
+from tests.integration.demo_stack import free_port
 
 Lag = dict[str, tuple[int, int, int]]  # queue -> (ready, unacknowledged, consumers)
 
@@ -191,3 +192,33 @@ async def test_a_queue_whose_consumers_stop_goes_err_then_ok_once_drained(
         assert done["row"]["consumers"] == 1
     finally:
         await queue.delete(if_unused=False, if_empty=False)
+
+
+@pytest.mark.parametrize("trouble", ["refused credentials", "nobody listening"])
+def test_a_management_api_that_refuses_or_is_gone_degrades_only_the_queue_poller(
+        tmp_path: Path, kafka_bootstrap: str, jaeger_endpoints: object,
+        native_node: RabbitmqStatus, trouble: str) -> None:
+    port = native_node.management_url.rsplit(":", 1)[1].rstrip("/")
+    url = (f"http://guest:wrong@127.0.0.1:{port}" if trouble == "refused credentials"
+           else f"http://guest:guest@127.0.0.1:{free_port()}")
+    jaeger = jaeger_endpoints
+    collector = Collector.create(tmp_path / "home", kafka_bootstrap,
+                                 jaeger.otlp_http, jaeger.query,  # type: ignore[attr-defined]
+                                 f"spans-{tmp_path.name}")
+    collector.env.update(FLOWSCOPE_RABBITMQ_URL=native_node.amqp_url,
+                         FLOWSCOPE_RABBITMQ_MANAGEMENT_URL=url, FLOWSCOPE_LAG_INTERVAL="0.5")
+    collector.start()
+    try:
+        health = collector.wait_for_health(
+            lambda h: h["components"].get("queue_poller", {}).get("state") == "degraded")
+        reason = health["components"]["queue_poller"]["reason"]
+        assert ("401" in reason) if trouble == "refused credentials" else \
+            ("ClientConnectorError" in reason or "Connect" in reason)
+        assert "wrong" not in reason  # the password is never shown
+        # Kafka's lag polling is another component, and runs on.
+        collector.wait_for_health(lambda h: h["components"]["lag_poller"]["state"] == "ok")
+        counted = collector.wait_for(
+            lambda c: c["counters"].get("queue_poller_failures", 0) >= 2, "counters")
+        assert counted["counters"]["queue_poller_failures"] >= 2  # type: ignore[index]
+    finally:
+        assert collector.stop() == 0
