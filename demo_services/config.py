@@ -2,13 +2,14 @@
 
 The demo services stand for somebody else's system: they read only their own FLOWSCOPE_DEMO_*
 variables, KAFKA_BOOTSTRAP_SERVERS and the standard OTEL_* ones, and import nothing of Flowscope.
+An empty rabbitmq_url leaves RabbitMQ out: the file pipeline then runs in Kafka alone.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 DEFAULT_PORTS = {"uploads": 8081, "orders": 8082, "webhook": 8083}
 
@@ -37,6 +38,9 @@ class DemoConfig:
     backoff_base_ms: int = 200
     backoff_max_ms: int = 5_000
     partitions: int = 3
+    rabbitmq_url: str = field(default="", repr=False)  # may hold a password
+    thumbnail_failure: float = 0.10
+    thumbnail_prefetch: int = 4
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DemoConfig:
@@ -55,12 +59,18 @@ class DemoConfig:
                 values[spec.name] = _parse(spec.name, type(getattr(cls, spec.name)), raw)
             except ValueError as exc:
                 problems.append(f"{name}={raw!r}: {exc}")
+        if values.get("thumbnail_prefetch") == 0:
+            problems.append("FLOWSCOPE_DEMO_THUMBNAIL_PREFETCH='0': must be at least 1")
+        url = str(values.get("rabbitmq_url", ""))
+        if url and not url.lower().startswith(("amqp://", "amqps://")):
+            problems.append("FLOWSCOPE_DEMO_RABBITMQ_URL: not an amqp:// or amqps:// URL")
         if problems:
             raise ConfigError("; ".join(problems))
         return cls(**values)  # type: ignore[arg-type]
 
     def topic(self, name: str) -> str:
-        """The full name of a demo topic (a prefix keeps test runs apart)."""
+        """The full name of a demo topic, RabbitMQ exchange or queue (a prefix keeps test runs
+        apart)."""
         return f"{self.topic_prefix}{name}"
 
     def group(self, name: str) -> str:

@@ -26,6 +26,7 @@ class Simulation:
     callback_failure: float
     inventory_failure: float
     work_ms: int
+    thumbnail_failure: float = 0.0
 
     @classmethod
     def of(cls, defaults: Simulation, overrides: object) -> Simulation:

@@ -180,10 +180,19 @@ def set_attributes(span: Span, attributes: dict[str, Any]) -> None:
 def consumer_span(tracer: trace.Tracer, topic: str, headers: Headers | None,
                   attributes: dict[str, Any]) -> Iterator[Span]:
     """A CONSUMER `process {topic}` span: child of the producer's context, and linked to it."""
-    parent = extract_context(headers)
+    with process_span(tracer, f"process {topic}", extract_context(headers),
+                      attributes) as span:
+        yield span
+
+
+@contextmanager
+def process_span(tracer: trace.Tracer, name: str, parent: otel_context.Context,
+                 attributes: dict[str, Any]) -> Iterator[Span]:
+    """A current CONSUMER span: child of the producer's context parent, and linked to it (any
+    messaging system; parent is empty when the message carried no trace context)."""
     producer = trace.get_current_span(parent).get_span_context()
     links = [Link(producer)] if producer.is_valid else []
-    with tracer.start_as_current_span(f"process {topic}", context=parent, kind=SpanKind.CONSUMER,
+    with tracer.start_as_current_span(name, context=parent, kind=SpanKind.CONSUMER,
                                       links=links, attributes=attributes) as span:
         try:
             yield span

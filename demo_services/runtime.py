@@ -109,7 +109,7 @@ class Service:
         """Simulated-failure settings when a message carries none of its own."""
         c = self.config
         return Simulation(c.transient_failure, c.permanent_failure, c.callback_failure,
-                          c.inventory_failure, c.work_ms)
+                          c.inventory_failure, c.work_ms, c.thumbnail_failure)
 
     async def start(self) -> None:
         """Connect the idempotent producer."""
@@ -396,6 +396,10 @@ def main(name: str, tasks: Callable[[Service], list[Awaitable[None]]]) -> None:
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    # aio-pika and aiormq log every reconnection attempt (each second while RabbitMQ is
+    # down); demo_services.amqp says once when the connection is lost and when it is back.
+    logging.getLogger("aiormq.connection").setLevel(logging.CRITICAL)
+    logging.getLogger("aio_pika.robust_connection").setLevel(logging.ERROR)
     config = DemoConfig.from_env()
     provider = inst.setup_tracing(name)
     service = Service(name, config, trace.get_tracer(f"demo_services.{name}"))

@@ -256,7 +256,8 @@ def _add_demo_commands(groups: argparse._SubParsersAction[argparse.ArgumentParse
         load.add_argument(f"--{name}", type=float, metavar="P",
                           help=f"probability of a {name.replace('-', ' ')} (0-1)")
     load.add_argument("--work-ms", type=int, help="simulated processing time per message")
-    load.add_argument("--pause-group", help="consumer group to pause (e.g. processor)")
+    load.add_argument("--pause-group", help="consumer group to pause (e.g. processor; "
+                      "thumbnailer cancels the RabbitMQ consumers of thumbnails.jobs)")
     load.add_argument("--pause-after", type=float, default=0.0, help="seconds into the run")
     load.add_argument("--pause-for", type=float, default=10.0, help="seconds to pause")
     load.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -268,7 +269,8 @@ def _add_demo_stack_command(groups: argparse._SubParsersAction[argparse.Argument
 
     demo = groups.add_parser(
         "demo", help="run the whole stack with demo traffic, until Ctrl-C",
-        description="Start Kafka and Jaeger (unless running or external), the collector, the "
+        description="Start Kafka, Jaeger and RabbitMQ (unless running or external), the "
+        "collector, the "
         "demo services, the load generator and the dashboard; print their URLs; on Ctrl-C or "
         "SIGTERM stop everything the demo started. Logs go to $FLOWSCOPE_HOME/demo.",
         epilog="scenarios: " + "; ".join(f"{k}: {v}" for k, v in SCENARIOS.items()))
@@ -283,6 +285,8 @@ def _add_demo_stack_command(groups: argparse._SubParsersAction[argparse.Argument
         demo.add_argument(f"--{name}", type=float, metavar="P",
                           help=f"probability of a {name.replace('-', ' ')} (0-1)")
     demo.add_argument("--no-jaeger", action="store_true", help="no Jaeger, no forwarding")
+    demo.add_argument("--no-rabbitmq", action="store_true",
+                      help="no RabbitMQ: the file pipeline runs in Kafka alone")
     demo.add_argument("--no-dashboard", action="store_true", help="no dashboard")
     demo.add_argument("--dashboard-port", type=int, metavar="P",
                       help="dashboard port (default FLOWSCOPE_DASHBOARD_PORT or 8501)")

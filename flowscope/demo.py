@@ -1,9 +1,10 @@
-"""`flowscope demo`: Kafka, Jaeger, the collector, the demo services, the load generator and
-the dashboard from one command, stopped together on Ctrl-C or SIGTERM.
+"""`flowscope demo`: Kafka, Jaeger, RabbitMQ, the collector, the demo services, the load
+generator and the dashboard from one command, stopped together on Ctrl-C or SIGTERM.
 
 Every part is a child process with its own log in FLOWSCOPE_HOME/demo. The collector writes
-the default store, so `flowscope inspect` in another terminal sees the demo's data. A Kafka or
-Jaeger that was already running (or is external) is used and left running.
+the default store, so `flowscope inspect` in another terminal sees the demo's data. A Kafka,
+Jaeger or RabbitMQ that was already running (or is external) is used and left running;
+--no-rabbitmq leaves RabbitMQ out, and the file pipeline then runs in Kafka alone.
 """
 
 from __future__ import annotations
@@ -25,17 +26,17 @@ from pathlib import Path
 from types import FrameType
 
 from base.errors import FlowscopeError
-from base.settings import LOOPBACK, Settings
+from base.settings import LOOPBACK, Settings, redact_url
 from demo_services.config import DemoConfig
 from demo_services.topics import ensure_topics
-from flowscope.infra import jaeger, kafka, process
+from flowscope.infra import jaeger, kafka, process, rabbitmq
 from flowscope.scenario import (
     DemoOptions,
     Step,
     plan_steps,
     steady_chunk,
 )
-from flowscope.services import Supervisor, demo_config
+from flowscope.services import RABBITMQ_URL_VARIABLE, Supervisor, demo_config
 
 COMPONENT = "demo"
 SETTLE_S = 3.0
@@ -46,8 +47,10 @@ STOP_TIMEOUT_S = {"loadgen": 5.0, "dashboard": 10.0, "services": 30.0, "collect"
 
 
 def child_environment(settings: Settings, bootstrap: str,
-                      jaeger_status: jaeger.JaegerStatus | None) -> dict[str, str]:
-    """The environment of every child: this cluster, store and collector; Jaeger when used."""
+                      jaeger_status: jaeger.JaegerStatus | None, amqp_url: str = ""
+                      ) -> dict[str, str]:
+    """The environment of every child: this cluster, store and collector; Jaeger when used;
+    the RabbitMQ the services use (set empty when none, so that they look for no other)."""
     collector = settings.collect
     env = dict(os.environ)
     env.update(KAFKA_BOOTSTRAP_SERVERS=bootstrap, FLOWSCOPE_HOME=str(settings.home),
@@ -55,6 +58,7 @@ def child_environment(settings: Settings, bootstrap: str,
                FLOWSCOPE_OTLP_ADDRESS=f"{collector.otlp_host}:{collector.otlp_port}",
                OTEL_EXPORTER_OTLP_ENDPOINT=f"http://{collector.otlp_host}:{collector.otlp_port}")
     env.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)  # it would bypass the collector
+    env[RABBITMQ_URL_VARIABLE] = amqp_url
     # Lag status is judged over the last 10 polls: at 1 s a paused group shows as stalled
     # within the incident scenario's pause, not 50 s later as at the default 5 s.
     env.setdefault("FLOWSCOPE_LAG_INTERVAL", "1")
@@ -248,16 +252,22 @@ class Demo:
         self._check_ports(config)
         bootstrap = self._start_kafka()
         jaeger_status = self._start_jaeger() if self.options.jaeger else None
+        rabbitmq_status = self._start_rabbitmq() if self.options.rabbitmq else None
         config = replace(config, bootstrap=bootstrap)
         self._create_topics(config)
-        self.env = child_environment(self.settings, bootstrap, jaeger_status)
+        self.env = child_environment(self.settings, bootstrap, jaeger_status,
+                                     rabbitmq_status.amqp_url if rabbitmq_status else "")
         self.service_state = Supervisor(self.settings, config).state_file
-        self._start("collect", ["collect"], lambda log: log_has(log, "collect: ready"))
+        self._start("collect", ["collect"] + ([] if rabbitmq_status else ["--no-rabbitmq"]),
+                    lambda log: log_has(log, "collect: ready"))
         self._start("services", ["services"], lambda log: log_has(log, "] ready: "))
         collector = self.settings.collect
         self.urls["collector"] = f"http://{collector.otlp_host}:{collector.otlp_port}/v1/traces"
         if jaeger_status is not None:
             self.urls["jaeger"] = f"{jaeger_status.query}  (query API: /api/services, /api/traces)"
+        if rabbitmq_status is not None:
+            self.urls["rabbitmq"] = (f"{redact_url(rabbitmq_status.management_url)}  "
+                                     f"(management; AMQP {redact_url(rabbitmq_status.amqp_url)})")
         if self.options.dashboard:
             self._start_dashboard()
 
@@ -297,6 +307,23 @@ class Demo:
             self.started_infra.append("jaeger")
         with self._interruptible():
             return jaeger.start(self.settings, process.Progress("jaeger"))
+
+    def _start_rabbitmq(self) -> rabbitmq.RabbitmqStatus:
+        if self.settings.rabbitmq.external:
+            self.progress.say(f"rabbitmq: the broker at "
+                              f"{redact_url(self.settings.rabbitmq.amqp_url)} "
+                              "(FLOWSCOPE_RABBITMQ_URL)")
+        elif rabbitmq.status(self.settings).pid is not None:
+            self.progress.say("rabbitmq: the node already running; it stays running")
+        else:
+            self.started_infra.append("rabbitmq")
+        try:
+            with self._interruptible():
+                return rabbitmq.start(self.settings, process.Progress("rabbitmq"))
+        except FlowscopeError as exc:
+            hint = "; ".join(filter(None, [exc.hint, "or leave RabbitMQ out: --no-rabbitmq"]))
+            raise FlowscopeError(exc.component, exc.cause, log=exc.log, hint=hint,
+                                 log_tail=exc.log_tail) from None
 
     def _create_topics(self, config: DemoConfig) -> None:
         try:
@@ -429,8 +456,9 @@ class Demo:
             for pid in before | after:  # what a killed supervisor could not stop itself
                 if any("demo_services" in part for part in process.cmdline(pid)):
                     process.terminate(pid, timeout_s=5)
+        stoppers = {"kafka": kafka.stop, "jaeger": jaeger.stop, "rabbitmq": rabbitmq.stop}
         for name in reversed(self.started_infra):
-            stopped = (jaeger.stop if name == "jaeger" else kafka.stop)(self.settings)
+            stopped = stoppers[name](self.settings)
             if stopped:
                 self.progress.say(f"{name}: stopped (pid {stopped}); the demo had started it")
         if running:

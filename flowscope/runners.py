@@ -109,5 +109,6 @@ def demo(settings: Settings, args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
     options = DemoOptions(duration_s=args.duration, scenario=args.scenario, rate=args.rate,
                           seed=seed, failures=failures, jaeger=not args.no_jaeger,
-                          dashboard=not args.no_dashboard, dashboard_port=args.dashboard_port)
+                          dashboard=not args.no_dashboard, dashboard_port=args.dashboard_port,
+                          rabbitmq=not args.no_rabbitmq)
     return run_demo(settings, options)

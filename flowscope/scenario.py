@@ -2,7 +2,9 @@
 
 `incident` tells the story the dashboard is built to show: steady traffic, a consumer group
 paused so lag builds, resumed so it drains, then a burst of failures so retries and dead
-letters rise. Phases scale to --duration (60 s by default).
+letters rise. With RabbitMQ (unless --no-rabbitmq) a phase comes before the burst in which
+the thumbnailer's consumers are cancelled for a while, so the backlog of `thumbnails.jobs`
+builds, then drains. Phases scale to --duration (60 s by default).
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ from dataclasses import dataclass
 SCENARIOS = {
     "steady": "constant traffic with the services' usual failures",
     "incident": "steady traffic; the processor group paused (lag builds); resumed (lag "
+                "drains); with RabbitMQ, the thumbnailer paused (its queue backs up, then "
                 "drains); a burst of failures (retries, dead letters): 60 s, or --duration",
 }
 FAILURE_KNOBS = ("transient_failure", "permanent_failure", "callback_failure",
                  "inventory_failure")
 BURST = {"transient_failure": 0.5, "permanent_failure": 0.15, "callback_failure": 0.3}
 PAUSED_GROUP = "processor"  # one consumer group, so its lag stands out on the charts
+PAUSED_QUEUE_CONSUMER = "thumbnailer"  # the RabbitMQ consumers of thumbnails.jobs
+QUEUE_PAUSE_SHARE = 2 / 3  # of its phase: the rest shows the backlog draining
 STORY_S = 60.0
 CHUNK_S = 600.0
 
@@ -34,6 +39,7 @@ class DemoOptions:
     jaeger: bool = True
     dashboard: bool = True
     dashboard_port: int | None = None
+    rabbitmq: bool = False  # the RabbitMQ leg runs (`flowscope demo` sets it unless told not)
 
     def problems(self) -> list[str]:
         """Every invalid option, named."""
@@ -61,13 +67,14 @@ class Step:
 
 def load_args(options: DemoOptions, duration_s: float, seed: int,
               failures: dict[str, float] | None = None,
-              pause: tuple[float, float] | None = None) -> tuple[str, ...]:
-    """The `flowscope loadgen` arguments of one load run."""
+              pause: tuple[float, float] | None = None, *, pause_group: str = PAUSED_GROUP
+              ) -> tuple[str, ...]:
+    """The `flowscope loadgen` arguments of one load run; pause is (after, for) seconds."""
     args = ["--rate", f"{options.rate:g}", "--duration", f"{duration_s:g}", "--seed", str(seed)]
     for name, value in (failures or dict(options.failures)).items():
         args += [f"--{name.replace('_', '-')}", f"{value:g}"]
     if pause is not None:
-        args += ["--pause-group", PAUSED_GROUP, "--pause-after", f"{pause[0]:g}",
+        args += ["--pause-group", pause_group, "--pause-after", f"{pause[0]:g}",
                  "--pause-for", f"{pause[1]:g}"]
     return tuple(args)
 
@@ -80,20 +87,30 @@ def plan_steps(options: DemoOptions) -> list[Step]:
             return []
         return [Step(0.0, f"steady traffic: {rate} for {options.duration_s:g}s",
                      load_args(options, options.duration_s, options.seed))]
-    quarter = (options.duration_s or STORY_S) / 4
+    phases = 5 if options.rabbitmq else 4
+    part = (options.duration_s or STORY_S) / phases
     burst = dict(options.failures)
     burst.update({k: max(v, burst.get(k, 0.0)) for k, v in BURST.items()})
-    return [
-        Step(0.0, f"phase 1/4 steady: {rate}",
-             load_args(options, 3 * quarter, options.seed, pause=(quarter, quarter))),
-        Step(quarter, f"phase 2/4 paused: consumer group {PAUSED_GROUP} stops for "
-             f"{quarter:g}s; lag builds on files.uploaded"),
-        Step(2 * quarter, f"phase 3/4 drain: {PAUSED_GROUP} resumes; the lag drains"),
-        Step(3 * quarter, "phase 4/4 failure burst: " + ", ".join(
-            f"{k.replace('_', ' ')} {v:g}" for k, v in BURST.items()) +
-            "; retries and dead letters rise", load_args(options, quarter, options.seed + 1,
-                                                         burst)),
+    steps = [
+        Step(0.0, f"phase 1/{phases} steady: {rate}",
+             load_args(options, 3 * part, options.seed, pause=(part, part))),
+        Step(part, f"phase 2/{phases} paused: consumer group {PAUSED_GROUP} stops for "
+             f"{part:g}s; lag builds on files.uploaded"),
+        Step(2 * part, f"phase 3/{phases} drain: {PAUSED_GROUP} resumes; the lag drains"),
     ]
+    if options.rabbitmq:
+        paused = round(part * QUEUE_PAUSE_SHARE, 1)
+        steps.append(Step(
+            3 * part, f"phase 4/5 queue backlog: the {PAUSED_QUEUE_CONSUMER}'s consumers stop "
+            f"for {paused:g}s; thumbnails.jobs backs up in RabbitMQ, then drains",
+            load_args(options, part, options.seed + 2, pause=(0.0, paused),
+                      pause_group=PAUSED_QUEUE_CONSUMER)))
+    steps.append(Step(
+        (phases - 1) * part, f"phase {phases}/{phases} failure burst: " + ", ".join(
+            f"{k.replace('_', ' ')} {v:g}" for k, v in BURST.items()) +
+        "; retries and dead letters rise",
+        load_args(options, part, options.seed + 1, burst)))
+    return steps
 
 
 def steady_chunk(options: DemoOptions, at_s: float, index: int) -> Step:

@@ -4,6 +4,11 @@ One process per service, as in a real deployment: each has its own OpenTelemetry
 its own consumer groups and its own log, and can be killed and restarted alone (which is how
 the demo shows that a crash replays messages instead of losing them). A service that dies is
 restarted after a short backoff.
+
+The RabbitMQ leg (thumbnailer, indexer, auditor) runs only when RabbitMQ is configured:
+FLOWSCOPE_DEMO_RABBITMQ_URL when it is set (set empty, it turns the leg off), else the external
+broker (FLOWSCOPE_RABBITMQ_URL) or the native node when it runs (`flowscope rabbitmq start`).
+Without it the file pipeline runs in Kafka alone, as it always did.
 """
 
 from __future__ import annotations
@@ -18,18 +23,21 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from base.errors import FlowscopeError
-from base.settings import Settings
+from base.settings import Settings, redact_url
 from demo_services.config import ConfigError, DemoConfig
 from demo_services.topics import ensure_topics
-from flowscope.infra import process
+from flowscope.infra import process, rabbitmq
 
 COMPONENT = "services"
 SERVICES = ("webhook", "uploads", "processor", "notifier", "orders", "payments", "inventory",
-            "shipping")
+            "shipping", "thumbnailer", "indexer", "auditor")
+RABBITMQ_SERVICES = ("thumbnailer", "indexer", "auditor")
+RABBITMQ_URL_VARIABLE = "FLOWSCOPE_DEMO_RABBITMQ_URL"
 HTTP_SERVICES = ("webhook", "uploads", "orders")
 
 
@@ -67,6 +75,7 @@ class Supervisor:
         env = dict(os.environ)
         env.update(KAFKA_BOOTSTRAP_SERVERS=self.config.bootstrap, OTEL_SERVICE_NAME=name,
                    PYTHONUNBUFFERED="1")
+        env[RABBITMQ_URL_VARIABLE] = self.config.rabbitmq_url
         # The SDK's default of 5 s between exports would make every live view 5 s late.
         env.setdefault("OTEL_BSP_SCHEDULE_DELAY", "500")
         return env
@@ -164,9 +173,35 @@ def demo_config(settings: Settings) -> DemoConfig:
     return replace(config, bootstrap=settings.kafka.bootstrap)
 
 
+def rabbitmq_url(settings: Settings, env: Mapping[str, str] | None = None) -> str:
+    """The AMQP URL the demo services use: FLOWSCOPE_DEMO_RABBITMQ_URL when set (empty: none),
+    else the external broker's, else the native node's while it runs; '' for none."""
+    env = os.environ if env is None else env
+    if RABBITMQ_URL_VARIABLE in env:
+        return env[RABBITMQ_URL_VARIABLE]
+    if settings.rabbitmq.external:
+        return settings.rabbitmq.amqp_url
+    current = rabbitmq.status(settings)
+    return current.amqp_url if current.running else ""
+
+
+def services_to_run(names: tuple[str, ...], config: DemoConfig) -> tuple[str, ...]:
+    """names, less the RabbitMQ leg when RabbitMQ is not configured; an error when names
+    were chosen (not the default) and include it."""
+    if config.rabbitmq_url:
+        return names
+    asked = [name for name in names if name in RABBITMQ_SERVICES]
+    if asked and names != SERVICES:
+        raise FlowscopeError(COMPONENT, f"{', '.join(asked)} consume RabbitMQ, which is not "
+                             "configured", hint="`flowscope rabbitmq start`, or set "
+                             f"FLOWSCOPE_RABBITMQ_URL or {RABBITMQ_URL_VARIABLE}")
+    return tuple(name for name in names if name not in RABBITMQ_SERVICES)
+
+
 def run_services(settings: Settings, names: tuple[str, ...] = SERVICES) -> int:
     """`flowscope services`: create the topics, run the services until SIGINT/SIGTERM."""
-    config = demo_config(settings)
+    config = replace(demo_config(settings), rabbitmq_url=rabbitmq_url(settings))
+    names = services_to_run(names, config)
     progress = process.Progress(COMPONENT)
     try:
         created = asyncio.run(asyncio.wait_for(ensure_topics(config), 60))
@@ -174,7 +209,8 @@ def run_services(settings: Settings, names: tuple[str, ...] = SERVICES) -> int:
         raise FlowscopeError(COMPONENT, f"cannot create the demo topics on {config.bootstrap}: "
                              f"{type(exc).__name__} {exc}",
                              hint="is Kafka running? `flowscope kafka start`") from None
-    progress.say(f"{len(created)} topics ready on {config.bootstrap}")
+    progress.say(f"{len(created)} topics ready on {config.bootstrap}; RabbitMQ: "
+                 f"{redact_url(config.rabbitmq_url) if config.rabbitmq_url else 'off'}")
     supervisor = Supervisor(settings, config, names)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -60,13 +60,17 @@ class DemoStack:
                    FLOWSCOPE_DEMO_UPLOADS_PORT=str(uploads),
                    FLOWSCOPE_DEMO_ORDERS_PORT=str(orders),
                    FLOWSCOPE_DEMO_WEBHOOK_PORT=str(webhook),
-                   OTEL_EXPORTER_OTLP_ENDPOINT=otlp_endpoint, OTEL_BSP_SCHEDULE_DELAY="200")
+                   OTEL_EXPORTER_OTLP_ENDPOINT=otlp_endpoint, OTEL_BSP_SCHEDULE_DELAY="200",
+                   # no RabbitMQ leg unless a knob names the broker (rabbitmq_url=...)
+                   FLOWSCOPE_DEMO_RABBITMQ_URL="")
         env.update({f"FLOWSCOPE_DEMO_{k.upper()}": v for k, v in knobs.items()})
         return cls(env, DemoConfig.from_env(env), home)
 
-    def start(self, timeout_s: float = 90.0) -> None:
-        """Start the services and wait (bounded) for their ready line."""
-        self.proc = subprocess.Popen([sys.executable, "-m", "flowscope", "services"],
+    def start(self, timeout_s: float = 90.0, only: tuple[str, ...] = ()) -> None:
+        """Start the services (only these, when given) and wait (bounded) for their ready
+        line."""
+        args = ["--only", ",".join(only)] if only else []
+        self.proc = subprocess.Popen([sys.executable, "-m", "flowscope", "services", *args],
                                      env=self.env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + timeout_s

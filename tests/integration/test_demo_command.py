@@ -1,5 +1,6 @@
 """`flowscope demo` as a user runs it, against the real broker and the real Jaeger: the scripted
-incident reaches the store and Jaeger, a second demo is refused, and a stop leaves no process."""
+incident reaches the store and Jaeger, a second demo is refused, and a stop leaves no process;
+with RabbitMQ, the demo starts its node, the thumbnail leg runs, and the node is stopped."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import pytest
 from base.settings import Settings
 from demo_services import topics
 from flowscope.demo import LOCK_MARKER
-from flowscope.infra import kafka, process
+from flowscope.infra import kafka, process, rabbitmq
 from flowscope.infra.jaeger import JaegerStatus
 from store.factory import open_store
 from tests.integration.conftest import run_flowscope
@@ -48,8 +49,9 @@ class DemoProcess:
     ready: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
-    def start(cls, env: dict[str, str], *args: str) -> DemoProcess:
-        """Start it and read its stdout and stderr."""
+    def start(cls, env: dict[str, str], *args: str, rabbitmq: bool = False) -> DemoProcess:
+        """Start it (with --no-rabbitmq unless rabbitmq) and read its stdout and stderr."""
+        args = args if rabbitmq else ("--no-rabbitmq", *args)
         proc = subprocess.Popen([sys.executable, "-m", "flowscope", "demo", *args], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         run = cls(env, proc)
@@ -289,3 +291,36 @@ def _check_jaeger(env: dict[str, str], prefix: str, query: str, started_us: int)
     callback = by_name["POST /callbacks/{name}"]
     assert callback["service"] == "webhook"
     assert by_id[callback["parentSpanId"]]["service"] == "notifier"
+
+
+def test_demo_starts_rabbitmq_runs_the_thumbnail_leg_and_stops_the_node(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in demo_env(tmp_path, kafka_bootstrap, None).items()
+           if not k.startswith("FLOWSCOPE_RABBITMQ_") and k != "FLOWSCOPE_DEMO_RABBITMQ_URL"}
+    amqp, management, dist, epmd = free_ports(4)
+    env.update(FLOWSCOPE_RABBITMQ_PORT=str(amqp), FLOWSCOPE_RABBITMQ_MANAGEMENT_PORT=str(
+        management), FLOWSCOPE_RABBITMQ_DIST_PORT=str(dist), FLOWSCOPE_RABBITMQ_EPMD_PORT=str(epmd))
+    prefix = env["FLOWSCOPE_DEMO_TOPIC_PREFIX"]
+    run = DemoProcess.start(env, "--no-jaeger", "--no-dashboard", "--duration", "15",
+                            "--scenario", "incident", "--seed", "3", rabbitmq=True)
+    try:
+        run.wait_ready()
+        pids = run.recorded_pids()
+        assert {"thumbnailer", "indexer", "auditor"} <= set(pids)
+        assert run.proc.wait(timeout=120) == 0, run.output()
+    finally:
+        rabbitmq.stop(Settings.from_env(env))  # whatever happened, leave no node behind
+    printed = run.output()
+    assert f"rabbitmq   http://***@127.0.0.1:{management}  (management; AMQP " \
+           f"amqp://***@127.0.0.1:{amqp}/)" in printed
+    assert "guest" not in printed
+    for phase in ("1/5 steady", "4/5 queue backlog", "5/5 failure burst"):
+        assert f"phase {phase}" in printed
+    assert "the demo had started it" in printed
+    assert_nothing_left(run, pids)
+    assert not rabbitmq.status(Settings.from_env(env)).running
+    done = run_flowscope(env, "inspect", "topology", "--json", "--since", "1h")
+    assert done.returncode == 0, done.stderr
+    edges = {(e["source"], e["target"]) for e in json.loads(done.stdout)["edges"]}
+    assert ("thumbnailer", prefix + topics.FILES_PROCESSED) in edges  # Kafka -> RabbitMQ -> Kafka
+    assert ("processor", prefix + topics.FILES_PROCESSED) not in edges

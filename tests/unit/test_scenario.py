@@ -48,3 +48,18 @@ def test_every_bad_option_is_named() -> None:
     assert len(problems) == 5
     assert any("--scenario 'chaos'" in p for p in problems)
     assert any("--transient-failure 2" in p for p in problems)
+
+
+def test_with_rabbitmq_a_queue_backlog_phase_comes_before_the_burst() -> None:
+    steps = plan_steps(DemoOptions(duration_s=100, scenario="incident", rate=10, seed=3,
+                                   rabbitmq=True))
+    assert [s.at_s for s in steps] == [0.0, 20.0, 40.0, 60.0, 80.0]
+    first, _, _, backlog, burst = steps
+    assert _option(first.load, "--pause-group") == PAUSED_GROUP
+    assert _option(backlog.load, "--pause-group") == "thumbnailer"
+    assert (_option(backlog.load, "--pause-after"), _option(backlog.load, "--duration")) == (
+        "0", "20")
+    assert 0 < float(_option(backlog.load, "--pause-for")) < 20  # time left to drain
+    assert backlog.text.startswith("phase 4/5 queue backlog")
+    assert burst.text.startswith("phase 5/5 failure burst")
+    assert len({_option(s.load, "--seed") for s in (first, backlog, burst)}) == 3
