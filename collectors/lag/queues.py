@@ -11,8 +11,9 @@ group has: lag in messages, lag in seconds, trend, time to drain and a Burrow-st
   backlog has not gone down over the window; STALL when consumers are attached but have
   acknowledged nothing over it; STOP when there is a backlog and no consumer at all.
 
-One odd queue is counted and skipped, never the whole poll; the API's own failures (down,
-401, timeouts) are the caller's to log and retry.
+One odd queue is counted and skipped, never the whole poll; a queue without statistics yet
+(just declared) waits for the next poll; the API's own failures (down, 401, timeouts) are the
+caller's to log and retry.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ QUEUE_COLUMNS = ("name", "vhost", "messages_ready", "messages_unacknowledged", "
                  "message_stats.get_no_ack")
 BINDING_COLUMNS = ("source", "vhost", "destination", "destination_type")
 ACKED = ("ack", "deliver_no_ack", "get_no_ack")
+# Figures a queue's row needs: the API leaves them out until the queue's first statistics.
+STATISTICS = ("messages_ready", "messages_unacknowledged", "consumers")
 
 
 class ManagementError(Exception):
@@ -107,6 +110,8 @@ def queue_samples(queues: Any, bindings: Any) -> tuple[list[QueueSample], list[s
             name, vhost = queue["name"], queue["vhost"]
             if not isinstance(name, str) or not isinstance(vhost, str):
                 raise ValueError("name or vhost is not text")
+            if any(queue.get(k) is None for k in STATISTICS):
+                continue  # a queue just made has no statistics yet: next poll
             stats = queue.get("message_stats") or {}
             if not isinstance(stats, Mapping):
                 raise ValueError("message_stats is not an object")
@@ -114,9 +119,8 @@ def queue_samples(queues: Any, bindings: Any) -> tuple[list[QueueSample], list[s
             if isinstance(head, bool) or not isinstance(head, int | float) or head <= 0:
                 head = None
             samples.append(QueueSample(
-                vhost, name, _count(queue.get("messages_ready", 0)),
-                _count(queue.get("messages_unacknowledged", 0)),
-                _count(queue.get("consumers", 0)),
+                vhost, name, _count(queue["messages_ready"]),
+                _count(queue["messages_unacknowledged"]), _count(queue["consumers"]),
                 sum(_count(stats.get(k, 0)) for k in ACKED), head,
                 fed.get((vhost, name), name)))
         except (KeyError, ValueError, TypeError) as exc:

@@ -48,6 +48,13 @@ def test_a_malformed_queue_is_skipped_with_its_reason_and_the_others_kept() -> N
         queue_samples({"error": "not_authorised"}, [])
 
 
+def test_a_queue_without_statistics_yet_waits_for_the_next_poll() -> None:
+    fresh = {"name": "new", "vhost": "/", "consumers": 2}  # just declared: no figures yet
+    samples, problems = queue_samples([fresh, _queue("jobs", ready=1)], [])
+    assert [s.name for s in samples] == ["jobs"]
+    assert problems == []
+
+
 def test_lag_is_ready_plus_unacknowledged_and_seconds_the_age_of_the_head() -> None:
     lag = QueueLag()
     rows, groups = lag.rows([_sample(ready=4, unacked=2, head=1000.0)], now_s=1012.5)
