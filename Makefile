@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RABBITMQ_SERVER := /usr/lib/rabbitmq/bin/rabbitmq-server
 
-.PHONY: test lint infra demo clean-venv
+.PHONY: test lint brokers infra demo clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,12 +13,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## Resolve Kafka from Maven Central and build Jaeger once (cached under FLOWSCOPE_HOME); install
-## Debian's rabbitmq-server when it is missing (as root; otherwise say the command to run), unless
-## FLOWSCOPE_RABBITMQ_URL names a broker to use.
-infra: $(STAMP)
+## What the demo needs before it starts: the Kafka jars from Maven Central (cached under
+## FLOWSCOPE_HOME), and Debian's rabbitmq-server, installed when it is missing (as root; otherwise
+## the command to run is named) unless FLOWSCOPE_RABBITMQ_URL names a broker to use.
+brokers: $(STAMP)
 	$(BIN)/flowscope kafka install
-	$(BIN)/flowscope jaeger install
 	@if [ -z "$$FLOWSCOPE_RABBITMQ_URL" ] && [ ! -x $(RABBITMQ_SERVER) ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "infra: installing Debian's rabbitmq-server (apt-get)"; \
@@ -32,9 +31,14 @@ infra: $(STAMP)
 	fi
 	$(BIN)/flowscope rabbitmq install
 
-## The whole stack with demo traffic, until Ctrl-C: Kafka, Jaeger, the collector, the demo
-## services, the load generator and the dashboard; prints their URLs.
-demo: infra
+## Everything, Jaeger built from the Go module proxy included (once; cached under FLOWSCOPE_HOME).
+infra: brokers
+	$(BIN)/flowscope jaeger install
+
+## The whole stack with demo traffic, until Ctrl-C: Kafka, RabbitMQ, Jaeger, the collector, the
+## demo services, the load generator and the dashboard; prints their URLs. On the first run
+## Jaeger is built in the background while the rest starts, and trace export joins when it is up.
+demo: brokers
 	$(BIN)/flowscope demo --scenario incident
 
 lint: $(STAMP)

@@ -205,6 +205,7 @@ class Demo:
         self.env: dict[str, str] = {}
         self.record: process.ProcessRecord | None = None
         self.service_state: Path | None = None
+        self.jaeger_builder: threading.Thread | None = None
 
     def run(self) -> int:
         """Everything, from the lock to the last process stopped; the exit code."""
@@ -251,7 +252,11 @@ class Demo:
         config = demo_config(self.settings)
         self._check_ports(config)
         bootstrap = self._start_kafka()
-        jaeger_status = self._start_jaeger() if self.options.jaeger else None
+        jaeger_status = None
+        if self.options.jaeger and not jaeger.installed(self.settings):
+            jaeger_status = self._build_jaeger_meanwhile()
+        elif self.options.jaeger:
+            jaeger_status = self._start_jaeger()
         rabbitmq_status = self._start_rabbitmq() if self.options.rabbitmq else None
         config = replace(config, bootstrap=bootstrap)
         self._create_topics(config)
@@ -307,6 +312,33 @@ class Demo:
             self.started_infra.append("jaeger")
         with self._interruptible():
             return jaeger.start(self.settings, process.Progress("jaeger"))
+
+    def _build_jaeger_meanwhile(self) -> jaeger.JaegerStatus:
+        """The first run on a machine: build Jaeger (minutes) while everything else starts and
+        runs; start it when the build ends, and the collector's export to it begins. Until
+        then the collector's forwarder waits (degraded on /health). Its endpoints, for the
+        children, are the settings' own."""
+        self.progress.say("jaeger: not built yet; building it in the background (several "
+                          "minutes, the first time only): flows, lag and the dashboard start "
+                          "now, trace export joins when Jaeger is up")
+        self.started_infra.append("jaeger")
+        self.jaeger_builder = threading.Thread(target=self._jaeger_when_built,
+                                               name="jaeger-build", daemon=True)
+        self.jaeger_builder.start()
+        return jaeger.status(self.settings)
+
+    def _jaeger_when_built(self) -> None:
+        progress = process.Progress("jaeger")
+        try:
+            jaeger.install(self.settings, progress, cancel=self.stopping)
+            if self.stopping.is_set():
+                return
+            current = jaeger.start(self.settings, progress)
+            self.progress.say(f"jaeger: built and running ({current.query}); the collector "
+                              "exports traces to it from now on")
+        except FlowscopeError as exc:
+            if not self.stopping.is_set():
+                self.progress.say(f"jaeger: {exc}; the demo goes on without trace export")
 
     def _start_rabbitmq(self) -> rabbitmq.RabbitmqStatus:
         if self.settings.rabbitmq.external:
@@ -456,6 +488,9 @@ class Demo:
             for pid in before | after:  # what a killed supervisor could not stop itself
                 if any("demo_services" in part for part in process.cmdline(pid)):
                     process.terminate(pid, timeout_s=5)
+        self.stopping.set()  # a Jaeger build still running is killed
+        if self.jaeger_builder is not None:
+            self.jaeger_builder.join(timeout=30)
         stoppers = {"kafka": kafka.stop, "jaeger": jaeger.stop, "rabbitmq": rabbitmq.stop}
         for name in reversed(self.started_infra):
             stopped = stoppers[name](self.settings)

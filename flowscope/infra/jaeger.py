@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -81,8 +82,15 @@ def _go_environment(paths: JaegerPaths) -> dict[str, str]:
     return env
 
 
-def install(settings: Settings, progress: process.Progress | None = None) -> Path:
-    """Build the Jaeger v2 binary from the Go module proxy into the cache, once."""
+def installed(settings: Settings) -> bool:
+    """True when the native Jaeger's binary is built (or an external Jaeger is used)."""
+    return settings.jaeger.external or JaegerPaths.of(settings).binary.exists()
+
+
+def install(settings: Settings, progress: process.Progress | None = None,
+            cancel: threading.Event | None = None) -> Path:
+    """Build the Jaeger v2 binary from the Go module proxy into the cache, once (killing the
+    build, and raising FlowscopeError, when cancel is set while it runs)."""
     paths = JaegerPaths.of(settings)
     if paths.binary.exists():
         return paths.binary
@@ -103,14 +111,14 @@ def install(settings: Settings, progress: process.Progress | None = None) -> Pat
     process.run_step([go, "get", "-tool", f"{PACKAGE}@{version}"], component=COMPONENT,
                      what="downloading the Jaeger modules", log=paths.build_log,
                      cwd=paths.build_dir, env=env, timeout_s=settings.jaeger.build_timeout_s,
-                     progress=progress, every_s=15)
+                     progress=progress, every_s=15, cancel=cancel)
     progress.say("modules downloaded; compiling")
     partial = paths.binary.with_name("jaeger.partial")
     partial.parent.mkdir(parents=True, exist_ok=True)
     process.run_step([go, "build", "-v", "-o", str(partial), PACKAGE], component=COMPONENT,
                      what="compiling Jaeger", log=paths.build_log.with_name("compile.log"),
                      cwd=paths.build_dir, env=env, timeout_s=settings.jaeger.build_timeout_s,
-                     progress=progress, every_s=15)
+                     progress=progress, every_s=15, cancel=cancel)
     partial.replace(paths.binary)
     progress.say(f"built {paths.binary}")
     return paths.binary

@@ -192,10 +192,11 @@ def terminate(pid: int, *, timeout_s: float) -> bool:
 
 def run_step(cmd: Sequence[str], *, component: str, what: str, log: Path, cwd: Path,
              env: dict[str, str] | None, timeout_s: float, progress: Progress,
-             every_s: float = 10.0) -> None:
+             every_s: float = 10.0, cancel: threading.Event | None = None) -> None:
     """Run a slow command to completion, logging its output and reporting progress.
 
-    Raises FlowscopeError naming the step, with the log's last lines, when it fails or times out.
+    Raises FlowscopeError naming the step, with the log's last lines, when it fails or times
+    out, or (the command killed) when `cancel` is set while it runs.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     lines = [0]
@@ -212,19 +213,26 @@ def run_step(cmd: Sequence[str], *, component: str, what: str, log: Path, cwd: P
         reader = threading.Thread(target=copy_output, daemon=True)
         reader.start()
         deadline = time.monotonic() + timeout_s
+        next_note = time.monotonic() + every_s
+        slice_s = every_s if cancel is None else min(every_s, 0.5)
         code: int | None = None
         try:
-            while code is None and time.monotonic() < deadline:
+            while code is None and time.monotonic() < deadline and not (
+                    cancel is not None and cancel.is_set()):
                 try:
-                    code = proc.wait(timeout=min(every_s,
+                    code = proc.wait(timeout=min(slice_s,
                                                  max(0.01, deadline - time.monotonic())))
                 except subprocess.TimeoutExpired:
-                    progress.say(f"{what}: still running, {lines[0]} lines of output so far")
-        finally:  # timed out, or interrupted (Ctrl-C, SIGTERM): the step does not outlive us
+                    if time.monotonic() >= next_note:
+                        progress.say(f"{what}: still running, {lines[0]} lines of output so far")
+                        next_note += every_s
+        finally:  # timed out, cancelled or interrupted (Ctrl-C, SIGTERM): it does not outlive us
             if code is None:
                 proc.kill()
                 proc.wait()
         reader.join(timeout=10)
+    if code is None and cancel is not None and cancel.is_set():
+        raise FlowscopeError(component, f"{what} stopped before it ended (cancelled)", log=log)
     if code != 0:
         cause = (f"{what} timed out after {timeout_s:.0f}s" if code is None
                  else f"{what} failed (exit code {code})")

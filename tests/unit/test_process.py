@@ -1,6 +1,7 @@
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -98,3 +99,23 @@ def test_run_step_times_out(tmp_path: Path) -> None:
         process.run_step(["sleep", "20"], component="jaeger", what="compiling", log=tmp_path /
                          "l.log", cwd=tmp_path, env=None, timeout_s=1,
                          progress=process.Progress("jaeger"))
+
+
+def test_a_cancelled_step_is_killed_at_once_and_says_so(tmp_path: Path) -> None:
+    cancel = threading.Event()
+    log = tmp_path / "step.log"
+    marker = tmp_path / "started"
+    timer = threading.Timer(0.5, cancel.set)
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(FlowscopeError, match="cancelled") as raised:
+        process.run_step([sys.executable, "-c",
+                          f"import pathlib, time; pathlib.Path({str(marker)!r}).touch(); "
+                          "time.sleep(120)"],
+                         component="build", what="a long build", log=log, cwd=tmp_path,
+                         env=None, timeout_s=60, progress=process.Progress("build"),
+                         every_s=30, cancel=cancel)
+    timer.cancel()
+    assert raised.value.component == "build"
+    assert marker.exists()  # it did run
+    assert time.monotonic() - started < 30  # killed, not waited for
