@@ -213,8 +213,13 @@ class HopMatcher:
         routed = None
         if hop.queue is not None:
             queue = node_id(NodeKind.QUEUE, hop.queue, hop.system)
-            if hop.topic:
-                routed = (bucket, source, source_kind, queue, NodeKind.QUEUE)
+            # The exchange that delivered it into the queue, as the consume names it: a
+            # message sent to a delay exchange comes back through the work exchange.
+            exchange = consume.topic if consume.queue is not None and consume.topic \
+                else hop.topic
+            if exchange:
+                routed = (bucket, *destination_node(hop.system, exchange), queue,
+                          NodeKind.QUEUE)
             source, source_kind = queue, NodeKind.QUEUE
         key = (bucket, source, source_kind, consume.service, "service")
         edge = self.edges.get(key)

@@ -525,3 +525,20 @@ def test_one_service_consuming_two_queues_of_a_fanout_makes_two_hops(store: Stor
     _, hops = store.flow("flow-1", NOW)  # type: ignore[misc]
     assert sorted(h.queue for h in hops) == ["audit-q", "mail-q"]  # type: ignore[type-var]
     assert store.flow("flow-1", NOW)[0].hops == 2  # type: ignore[index]
+
+
+def test_a_message_back_from_a_delay_queue_is_routed_by_the_exchange_that_delivered_it(
+        store: Store) -> None:
+    # Sent to the delay exchange; after its TTL the broker dead-letters it through the work
+    # exchange into the work queue: that is the route its consumer names.
+    trace, producer = new_trace_id(), new_span_id()
+    store.write_spans(_records("worker", _publish("jobs.retry:thumb", trace=trace,
+                                                  span_id=producer, key="thumb")))
+    store.write_spans(_records("worker", _deliver(
+        "jobs:thumb:thumb-q", trace=trace, parent=producer, key="thumb",
+        **{"messaging.message.retry_attempt": 2})))
+    edges = _edges(store)
+    assert edges[("worker", "rabbitmq:exchange:jobs.retry")] == (1, 0, 0)
+    assert edges[(EXCHANGE, QUEUE)] == (1, 0, 1)
+    assert ("rabbitmq:exchange:jobs.retry", QUEUE) not in edges
+    assert edges[(QUEUE, "worker")] == (1, 0, 1)
