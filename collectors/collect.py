@@ -29,6 +29,7 @@ from collectors.lag.queues import ManagementError, QueuePoller
 from collectors.supervise import Health, supervise
 from store.contract import StoreUnavailable
 from store.factory import flow_rules, open_store
+from store.records import GroupLag, LagRow
 from store.vocabulary import ComponentState, FlowFlag
 
 log = logging.getLogger(__name__)
@@ -151,16 +152,8 @@ async def poll_lag(bootstrap: str, pipeline: Pipeline, health: Health, stopping:
                 if poller.skipped_groups:
                     pipeline.count(f"{LAG_COMPONENT}_skipped_groups", poller.skipped_groups)
                     poller.skipped_groups = 0
-                try:
-                    await pipeline.exclusive(pipeline.store.write_lag, rows, groups)
-                    health.ok(LAG_COMPONENT)
-                except StoreUnavailable as exc:
-                    pipeline.count(f"{LAG_COMPONENT}_store_unavailable")
-                    health.degraded(LAG_COMPONENT, f"store unavailable: {exc}")
-                    log.warning("lag poll not stored: %s", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(),
-                                           max(0.0, interval_s - (time.monotonic() - started)))
+                await _store_lag(pipeline, health, LAG_COMPONENT, rows, groups)
+                await _pause(stopping, interval_s - (time.monotonic() - started))
         except (KafkaError, TimeoutError, OSError) as exc:
             pipeline.count(f"{LAG_COMPONENT}_reconnects")
             health.degraded(LAG_COMPONENT, f"broker: {type(exc).__name__}: {exc}; reconnecting")
@@ -194,25 +187,35 @@ async def poll_queues(management_url: str, pipeline: Pipeline, health: Health,
                 health.degraded(QUEUES_COMPONENT, f"RabbitMQ management API {shown}: {reason}")
                 log.warning("queue polling on %s failed (%s); again in %.0fs", shown, reason,
                             delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), delay)
+                await _pause(stopping, delay)
                 delay = min(delay * 2, 30.0)
                 continue
             if poller.skipped_queues:
                 pipeline.count(f"{QUEUES_COMPONENT}_skipped_queues", poller.skipped_queues)
                 poller.skipped_queues = 0
-            try:
-                await pipeline.exclusive(pipeline.store.write_lag, rows, groups)
-                health.ok(QUEUES_COMPONENT)
-            except StoreUnavailable as exc:
-                pipeline.count(f"{QUEUES_COMPONENT}_store_unavailable")
-                health.degraded(QUEUES_COMPONENT, f"store unavailable: {exc}")
-                log.warning("queue poll not stored: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(),
-                                       max(0.0, interval_s - (time.monotonic() - started)))
+            await _store_lag(pipeline, health, QUEUES_COMPONENT, rows, groups)
+            await _pause(stopping, interval_s - (time.monotonic() - started))
     finally:
         await poller.stop()
+
+
+async def _store_lag(pipeline: Pipeline, health: Health, component: str,
+                     rows: list[LagRow], groups: list[GroupLag]) -> None:
+    """Store one poll; a store that cannot take it degrades the component (counted, logged)
+    and the next poll is tried."""
+    try:
+        await pipeline.exclusive(pipeline.store.write_lag, rows, groups)
+        health.ok(component)
+    except StoreUnavailable as exc:
+        pipeline.count(f"{component}_store_unavailable")
+        health.degraded(component, f"store unavailable: {exc}")
+        log.warning("%s: poll not stored: %s", component, exc)
+
+
+async def _pause(stopping: asyncio.Event, seconds: float) -> None:
+    """Wait this long, or until the collector stops."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), max(0.0, seconds))
 
 
 async def _maintain(pipeline: Pipeline, health: Health, stopping: asyncio.Event) -> None:

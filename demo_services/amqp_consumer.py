@@ -30,7 +30,13 @@ from demo_services import instrumentation as inst
 from demo_services.amqp import AmqpLink
 from demo_services.producer import SendFailed, describe
 from demo_services.retry import Backoff
-from demo_services.runtime import BadMessage, PermanentFailure, Service, decode_payload
+from demo_services.runtime import (
+    BadMessage,
+    PermanentFailure,
+    Service,
+    decode_payload,
+    require_fields,
+)
 
 log = logging.getLogger(__name__)
 RPC_TIMEOUT_S = 10.0
@@ -56,9 +62,7 @@ class Delivery:
 
     def require(self, *names: str) -> None:
         """Raise BadMessage naming every field the payload lacks."""
-        missing = [name for name in names if self.payload.get(name) in (None, "")]
-        if missing:
-            raise BadMessage(f"missing field(s): {', '.join(missing)}")
+        require_fields(self.payload, names)
 
 
 DeliveryHandler = Callable[[Delivery], Awaitable[None]]

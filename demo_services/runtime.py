@@ -61,12 +61,17 @@ class Incoming:
 
     def require(self, *names: str) -> None:
         """Raise BadMessage naming every field the payload lacks."""
-        missing = [name for name in names if self.payload.get(name) in (None, "")]
-        if missing:
-            raise BadMessage(f"missing field(s): {', '.join(missing)}")
+        require_fields(self.payload, names)
 
 
 Handler = Callable[[Incoming], Awaitable[None]]
+
+
+def require_fields(payload: dict[str, Any], names: Iterable[str]) -> None:
+    """Raise BadMessage naming every field the payload lacks (missing, null or empty)."""
+    missing = [name for name in names if payload.get(name) in (None, "")]
+    if missing:
+        raise BadMessage(f"missing field(s): {', '.join(missing)}")
 
 
 def decode_payload(value: bytes | None) -> dict[str, Any]:
