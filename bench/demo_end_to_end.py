@@ -2,13 +2,16 @@
 
 Runs `flowscope services` (all eight services, one process each) against the native Kafka,
 with tracing exported to the native Jaeger ("on") or switched off (OTEL_SDK_DISABLED, "off"),
-and drives both flows with `flowscope loadgen` at rising rates, without simulated failures and
-with 1 ms of simulated work. A rate is sustained when every flow of the step reached its
-terminal topic within 5 s of the last request and the load generator reached 90 % of the rate.
+or with tracing on and the uploads' RabbitMQ leg (the thumbnailer, indexer and auditor too, on
+the native RabbitMQ node: "rabbitmq"), and drives both flows with `flowscope loadgen` at rising
+rates, without simulated failures and with 1 ms of simulated work. A rate is sustained when
+every flow of the step reached its terminal topic within 5 s of the last request and the load
+generator reached 90 % of the rate.
 Then, at a quarter of the highest sustained rate, it reports the p50/p95 time from the upload
 being accepted to the webhook receiving the callback.
 
     .venv/bin/python bench/demo_end_to_end.py [--rates 40,80,160,240,320,480] [--step-seconds 10]
+                                              [--variants on,off,rabbitmq]
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from base.settings import Settings
 from bench.infra import running_infra
+from flowscope.infra import rabbitmq
 from tests.integration.demo_stack import (
     FILE_TERMINALS,
     ORDER_TERMINALS,
@@ -88,11 +92,12 @@ def callback_latencies(stack: DemoStack, since: float) -> list[float]:
             if c["body"].get("uploaded_at") and c["body"]["uploaded_at"] >= since]
 
 
-def measure(variant: str, bootstrap: str, otlp: str, rates: list[float], seconds: float
-            ) -> None:
+def measure(variant: str, bootstrap: str, otlp: str, rates: list[float], seconds: float,
+            *, amqp_url: str = "") -> None:
     with tempfile.TemporaryDirectory() as home:
         prefix = f"bench-{variant}-{int(time.time())}."
-        stack = DemoStack.create(Path(home), bootstrap, otlp, prefix)
+        knobs = {"rabbitmq_url": amqp_url, "thumbnail_failure": "0"} if amqp_url else {}
+        stack = DemoStack.create(Path(home), bootstrap, otlp, prefix, **knobs)
         if variant == "off":
             stack.env["OTEL_SDK_DISABLED"] = "true"
         stack.start()
@@ -100,7 +105,7 @@ def measure(variant: str, bootstrap: str, otlp: str, rates: list[float], seconds
             best = 0.0
             for i, rate in enumerate(rates):
                 step = run_step(stack, rate, seconds, seed=i)
-                print(f"tracing {variant}: rate {rate:5.0f}/s -> achieved "
+                print(f"{variant}: rate {rate:5.0f}/s -> achieved "
                       f"{step['achieved_rate']:6.1f}/s, {step['ended']:.0f}/{step['flows']:.0f} "
                       f"flows ended, last {step['drain_s']:+.1f}s after the last request",
                       flush=True)
@@ -113,7 +118,7 @@ def measure(variant: str, bootstrap: str, otlp: str, rates: list[float], seconds
             latencies = sorted(callback_latencies(stack, since))
             p50 = statistics.median(latencies)
             p95 = latencies[int(0.95 * (len(latencies) - 1))]
-            print(f"tracing {variant}: highest sustained rate {best:.0f} flows/s; at "
+            print(f"{variant}: highest sustained rate {best:.0f} flows/s; at "
                   f"{quarter:.1f} flows/s upload->callback p50 {p50 * 1000:.0f} ms, "
                   f"p95 {p95 * 1000:.0f} ms ({len(latencies)} uploads)", flush=True)
         finally:
@@ -127,9 +132,19 @@ def main() -> None:
     parser.add_argument("--variants", default="on,off")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
-    with running_infra(Settings.from_env()) as (bootstrap, otlp):
-        for variant in args.variants.split(","):
-            measure(variant, bootstrap, otlp, rates, args.step_seconds)
+    settings = Settings.from_env()
+    variants = args.variants.split(",")
+    with running_infra(settings) as (bootstrap, otlp):
+        node_started = "rabbitmq" in variants and not settings.rabbitmq.external and \
+            not rabbitmq.status(settings).running
+        amqp = rabbitmq.start(settings).amqp_url if "rabbitmq" in variants else ""
+        try:
+            for variant in variants:
+                measure(variant, bootstrap, otlp, rates, args.step_seconds,
+                        amqp_url=amqp if variant == "rabbitmq" else "")
+        finally:
+            if node_started:
+                rabbitmq.stop(settings)
 
 
 if __name__ == "__main__":
