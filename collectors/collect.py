@@ -9,6 +9,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import aiohttp
 from aiohttp import web
@@ -30,7 +31,7 @@ from collectors.supervise import Health, supervise
 from store.contract import StoreUnavailable
 from store.factory import flow_rules, open_store
 from store.records import GroupLag, LagRow
-from store.vocabulary import ComponentState, FlowFlag
+from store.vocabulary import RABBITMQ, ComponentState, FlowFlag
 
 log = logging.getLogger(__name__)
 RETENTION_EVERY_S = 60.0
@@ -193,18 +194,24 @@ async def poll_queues(management_url: str, pipeline: Pipeline, health: Health,
             if poller.skipped_queues:
                 pipeline.count(f"{QUEUES_COMPONENT}_skipped_queues", poller.skipped_queues)
                 poller.skipped_queues = 0
-            await _store_lag(pipeline, health, QUEUES_COMPONENT, rows, groups)
+            # Every queue of the broker, but for a malformed one (counted) or one without
+            # statistics yet: a queue missing from the poll was deleted.
+            await _store_lag(pipeline, health, QUEUES_COMPONENT, rows, groups,
+                             complete=RABBITMQ)
             await _pause(stopping, interval_s - (time.monotonic() - started))
     finally:
         await poller.stop()
 
 
 async def _store_lag(pipeline: Pipeline, health: Health, component: str,
-                     rows: list[LagRow], groups: list[GroupLag]) -> None:
-    """Store one poll; a store that cannot take it degrades the component (counted, logged)
-    and the next poll is tried."""
+                     rows: list[LagRow], groups: list[GroupLag], *,
+                     complete: str | None = None) -> None:
+    """Store one poll (complete: of every queue of that system, see Store.write_lag); a store
+    that cannot take it degrades the component (counted, logged) and the next poll is
+    tried."""
     try:
-        await pipeline.exclusive(pipeline.store.write_lag, rows, groups)
+        await pipeline.exclusive(partial(pipeline.store.write_lag, complete=complete),
+                                 rows, groups)
         health.ok(component)
     except StoreUnavailable as exc:
         pipeline.count(f"{component}_store_unavailable")

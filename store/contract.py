@@ -320,8 +320,11 @@ class Store(Protocol):
         known yet, nor that it has none."""
         ...
 
-    def write_lag(self, rows: Sequence[LagRow], groups: Sequence[GroupLag]) -> None:
-        """Record one lag poll: the current figures and the history."""
+    def write_lag(self, rows: Sequence[LagRow], groups: Sequence[GroupLag], *,
+                  complete: str | None = None) -> None:
+        """Record one lag poll: the current figures and the history. complete: a system
+        whose every group or queue this poll holds, so that the current figures of those it
+        does not hold (a queue deleted) are gone; the history keeps them."""
         ...
 
     def lag(self, group: str | None = None) -> tuple[list[LagRow], list[GroupLag]]:

@@ -251,11 +251,15 @@ class SqliteStore:
             "ORDER BY m.topic, producer",
             (settled, since_ms, sample) if sample else (settled, since_ms))]
 
-    def write_lag(self, rows: Sequence[LagRow], groups: Sequence[GroupLag]) -> None:
-        """Record one lag poll: the current figures and the history."""
+    def write_lag(self, rows: Sequence[LagRow], groups: Sequence[GroupLag], *,
+                  complete: str | None = None) -> None:
+        """Record one lag poll: the current figures and the history (see Store.write_lag)."""
         lag_values = [tuple(-1 if c == "partition" and r.partition is None else getattr(r, c)
                             for c in LAG_COLUMNS) for r in rows]
         with self._transaction():
+            if complete is not None:  # what this poll does not hold is gone from the broker
+                self.db.execute("DELETE FROM lag_current WHERE system = ?", (complete,))
+                self.db.execute("DELETE FROM lag_groups WHERE system = ?", (complete,))
             self.db.executemany(f"INSERT OR REPLACE INTO lag_current VALUES ({LAG_MARKS})",
                                 lag_values)
             self.db.executemany(f"INSERT OR IGNORE INTO lag_samples VALUES ({LAG_MARKS})",

@@ -56,7 +56,7 @@ def stack(kafka_bootstrap: str, jaeger_endpoints: JaegerStatus, rabbitmq_node: R
         yield running
     finally:
         assert running.stop() == 0
-        asyncio.run(_delete_topology(running.config))
+        asyncio.run(delete_topology(running.config))
     assert all(not Path(f"/proc/{pid}").exists() for pid in pids.values())
 
 
@@ -159,7 +159,8 @@ async def wait_for_stats(management_url: str, queue: str, done: Callable[[dict[s
         await asyncio.sleep(0.5)
 
 
-async def _delete_topology(config: DemoConfig) -> None:
+async def delete_topology(config: DemoConfig) -> None:
+    """Delete the demo's exchanges and queues of this run (their names have its prefix)."""
     connection = await aio_pika.connect(config.rabbitmq_url, timeout=10)
     try:
         channel = await connection.channel()

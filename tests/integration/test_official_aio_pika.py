@@ -5,12 +5,14 @@ of them, with every message's hop matched (its time in the queue known)."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import aio_pika
 import pytest
 
 from base.settings import Settings
@@ -77,3 +79,10 @@ def test_official_aio_pika_spans_become_exchange_and_queue_edges(
     assert [(h["system"], h["topic"], h["queue"], h["producer"], h["consumer"])
             for h in flow["hop_list"]] == [  # type: ignore[attr-defined]
         ("rabbitmq", "amq.default", queue, "shop-publisher", "shop-worker")]
+    asyncio.run(_delete_queue(rabbitmq_node.amqp_url, queue))
+
+
+async def _delete_queue(url: str, queue: str) -> None:
+    connection = await aio_pika.connect(url, timeout=30)
+    async with connection:
+        await (await connection.channel()).queue_delete(queue)

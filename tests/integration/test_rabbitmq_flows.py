@@ -6,6 +6,7 @@ service, the fanout reaching both of its queues."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 
@@ -16,7 +17,7 @@ from flowscope.infra.jaeger import JaegerStatus
 from flowscope.infra.rabbitmq import RabbitmqStatus
 from tests.integration.collector_process import Collector
 from tests.integration.demo_stack import DemoStack
-from tests.integration.test_demo_rabbitmq import post_upload
+from tests.integration.test_demo_rabbitmq import delete_topology, post_upload
 
 pytestmark = pytest.mark.timeout(180)
 RUNNING = ("webhook", "uploads", "processor", "notifier", "thumbnailer", "indexer", "auditor")
@@ -54,6 +55,7 @@ def uploads(collector: Collector, kafka_bootstrap: str, rabbitmq_node: RabbitmqS
         yield stack, flows
     finally:
         assert stack.stop() == 0
+        asyncio.run(delete_topology(stack.config))
 
 
 def _hops(flow: dict) -> list[tuple[object, ...]]:  # type: ignore[type-arg]

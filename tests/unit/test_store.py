@@ -542,3 +542,24 @@ def test_a_message_back_from_a_delay_queue_is_routed_by_the_exchange_that_delive
     assert edges[(EXCHANGE, QUEUE)] == (1, 0, 1)
     assert ("rabbitmq:exchange:jobs.retry", QUEUE) not in edges
     assert edges[(QUEUE, "worker")] == (1, 0, 1)
+
+
+def test_a_complete_poll_of_a_system_forgets_its_queues_that_are_gone(store: Store) -> None:
+    def queue(name: str, at_s: float) -> tuple[LagRow, GroupLag]:
+        return (LagRow(name, name, None, None, None, 3, 1.0, PartitionStatus.OK, at_s,
+                       "rabbitmq", 3, 0, 1),
+                GroupLag(name, GroupStatus.OK, None, 3, 1.0, None, None, None, at_s,
+                         "rabbitmq"))
+
+    kafka_row = LagRow("g", "t", 0, 1, 2, 1, 0.5, PartitionStatus.OK, 100.0)
+    kafka_group = GroupLag("g", GroupStatus.OK, None, 1, 0.5, None, None, None, 100.0)
+    store.write_lag([kafka_row], [kafka_group])
+    (a, a_group), (b, b_group) = queue("a", 100.0), queue("b", 100.0)
+    store.write_lag([a, b], [a_group, b_group], complete="rabbitmq")
+    (a2, a2_group) = queue("a", 101.0)
+    store.write_lag([a2], [a2_group], complete="rabbitmq")  # b was deleted
+    rows, groups = store.lag()
+    assert {(r.system, r.group) for r in rows} == {("kafka", "g"), ("rabbitmq", "a")}
+    assert {(g.system, g.group) for g in groups} == {("kafka", "g"), ("rabbitmq", "a")}
+    assert {(r.group, r.at_s) for r in store.lag_history(0) if r.system == "rabbitmq"} == \
+        {("a", 100.0), ("b", 100.0), ("a", 101.0)}  # the history keeps what was seen
