@@ -226,7 +226,8 @@ def lag_table(rows: Sequence[LagRow], focus: str | None = None) -> pd.DataFrame:
     """The latest lag per group, topic and partition (narrowed to a focused topic or group)."""
     frame = pd.DataFrame([asdict(r) for r in rows],
                          columns=["system", "group", "topic", "partition", "committed", "end",
-                                  "lag", "lag_seconds", "status", "at_s"])
+                                  "lag", "lag_seconds", "status", "at_s", "ready",
+                                  "unacknowledged", "consumers"])
     if focus:  # a topic or queue, or a service and the groups named after it
         nodes = pd.Series([lag_node(r) for r in rows], index=frame.index, dtype=object)
         frame = frame[(frame["topic"] == focus) | (nodes == focus)

@@ -1,4 +1,5 @@
-"""Lag: per consumer group, topic and partition; the trend, and when a group catches up."""
+"""Lag: per consumer group (topic and partition) and per queue; the trend, and when each
+catches up."""
 
 import streamlit as st
 
@@ -14,12 +15,12 @@ def render() -> None:
     if data is None:
         return
     if not data.groups:
-        controls.empty("No consumer-group lag has been polled yet.")
+        controls.empty("No consumer-group or queue lag has been polled yet.")
         return
     focus = controls.focus()
     partitions = transforms.lag_table(data.rows, focus)
     ranked = transforms.shown_groups(data.groups, partitions)
-    st.subheader("Consumer groups, furthest behind first")
+    st.subheader("Consumer groups and queues, furthest behind first")
     st.dataframe(transforms.cut_columns(transforms.group_table(ranked)), hide_index=True,
                  width="stretch", column_config={
         "lag": st.column_config.NumberColumn("lag (messages)"),
@@ -32,14 +33,14 @@ def render() -> None:
     if trend.empty:
         st.info("No lag history in this window yet.")
     else:
-        st.subheader(f"Trend of the {len(charted)} groups furthest behind")
+        st.subheader(f"Trend of the {len(charted)} furthest behind")
         left, right = st.columns(2)
         left.plotly_chart(charts.lines(trend, "time", "lag", "group", x_title="time (UTC)",
-                                       y_title="offset lag (messages)"), width="stretch")
+                                       y_title="lag (messages)"), width="stretch")
         right.plotly_chart(charts.lines(trend, "time", "lag_seconds", "group",
                                         x_title="time (UTC)", y_title="lag (s)"),
                            width="stretch")
-    st.subheader("Partitions")
+    st.subheader("Partitions and queues")
     st.dataframe(transforms.cut_columns(transforms.partitions_by_lag(partitions)),
                  hide_index=True, width="stretch", column_config={
         "lag": st.column_config.NumberColumn("lag (messages)"),
