@@ -31,8 +31,8 @@ def render_sidebar() -> None:
                      key="window", bind="query-params")
         st.selectbox("Focus on", [ALL, *_nodes()], key="focus", bind="query-params",
                      format_func=lambda node: transforms.cut_text(node, FOCUS_LABEL),
-                     help="Narrow every page to one service or topic; or click a node of "
-                     "the flow map.")
+                     help="Narrow every page to one service, topic, exchange or queue; or click "
+                     "a node of the flow map.")
         settings = queries.settings()
         default = settings.dashboard.refresh_s
         choices = sorted({*REFRESH_CHOICES, int(default)})
