@@ -53,7 +53,8 @@ ANY_ADDRESS = "0.0.0.0"
 WHERE_THINGS_ARE = frozenset({
     "KAFKA_BOOTSTRAP_SERVERS", "FLOWSCOPE_OTLP_ADDRESS", "FLOWSCOPE_JAEGER_OTLP_ENDPOINT",
     "FLOWSCOPE_JAEGER_QUERY_URL", "FLOWSCOPE_JAEGER_UI_URL", "FLOWSCOPE_DEMO_HOST",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT", "FLOWSCOPE_RABBITMQ_URL", "FLOWSCOPE_RABBITMQ_MANAGEMENT_URL",
+    "FLOWSCOPE_DEMO_RABBITMQ_URL",
 })
 
 Compose = dict[str, Any]
@@ -679,3 +680,21 @@ def test_each_check_reports_drift(compose: Compose, mutate: Callable[[Compose], 
     problems = check(broken)
     assert any(expected in problem for problem in problems), \
         f"{check.__name__} missed the drift {expected!r}; it said {problems}"
+
+
+def test_the_collector_and_the_services_reach_the_compose_rabbitmq_as_its_user(
+        compose: Compose) -> None:
+    services = services_of(compose)
+    broker = compose_env(services["rabbitmq"])
+    user, password = broker["RABBITMQ_DEFAULT_USER"], broker["RABBITMQ_DEFAULT_PASS"]
+    assert user != "guest"  # refused from other containers
+    urls = [compose_env(services["collector"])["FLOWSCOPE_RABBITMQ_URL"],
+            compose_env(services["collector"])["FLOWSCOPE_RABBITMQ_MANAGEMENT_URL"],
+            compose_env(services["services"])["FLOWSCOPE_DEMO_RABBITMQ_URL"]]
+    ports = {str(port) for _, _, port in published(services["rabbitmq"])}
+    for url in urls:
+        parts = urlsplit(str(url))
+        assert (parts.username, parts.password, parts.hostname) == (user, password, "rabbitmq")
+        assert str(parts.port) in ports
+    assert "rabbitmq" in services["collector"]["depends_on"]
+    assert "rabbitmq" in services["services"]["depends_on"]
