@@ -158,10 +158,11 @@ def load_flow_map(store: Store, window_s: float, now_ns: int,
     overview with deltas against the window before."""
     since = now_ns - int(window_s * 1e9)
     topology, total = store.busiest_topology(since, MAP_EDGES, touching=focus)
+    rows, groups = store.lag()
+    topology = transforms.with_bound_queues(topology, rows)
     observed = transforms.observed_seconds(window_s, topology.first_bucket_s, now_ns / 1e9,
                                            store.bucket_s)
     edges = transforms.build_edges(topology, observed)
-    rows, groups = store.lag()
     counts = store.flow_counts(int(window_s * 1e9), now_ns)
     return FlowMap(layout.layout_nodes(topology.nodes, edges), edges, total,
                    transforms.node_statuses(topology.nodes, edges, rows, groups),

@@ -14,6 +14,7 @@ import pandas as pd
 from store.contract import (
     DeadLetter,
     EdgeBucket,
+    EdgeRow,
     FailedStep,
     FlowCounts,
     FlowRow,
@@ -106,6 +107,24 @@ def build_edges(topology: Topology, rate_over_s: float) -> pd.DataFrame:
     frame["error_rate"] = (frame["errors"] / counts).fillna(0.0)
     frame["retry_rate"] = (frame["retries"] / counts).fillna(0.0)
     return frame
+
+
+def with_bound_queues(topology: Topology, lag_rows: Sequence[LagRow]) -> Topology:
+    """The topology with the queues no span names (a delay queue, a dead-letter queue: no
+    consumer took anything from them) drawn where the broker says they are bound: each such
+    queue of an exchange on the map, with an edge of no messages from that exchange."""
+    nodes, edges = dict(topology.nodes), list(topology.edges)
+    for row in lag_rows:
+        if row.system == KAFKA or row.topic == row.group:
+            continue
+        exchange = node_id(NodeKind.EXCHANGE, row.topic, row.system)
+        queue = node_id(NodeKind.QUEUE, row.group, row.system)
+        if exchange in nodes and queue not in nodes:
+            nodes[queue] = NodeKind.QUEUE
+            edges.append(EdgeRow(exchange, queue, 0, 0, 0, None, None))
+    if len(edges) == len(topology.edges):
+        return topology
+    return Topology(nodes, edges, topology.first_bucket_s)
 
 
 def focus_edges(edges: pd.DataFrame, focus: str | None) -> pd.DataFrame:

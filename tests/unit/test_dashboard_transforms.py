@@ -413,3 +413,24 @@ def test_a_flow_s_hops_say_their_system_exchange_routing_key_and_queue() -> None
         ["thumbnails", "render", "thumbnails.jobs"]
     assert table.iloc[0][["routing_key", "queue"]].isna().all()
     assert table.iloc[1]["queue_ms"] == pytest.approx(5.0)
+
+
+def test_queues_no_span_names_are_drawn_where_the_broker_binds_them() -> None:
+    topology = _mixed_topology()
+    dead = LagRow("thumbnails.dlq", "thumbnails", None, None, None, 3, 40.0, "STOP", 1.0,
+                  "rabbitmq", 3, 0, 0)
+    known = LagRow("thumbnails.jobs", "thumbnails", None, None, None, 0, 0.0, "OK", 1.0,
+                   "rabbitmq", 0, 0, 2)
+    elsewhere = LagRow("orphan", "unseen-exchange", None, None, None, 0, 0.0, "OK", 1.0,
+                       "rabbitmq", 0, 0, 0)
+    kafka = LagRow("g", "files", 0, 1, 1, 0, 0.0, "OK", 1.0)
+    drawn = transforms.with_bound_queues(topology, [dead, known, elsewhere, kafka])
+    assert drawn.nodes["rabbitmq:queue:thumbnails.dlq"] == "queue"
+    assert "rabbitmq:queue:orphan" not in drawn.nodes  # its exchange is not on the map
+    added = [e for e in drawn.edges if e not in topology.edges]
+    assert [(e.source, e.target, e.count) for e in added] == [
+        (EXCHANGE, "rabbitmq:queue:thumbnails.dlq", 0)]
+    edges = transforms.build_edges(drawn, 10)
+    assert edges.loc[edges["target"] == "rabbitmq:queue:thumbnails.dlq", "kind"].tolist() == \
+        ["route"]
+    assert transforms.with_bound_queues(topology, [known, kafka]) is topology
