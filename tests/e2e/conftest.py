@@ -1,13 +1,13 @@
 """Real-browser tests: Debian's Chromium driven by Playwright against `flowscope dashboard` on
-a store the real collector fills from the real demo services, Kafka and Jaeger."""
+a store the real collector fills from the real demo services, Kafka, RabbitMQ and Jaeger."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.integration.conftest import jaeger_endpoints, kafka_bootstrap, settings
+from tests.integration.conftest import jaeger_endpoints, kafka_bootstrap, rabbitmq_node, settings
 
-__all__ = ["jaeger_endpoints", "kafka_bootstrap", "settings"]
+__all__ = ["jaeger_endpoints", "kafka_bootstrap", "rabbitmq_node", "settings"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
