@@ -112,6 +112,10 @@ def measure(variant: str, bootstrap: str, otlp: str, rates: list[float], seconds
                 if not step["sustained"]:
                     break
                 best = rate
+            if best == 0:
+                print(f"{variant}: no rate sustained (the lowest asked was "
+                      f"{rates[0]:.0f} flows/s)", flush=True)
+                return
             quarter = best / 4
             since = time.time()
             run_step(stack, quarter, seconds * 2, seed=99)
