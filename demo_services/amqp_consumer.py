@@ -32,10 +32,10 @@ from demo_services.producer import SendFailed, describe
 from demo_services.retry import Backoff
 from demo_services.runtime import (
     BadMessage,
+    Decoded,
     PermanentFailure,
     Service,
     decode_payload,
-    require_fields,
 )
 
 log = logging.getLogger(__name__)
@@ -48,21 +48,13 @@ class DeadLetter(Exception):
     has recorded the failure on its span)."""
 
 
-@dataclass
-class Delivery:
-    """A consumed RabbitMQ message, decoded, with its flow's correlation ID and attempt."""
+@dataclass(kw_only=True)
+class Delivery(Decoded):
+    """A consumed RabbitMQ message, decoded: the delivery, its queue and its headers."""
 
     message: AbstractIncomingMessage
     queue: str  # the full queue name
     headers: dict[str, Any]
-    payload: dict[str, Any]
-    correlation_id: str
-    attempt: int
-    span: Span
-
-    def require(self, *names: str) -> None:
-        """Raise BadMessage naming every field the payload lacks."""
-        require_fields(self.payload, names)
 
 
 DeliveryHandler = Callable[[Delivery], Awaitable[None]]
@@ -229,9 +221,9 @@ class Subscription:
             problems = tracing.header_problems(headers)
             if problems:
                 raise BadMessage("; ".join(problems))
-            await self.handler(Delivery(message, self.full_queue, headers,
-                                        decode_payload(message.body), correlation_id, attempt,
-                                        span))
+            await self.handler(Delivery(decode_payload(message.body), correlation_id, attempt,
+                                        span, message=message, queue=self.full_queue,
+                                        headers=headers))
             return True
         except (BadMessage, PermanentFailure, DeadLetter) as exc:
             if not isinstance(exc, DeadLetter):  # a DeadLetter's handler marked the span

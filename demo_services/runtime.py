@@ -50,28 +50,30 @@ class TransientFailure(Exception):
 
 
 @dataclass
-class Incoming:
-    """A consumed message, decoded, with its flow's correlation ID and attempt number."""
+class Decoded:
+    """What a handler gets of a consumed message, from Kafka or RabbitMQ alike: its payload,
+    its flow's correlation ID, its attempt number and the span that handles it."""
 
-    record: ConsumerRecord[bytes, bytes]
     payload: dict[str, Any]
     correlation_id: str
     attempt: int
     span: Span
 
     def require(self, *names: str) -> None:
-        """Raise BadMessage naming every field the payload lacks."""
-        require_fields(self.payload, names)
+        """Raise BadMessage naming every field the payload lacks (missing, null or empty)."""
+        missing = [name for name in names if self.payload.get(name) in (None, "")]
+        if missing:
+            raise BadMessage(f"missing field(s): {', '.join(missing)}")
+
+
+@dataclass(kw_only=True)
+class Incoming(Decoded):
+    """A consumed Kafka message, decoded: the record."""
+
+    record: ConsumerRecord[bytes, bytes]
 
 
 Handler = Callable[[Incoming], Awaitable[None]]
-
-
-def require_fields(payload: dict[str, Any], names: Iterable[str]) -> None:
-    """Raise BadMessage naming every field the payload lacks (missing, null or empty)."""
-    missing = [name for name in names if payload.get(name) in (None, "")]
-    if missing:
-        raise BadMessage(f"missing field(s): {', '.join(missing)}")
 
 
 def decode_payload(value: bytes | None) -> dict[str, Any]:
@@ -319,7 +321,8 @@ class Worker:
                                 attributes) as span:
             try:
                 payload = decode_payload(record.value)
-                await self.handler(Incoming(record, payload, correlation_id, attempt, span))
+                await self.handler(Incoming(payload, correlation_id, attempt, span,
+                                            record=record))
             except (BadMessage, PermanentFailure) as exc:
                 inst.mark_error(span, type(exc).__name__, str(exc))
                 kind = "invalid message" if isinstance(exc, BadMessage) else "permanent failure"

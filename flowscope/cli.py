@@ -19,20 +19,42 @@ from flowscope.scenario import SCENARIOS
 from store.contract import StoreError
 from store.factory import open_store
 
+Handler = Callable[[Settings, argparse.Namespace], int]
+
+
+def _stopper(name: str, stop: Callable[[Settings], int | None],
+             external: Callable[[Settings], str | None]) -> Handler:
+    """`flowscope <name> stop`: stop the native one, or say that an external one is used
+    (external: what to say of it, None when the native one is used)."""
+
+    def handler(settings: Settings, _: argparse.Namespace) -> int:
+        note = external(settings)
+        if note is not None:
+            print(f"{note}; nothing to stop")
+            return 0
+        pid = stop(settings)
+        print(f"{name}: stopped (pid {pid})" if pid else f"{name}: not running")
+        return 0
+
+    return handler
+
+
+def _kafka_external(settings: Settings) -> str | None:
+    if not settings.kafka.external_bootstrap:
+        return None
+    return (f"kafka: using the external cluster {settings.kafka.bootstrap} "
+            "(KAFKA_BOOTSTRAP_SERVERS)")
+
+
+def _jaeger_external(settings: Settings) -> str | None:
+    if not settings.jaeger.external:
+        return None
+    return f"jaeger: using the external Jaeger at {redact_url(settings.jaeger.query_url)}"
+
 
 def _kafka_start(settings: Settings, _: argparse.Namespace) -> int:
     current = kafka.start(settings)
     print(current.bootstrap)
-    return 0
-
-
-def _kafka_stop(settings: Settings, _: argparse.Namespace) -> int:
-    if settings.kafka.external_bootstrap:
-        print(f"kafka: using the external cluster {settings.kafka.bootstrap} "
-              "(KAFKA_BOOTSTRAP_SERVERS); nothing to stop")
-        return 0
-    pid = kafka.stop(settings)
-    print(f"kafka: stopped (pid {pid})" if pid else "kafka: not running")
     return 0
 
 
@@ -61,16 +83,6 @@ def _kafka_install(settings: Settings, _: argparse.Namespace) -> int:
 def _jaeger_start(settings: Settings, _: argparse.Namespace) -> int:
     current = jaeger.start(settings)
     print(f"otlp_http {current.otlp_http}\nquery {current.query}")
-    return 0
-
-
-def _jaeger_stop(settings: Settings, _: argparse.Namespace) -> int:
-    if settings.jaeger.external:
-        print(f"jaeger: using the external Jaeger at {redact_url(settings.jaeger.query_url)}; "
-              "nothing to stop")
-        return 0
-    pid = jaeger.stop(settings)
-    print(f"jaeger: stopped (pid {pid})" if pid else "jaeger: not running")
     return 0
 
 
@@ -103,7 +115,9 @@ def _jaeger_install(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
-def _rabbitmq_external_note(settings: Settings) -> str:
+def _rabbitmq_external(settings: Settings) -> str | None:
+    if not settings.rabbitmq.external:
+        return None
     return (f"rabbitmq: using the external broker {redact_url(settings.rabbitmq.amqp_url)} "
             "(FLOWSCOPE_RABBITMQ_URL)")
 
@@ -112,15 +126,6 @@ def _rabbitmq_start(settings: Settings, _: argparse.Namespace) -> int:
     current = rabbitmq.start(settings)
     print(f"amqp {redact_url(current.amqp_url)}\n"
           f"management {redact_url(current.management_url)}")
-    return 0
-
-
-def _rabbitmq_stop(settings: Settings, _: argparse.Namespace) -> int:
-    if settings.rabbitmq.external:
-        print(f"{_rabbitmq_external_note(settings)}; nothing to stop")
-        return 0
-    pid = rabbitmq.stop(settings)
-    print(f"rabbitmq: stopped (pid {pid})" if pid else "rabbitmq: not running")
     return 0
 
 
@@ -144,7 +149,7 @@ def _rabbitmq_status(settings: Settings, args: argparse.Namespace) -> int:
 
 def _rabbitmq_install(settings: Settings, _: argparse.Namespace) -> int:
     if settings.rabbitmq.external:
-        print(f"{_rabbitmq_external_note(settings)}; nothing to install")
+        print(f"{_rabbitmq_external(settings)}; nothing to install")
         return 0
     print(rabbitmq.install(settings))
     return 0
@@ -293,9 +298,6 @@ def _add_demo_stack_command(groups: argparse._SubParsersAction[argparse.Argument
     demo.set_defaults(handler=_runner("demo"))
 
 
-Handler = Callable[[Settings, argparse.Namespace], int]
-
-
 def _runner(name: str) -> Handler:
     """A command of flowscope/runners.py, whose module is imported when that command runs
     (it brings aiohttp, aiokafka and OpenTelemetry: half a second that `flowscope inspect`
@@ -317,13 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="group", required=True)
     components: dict[str, tuple[str, dict[str, Handler]]] = {
         "kafka": ("the native single-node Apache Kafka broker",
-                  {"start": _kafka_start, "stop": _kafka_stop, "status": _kafka_status,
-                   "install": _kafka_install}),
+                  {"start": _kafka_start, "stop": _stopper("kafka", kafka.stop, _kafka_external),
+                   "status": _kafka_status, "install": _kafka_install}),
         "jaeger": ("the native Jaeger v2 (OTLP in, query API out)",
-                   {"start": _jaeger_start, "stop": _jaeger_stop, "status": _jaeger_status,
-                    "install": _jaeger_install}),
+                   {"start": _jaeger_start,
+                    "stop": _stopper("jaeger", jaeger.stop, _jaeger_external),
+                    "status": _jaeger_status, "install": _jaeger_install}),
         "rabbitmq": ("a native RabbitMQ node (Debian's rabbitmq-server, management API on)",
-                     {"start": _rabbitmq_start, "stop": _rabbitmq_stop,
+                     {"start": _rabbitmq_start,
+                      "stop": _stopper("rabbitmq", rabbitmq.stop, _rabbitmq_external),
                       "status": _rabbitmq_status, "install": _rabbitmq_install}),
     }
     helps = {"start": "start it (or find it running) and wait until it is ready",

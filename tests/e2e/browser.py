@@ -9,8 +9,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from playwright.sync_api import Page, expect, sync_playwright
 
 CHROMIUM = os.environ.get("FLOWSCOPE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -71,3 +75,30 @@ class Dashboard:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+WAIT_MS = 45_000  # for a page of the live dashboard to draw
+
+
+@contextmanager
+def chromium_page() -> Iterator[Page]:
+    """A page of Debian's Chromium (headless, tall enough for a whole dashboard page)."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(),
+                                             args=CHROMIUM_FLAGS)
+        try:
+            yield browser.new_page(viewport={"width": 1440, "height": 2000})
+        finally:
+            browser.close()
+
+
+def open_page(page: Page, dashboard: Dashboard, path: str) -> None:
+    """Open a page of the dashboard and wait (bounded) for its main area."""
+    page.goto(f"{dashboard.url}/{path}")
+    expect(page.get_by_test_id("stMain")).to_be_visible(timeout=WAIT_MS)
+
+
+def no_exception(page: Page) -> None:
+    """The page shows no Streamlit exception (its text is the assertion's message)."""
+    assert page.get_by_test_id("stException").count() == 0, page.get_by_test_id(
+        "stException").first.inner_text()

@@ -14,17 +14,23 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from flowscope.infra.jaeger import JaegerStatus
-from tests.e2e.browser import ARTIFACTS, CHROMIUM_FLAGS, Dashboard, chromium_path
+from tests.e2e.browser import (
+    ARTIFACTS,
+    WAIT_MS,
+    Dashboard,
+    chromium_page,
+    no_exception,
+    open_page,
+)
 from tests.integration.collector_process import Collector
 from tests.integration.demo_stack import DemoStack, free_port
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 PAGES = {"": "Flow map", "lag": "Consumer lag", "retries": "Retries & dead letters",
          "latency": "Latency", "propagation": "Trace-context propagation"}
-WAIT_MS = 45_000
 
 
 @dataclass
@@ -89,23 +95,13 @@ def live(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str,
 @pytest.fixture(scope="module")
 def browser_page(live: Live) -> Iterator[tuple[Page, list[str]]]:
     dialogs: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(),
-                                             args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1440, "height": 2000})
+    with chromium_page() as page:
         page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
         yield page, dialogs
-        browser.close()
 
 
 def _open(page: Page, live: Live, path: str) -> None:
-    page.goto(f"{live.dashboard.url}/{path}")
-    expect(page.get_by_test_id("stMain")).to_be_visible(timeout=WAIT_MS)
-
-
-def _no_exception(page: Page) -> None:
-    assert page.get_by_test_id("stException").count() == 0, page.get_by_test_id(
-        "stException").first.inner_text()
+    open_page(page, live.dashboard, path)
 
 
 def _charts_rendered(page: Page, at_least: int) -> None:
@@ -122,7 +118,7 @@ def test_every_page_renders_populated_without_exception(browser_page: tuple[Page
         timeout=WAIT_MS)
     _charts_rendered(page, 1)
     expect(page.get_by_test_id("stDataFrame").first).to_be_visible(timeout=WAIT_MS)
-    _no_exception(page)
+    no_exception(page)
     page.screenshot(path=str(live.shots / f"{path or 'map'}.png"), full_page=True)
     assert dialogs == []
 
@@ -149,7 +145,7 @@ def test_search_by_correlation_id_shows_its_waterfall_and_trace_link(
     link = page.get_by_role("link", name=re.compile("in Jaeger"))
     expect(link.first).to_have_attribute("href", re.compile(
         re.escape(live.jaeger_ui) + r"/trace/[0-9a-f]{32}$"))
-    _no_exception(page)
+    no_exception(page)
     page.screenshot(path=str(live.shots / "flows.png"), full_page=True)
 
 
@@ -179,7 +175,7 @@ def test_clicking_a_node_focuses_every_page_on_it(browser_page: tuple[Page, list
     expect(page.get_by_role("combobox", name="Focus on")).to_have_value("processor",
                                                                        timeout=WAIT_MS)
     expect(page.get_by_test_id("stDataFrame").first).to_be_visible(timeout=WAIT_MS)
-    _no_exception(page)
+    no_exception(page)
 
 
 def _click_node(page: Page, name: str, tries: int = 4) -> None:

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from flowscope.infra.jaeger import JaegerStatus
 from flowscope.infra.rabbitmq import RabbitmqStatus
-from tests.e2e.browser import CHROMIUM_FLAGS, Dashboard, chromium_path
+from tests.e2e.browser import WAIT_MS, Dashboard, chromium_page, no_exception, open_page
 from tests.integration.collector_process import Collector
 from tests.integration.demo_stack import DemoStack, free_port
 from tests.integration.test_demo_rabbitmq import delete_topology, post_upload
@@ -27,7 +27,6 @@ KNOBS = {"thumbnail_failure": "0.3", "transient_failure": "0", "permanent_failur
          "backoff_max_ms": "200"}
 PAGES = {"": "Flow map", "lag": "Consumer lag", "retries": "Retries & dead letters",
          "latency": "Latency", "propagation": "Trace-context propagation"}
-WAIT_MS = 45_000
 
 
 @dataclass
@@ -73,22 +72,12 @@ def live(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str,
 
 @pytest.fixture(scope="module")
 def page(live: Live) -> Iterator[Page]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(),
-                                             args=CHROMIUM_FLAGS)
-        opened = browser.new_page(viewport={"width": 1440, "height": 2000})
+    with chromium_page() as opened:
         yield opened
-        browser.close()
 
 
 def _open(page: Page, live: Live, path: str) -> None:
-    page.goto(f"{live.dashboard.url}/{path}")
-    expect(page.get_by_test_id("stMain")).to_be_visible(timeout=WAIT_MS)
-
-
-def _no_exception(page: Page) -> None:
-    assert page.get_by_test_id("stException").count() == 0, page.get_by_test_id(
-        "stException").first.inner_text()
+    open_page(page, live.dashboard, path)
 
 
 def test_the_map_draws_exchanges_and_queues_with_a_legend(page: Page, live: Live) -> None:
@@ -102,7 +91,7 @@ def test_the_map_draws_exchanges_and_queues_with_a_legend(page: Page, live: Live
                  "thumbnailer", "indexer", "auditor"):
         expect(graph.locator("g.textpoint text", has_text=re.compile(rf"^{re.escape(node)}$"))
                .first).to_be_attached(timeout=WAIT_MS)
-    _no_exception(page)
+    no_exception(page)
 
 
 @pytest.mark.parametrize("path", list(PAGES))
@@ -118,7 +107,7 @@ def test_every_page_works_focused_on_a_queue(page: Page, live: Live, path: str) 
         table = page.get_by_test_id("stDataFrame").first
         expect(table).to_be_visible(timeout=WAIT_MS)
         expect(table).to_contain_text("rabbitmq", timeout=WAIT_MS)
-    _no_exception(page)
+    no_exception(page)
 
 
 def test_the_flow_explorer_tells_each_hop_s_system_routing_key_and_queue(
@@ -129,4 +118,4 @@ def test_the_flow_explorer_tells_each_hop_s_system_routing_key_and_queue(
     expect(hops).to_be_visible(timeout=WAIT_MS)
     for text in ("rabbitmq", "render", f"{live.prefix}thumbnails.jobs", "kafka"):
         expect(hops).to_contain_text(text, timeout=WAIT_MS)
-    _no_exception(page)
+    no_exception(page)
