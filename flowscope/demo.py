@@ -336,9 +336,11 @@ class Demo:
             current = jaeger.start(self.settings, progress)
             self.progress.say(f"jaeger: built and running ({current.query}); the collector "
                               "exports traces to it from now on")
-        except FlowscopeError as exc:
+        except Exception as exc:  # a background thread: whatever ends it is said
             if not self.stopping.is_set():
-                self.progress.say(f"jaeger: {exc}; the demo goes on without trace export")
+                cause = str(exc) if isinstance(exc, FlowscopeError) else \
+                    f"the build failed: {type(exc).__name__}: {exc}"
+                self.progress.say(f"jaeger: {cause}; the demo goes on without trace export")
 
     def _start_rabbitmq(self) -> rabbitmq.RabbitmqStatus:
         if self.settings.rabbitmq.external:
