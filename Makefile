@@ -13,9 +13,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## What the demo needs before it starts: the Kafka jars from Maven Central (cached under
-## FLOWSCOPE_HOME), and Debian's rabbitmq-server, installed when it is missing (as root; otherwise
-## the command to run is named) unless FLOWSCOPE_RABBITMQ_URL names a broker to use.
+## What the demo needs before it starts: the Kafka jars from Maven Central and nats-server built
+## from the Go module proxy (both cached under FLOWSCOPE_HOME), and Debian's rabbitmq-server,
+## installed when it is missing (as root; otherwise the command to run is named) unless
+## FLOWSCOPE_RABBITMQ_URL names a broker to use.
 brokers: $(STAMP)
 	$(BIN)/flowscope kafka install
 	@if [ -z "$$FLOWSCOPE_RABBITMQ_URL" ] && [ ! -x $(RABBITMQ_SERVER) ]; then \
@@ -30,12 +31,13 @@ brokers: $(STAMP)
 	  fi; \
 	fi
 	$(BIN)/flowscope rabbitmq install
+	$(BIN)/flowscope nats install
 
 ## Everything, Jaeger built from the Go module proxy included (once; cached under FLOWSCOPE_HOME).
 infra: brokers
 	$(BIN)/flowscope jaeger install
 
-## The whole stack with demo traffic, until Ctrl-C: Kafka, RabbitMQ, Jaeger, the collector, the
+## The whole stack with demo traffic, until Ctrl-C: Kafka, RabbitMQ, NATS, Jaeger, the collector, the
 ## demo services, the load generator and the dashboard; prints their URLs. On the first run
 ## Jaeger is built in the background while the rest starts, and trace export joins when it is up.
 demo: brokers

@@ -129,6 +129,47 @@ class RabbitmqSettings:
 
 
 @dataclass(frozen=True)
+class NatsSettings:
+    """Where the NATS server is, or how to run the native one (nats-server with JetStream,
+    built from the Go module proxy).
+
+    The native server's ports are the standard ones plus 10 (client 4222, monitoring 8222), so
+    that it runs beside a system NATS.
+    """
+
+    # These may hold a user and password: kept out of repr, shown only through redact_url.
+    external_url: str | None = field(default=None, repr=False)
+    external_monitoring_url: str | None = field(default=None, repr=False)
+    port: int = 4232
+    monitoring_port: int = 8232
+    start_timeout_s: float = 30.0
+    stop_timeout_s: float = 30.0
+    build_timeout_s: float = 1800.0
+    module_version: str = "v2.15.3"
+    max_store: str = "1G"  # the JetStream file store's limit
+
+    @property
+    def external(self) -> bool:
+        """True when an existing server is used and nothing is started."""
+        return self.external_url is not None
+
+    @property
+    def url(self) -> str:
+        """The URL clients connect to."""
+        return self.external_url or f"nats://{LOOPBACK}:{self.port}"
+
+    @property
+    def monitoring_url(self) -> str:
+        """Base URL of the HTTP monitoring endpoint (/varz, /jsz, /healthz)."""
+        return self.external_monitoring_url or f"http://{LOOPBACK}:{self.monitoring_port}"
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """Every port the native server binds, by role."""
+        return {"client": self.port, "monitoring": self.monitoring_port}
+
+
+@dataclass(frozen=True)
 class IngestLimits:
     """What one OTLP request may hold, so that no sender can stall ingest for the others.
 
@@ -205,6 +246,7 @@ class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     jaeger: JaegerSettings = field(default_factory=JaegerSettings)
     rabbitmq: RabbitmqSettings = field(default_factory=RabbitmqSettings)
+    nats: NatsSettings = field(default_factory=NatsSettings)
     collector: CollectorSettings | None = None
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
 
@@ -248,6 +290,7 @@ class Settings:
                 " to use an existing Jaeger"
             )
         rabbitmq = _rabbitmq_settings(reader)
+        nats = _nats_settings(reader)
         collector = _collector_settings(reader, home)
         dashboard = DashboardSettings(
             address=reader.text("FLOWSCOPE_DASHBOARD_ADDRESS") or DashboardSettings.address,
@@ -255,7 +298,7 @@ class Settings:
             refresh_s=reader.seconds("FLOWSCOPE_DASHBOARD_REFRESH", DashboardSettings.refresh_s),
             jaeger_ui_url=reader.url("FLOWSCOPE_JAEGER_UI_URL"),
         )
-        _check_distinct_ports(reader.problems, kafka, jaeger, rabbitmq)
+        _check_distinct_ports(reader.problems, kafka, jaeger, rabbitmq, nats)
         if reader.problems:
             raise SettingsError(reader.problems)
         return cls(
@@ -264,6 +307,7 @@ class Settings:
             kafka=kafka,
             jaeger=jaeger,
             rabbitmq=rabbitmq,
+            nats=nats,
             collector=collector,
             dashboard=dashboard,
         )
@@ -282,6 +326,11 @@ class Settings:
     def rabbitmq_dir(self) -> Path:
         """Run state of the native RabbitMQ node: config, data, logs, cookie, pid file."""
         return self.home / "rabbitmq"
+
+    @property
+    def nats_dir(self) -> Path:
+        """Run state of the native NATS server: config, JetStream storage, log, pid file."""
+        return self.home / "nats"
 
 
 def _rabbitmq_settings(reader: _EnvReader) -> RabbitmqSettings:
@@ -308,6 +357,31 @@ def _rabbitmq_settings(reader: _EnvReader) -> RabbitmqSettings:
         start_timeout_s=reader.seconds("FLOWSCOPE_RABBITMQ_START_TIMEOUT",
                                        defaults.start_timeout_s),
     )
+
+
+def _nats_settings(reader: _EnvReader) -> NatsSettings:
+    defaults = NatsSettings()
+    url = reader.url("FLOWSCOPE_NATS_URL", ("nats://", "tls://"))
+    monitoring = reader.url("FLOWSCOPE_NATS_MONITORING_URL")
+    if url is None and monitoring is not None and not reader.problems_with(
+            "FLOWSCOPE_NATS_MONITORING_URL"):
+        reader.problems.append(
+            "FLOWSCOPE_NATS_MONITORING_URL is set but FLOWSCOPE_NATS_URL is not: to use an "
+            "existing NATS server set FLOWSCOPE_NATS_URL (and its monitoring endpoint, "
+            "http://host:8222, to poll JetStream backlog); to run the native one set neither")
+    return NatsSettings(
+        external_url=url,
+        external_monitoring_url=monitoring or (_monitoring_of(url) if url else None),
+        port=reader.port("FLOWSCOPE_NATS_PORT", defaults.port),
+        monitoring_port=reader.port("FLOWSCOPE_NATS_MONITORING_PORT", defaults.monitoring_port),
+        start_timeout_s=reader.seconds("FLOWSCOPE_NATS_START_TIMEOUT", defaults.start_timeout_s),
+    )
+
+
+def _monitoring_of(url: str) -> str:
+    """The monitoring endpoint a NATS server has by default: its host, port 8222."""
+    host = urlsplit(url).hostname or LOOPBACK
+    return f"http://{f'[{host}]' if ':' in host else host}:8222"
 
 
 def _collector_settings(reader: _EnvReader, home: Path) -> CollectorSettings:
@@ -348,11 +422,12 @@ def _collector_settings(reader: _EnvReader, home: Path) -> CollectorSettings:
 
 
 def _check_distinct_ports(problems: list[str], kafka: KafkaSettings, jaeger: JaegerSettings,
-                          rabbitmq: RabbitmqSettings) -> None:
+                          rabbitmq: RabbitmqSettings, nats: NatsSettings) -> None:
     ports: dict[int, str] = {}
     named = {"kafka": kafka.port, "kafka controller": kafka.controller_port}
     named |= {f"jaeger {role}": port for role, port in jaeger.ports.items()}
     named |= {f"rabbitmq {role}": port for role, port in rabbitmq.ports.items()}
+    named |= {f"nats {role}": port for role, port in nats.ports.items()}
     for role, port in named.items():
         if port in ports:
             problems.append(f"port {port} is given to both {ports[port]} and {role}")

@@ -10,6 +10,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
@@ -25,18 +26,20 @@ from collectors.ingest.kafka_spans import consume_spans_topic
 from collectors.ingest.pipeline import Pipeline
 from collectors.ingest.tap import COMPONENT as tap_component
 from collectors.ingest.tap import run_tap, topic_pattern
+from collectors.lag.jetstream import JetStreamPoller, MonitoringError
 from collectors.lag.poller import LagPoller
 from collectors.lag.queues import ManagementError, QueuePoller
 from collectors.supervise import Health, supervise
 from store.contract import StoreUnavailable
 from store.factory import flow_rules, open_store
 from store.records import GroupLag, LagRow
-from store.vocabulary import RABBITMQ, ComponentState, FlowFlag
+from store.vocabulary import NATS, RABBITMQ, ComponentState, FlowFlag
 
 log = logging.getLogger(__name__)
 RETENTION_EVERY_S = 60.0
 LAG_COMPONENT = "lag_poller"
 QUEUES_COMPONENT = "queue_poller"
+JETSTREAM_COMPONENT = "jetstream_poller"
 MAINTENANCE = "maintenance"
 FORWARDER = "forwarder"
 
@@ -58,10 +61,12 @@ async def ensure_spans_topic(bootstrap: str, topic: str) -> None:
 
 async def run_collector(settings: Settings, *, kafka_spans: bool = True,
                         queues_url: str | None = None,
+                        nats: tuple[str, str | None] | None = None,
                         on_ready: Callable[[str], None] | None = None,
                         stopping: asyncio.Event | None = None) -> None:
     """Run until SIGINT/SIGTERM (or, when given, until stopping is set). queues_url: the
-    management API of a RabbitMQ whose queues' backlog to poll (None: none)."""
+    management API of a RabbitMQ whose queues' backlog to poll; nats: the monitoring and
+    client URLs of a NATS server whose JetStream consumers' backlog to poll (None: none)."""
     collector = settings.collect
     store = open_store(settings)
     forwarder = None
@@ -86,7 +91,7 @@ async def run_collector(settings: Settings, *, kafka_spans: bool = True,
         if kafka_spans:
             await ensure_spans_topic(settings.kafka.bootstrap, collector.spans_topic)
         components = _components(settings, pipeline, health, stopping, kafka=kafka_spans,
-                                 queues_url=queues_url)
+                                 queues_url=queues_url, nats=nats)
         for name, run in components.items():
             tasks.append(asyncio.ensure_future(supervise(
                 name, run, health=health, counters=pipeline.counters, stopping=stopping)))
@@ -108,7 +113,8 @@ async def run_collector(settings: Settings, *, kafka_spans: bool = True,
 
 
 def _components(settings: Settings, pipeline: Pipeline, health: Health,
-                stopping: asyncio.Event, *, kafka: bool, queues_url: str | None
+                stopping: asyncio.Event, *, kafka: bool, queues_url: str | None,
+                nats: tuple[str, str | None] | None = None
                 ) -> dict[str, Callable[[], Awaitable[None]]]:
     """The collector's background components, by name, each a coroutine to supervise."""
     collector = settings.collect
@@ -130,9 +136,18 @@ def _components(settings: Settings, pipeline: Pipeline, health: Health,
             settings.kafka.bootstrap, pipeline, health, stopping,
             interval_s=collector.lag_interval_s, window=collector.lag_window)
     if queues_url is not None:
-        components[QUEUES_COMPONENT] = lambda: poll_queues(
-            queues_url, pipeline, health, stopping, interval_s=collector.lag_interval_s,
-            window=collector.lag_window)
+        components[QUEUES_COMPONENT] = lambda: poll_backlog(
+            QueuePoller(queues_url, window=collector.lag_window), pipeline, health, stopping,
+            component=QUEUES_COMPONENT, system=RABBITMQ, failures=(ManagementError,),
+            where=f"RabbitMQ management API {redact_url(queues_url)}",
+            interval_s=collector.lag_interval_s)
+    if nats is not None:
+        monitoring_url, client_url = nats
+        components[JETSTREAM_COMPONENT] = lambda: poll_backlog(
+            JetStreamPoller(monitoring_url, client_url, window=collector.lag_window), pipeline,
+            health, stopping, component=JETSTREAM_COMPONENT, system=NATS,
+            failures=(MonitoringError,), where=f"NATS monitoring {redact_url(monitoring_url)}",
+            interval_s=collector.lag_interval_s)
     components[MAINTENANCE] = lambda: _maintain(pipeline, health, stopping)
     return components
 
@@ -167,13 +182,22 @@ async def poll_lag(bootstrap: str, pipeline: Pipeline, health: Health, stopping:
         delay = min(delay * 2, 30.0)
 
 
-async def poll_queues(management_url: str, pipeline: Pipeline, health: Health,
-                      stopping: asyncio.Event, *, interval_s: float, window: int) -> None:
-    """Poll RabbitMQ queues' backlog every interval_s into the store. A management API that is
-    down, refuses the credentials or answers nonsense degrades this component (logged,
-    counted, tried again with backoff); Kafka's polling is another component and goes on."""
-    shown = redact_url(management_url)
-    poller = QueuePoller(management_url, window=window)
+class BacklogSource(Protocol):
+    """A poller of one messaging system's backlog (RabbitMQ queues, JetStream consumers)."""
+
+    skipped: int  # entries of a poll left out (malformed in the answer); reset by the caller
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def poll(self) -> tuple[list[LagRow], list[GroupLag]]: ...
+
+
+async def poll_backlog(poller: BacklogSource, pipeline: Pipeline, health: Health,
+                       stopping: asyncio.Event, *, component: str, system: str, where: str,
+                       failures: tuple[type[Exception], ...], interval_s: float) -> None:
+    """Poll a system's backlog every interval_s into the store. An API that is down, refuses
+    the credentials or answers nonsense degrades this component (logged, counted, tried again
+    with backoff); Kafka's polling is another component and goes on."""
     await poller.start()
     delay = 1.0
     try:
@@ -182,22 +206,21 @@ async def poll_queues(management_url: str, pipeline: Pipeline, health: Health,
             try:
                 rows, groups = await poller.poll()
                 delay = 1.0
-            except (aiohttp.ClientError, ManagementError, TimeoutError, OSError) as exc:
-                pipeline.count(f"{QUEUES_COMPONENT}_failures")
+            except (aiohttp.ClientError, TimeoutError, OSError, *failures) as exc:
+                pipeline.count(f"{component}_failures")
                 reason = f"{type(exc).__name__}: {exc}"[:500]
-                health.degraded(QUEUES_COMPONENT, f"RabbitMQ management API {shown}: {reason}")
-                log.warning("queue polling on %s failed (%s); again in %.0fs", shown, reason,
-                            delay)
+                health.degraded(component, f"{where}: {reason}")
+                log.warning("%s: polling %s failed (%s); again in %.0fs", component, where,
+                            reason, delay)
                 await _pause(stopping, delay)
                 delay = min(delay * 2, 30.0)
                 continue
-            if poller.skipped_queues:
-                pipeline.count(f"{QUEUES_COMPONENT}_skipped_queues", poller.skipped_queues)
-                poller.skipped_queues = 0
-            # Every queue of the broker, but for a malformed one (counted) or one without
-            # statistics yet: a queue missing from the poll was deleted.
-            await _store_lag(pipeline, health, QUEUES_COMPONENT, rows, groups,
-                             complete=RABBITMQ)
+            if poller.skipped:
+                pipeline.count(f"{component}_skipped", poller.skipped)
+                poller.skipped = 0
+            # Everything of the system, but for a malformed entry (counted) or one without
+            # statistics yet: an entry missing from the poll was deleted.
+            await _store_lag(pipeline, health, component, rows, groups, complete=system)
             await _pause(stopping, interval_s - (time.monotonic() - started))
     finally:
         await poller.stop()

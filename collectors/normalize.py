@@ -21,7 +21,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from base.settings import IngestLimits
 from store.records import INT64_MAX, INT64_MIN, SpanRecord
-from store.vocabulary import CONSUMES, DEFAULT_EXCHANGE, RABBITMQ, Operation, SpanKind
+from store.vocabulary import CONSUMES, DEFAULT_EXCHANGE, NATS, RABBITMQ, Operation, SpanKind
 
 KINDS = {Span.SPAN_KIND_PRODUCER: SpanKind.PRODUCER, Span.SPAN_KIND_CONSUMER: SpanKind.CONSUMER,
          Span.SPAN_KIND_CLIENT: SpanKind.CLIENT, Span.SPAN_KIND_SERVER: SpanKind.SERVER,
@@ -42,6 +42,20 @@ BATCH = ("messaging.batch.message_count",)
 ROUTING_KEY = ("messaging.rabbitmq.destination.routing_key", "messaging.rabbitmq.routing_key")
 # Where a consumer took the message from, where a system names it apart from the destination.
 SUBSCRIPTION = ("messaging.destination.subscription.name",)
+# A destination's low-cardinality form ('shipments.*.dispatched' for 'shipments.eu.dispatched').
+TEMPLATE = ("messaging.destination.template",)
+# NATS: no semantic conventions yet; the names community instrumentations write.
+NATS_SUBJECT = ("messaging.nats.message.subject", "messaging.nats.subject")
+NATS_STREAM = ("messaging.nats.stream", "messaging.nats.jetstream.stream",
+               "messaging.nats.stream.name")
+NATS_SEQUENCE = ("messaging.nats.stream.sequence", "messaging.nats.sequence",
+                 "messaging.nats.jetstream.stream_sequence",
+                 "messaging.nats.message.stream_sequence")
+NATS_CONSUMER = ("messaging.nats.consumer", "messaging.nats.jetstream.consumer",
+                 "messaging.nats.consumer.name")
+NATS_DELIVERIES = ("messaging.nats.num_delivered", "messaging.nats.delivery_count",
+                   "messaging.nats.message.delivery_count")
+NATS_QUEUE_GROUP = ("messaging.nats.queue_group",)
 # A span of one of these kinds is a messaging span even when it does not say its system.
 MESSAGING_KINDS = (SpanKind.PRODUCER, SpanKind.CONSUMER)
 DEFAULT_OPERATION = {SpanKind.PRODUCER: Operation.SEND, SpanKind.CONSUMER: Operation.PROCESS}
@@ -70,7 +84,10 @@ ROLES: dict[str, tuple[str, int]] = {
                         ("conversation", CONVERSATION), ("key", KEY), ("operation", OPERATION),
                         ("retry", RETRY), ("batch", BATCH), ("system", ("messaging.system",)),
                         ("routing_key", ROUTING_KEY), ("subscription", SUBSCRIPTION),
-                        ("error_type", ("error.type",)))
+                        ("template", TEMPLATE), ("subject", NATS_SUBJECT),
+                        ("stream", NATS_STREAM), ("sequence", NATS_SEQUENCE),
+                        ("nats_consumer", NATS_CONSUMER), ("deliveries", NATS_DELIVERIES),
+                        ("queue_group", NATS_QUEUE_GROUP), ("error_type", ("error.type",)))
     for rank, name in enumerate(names)}
 
 
@@ -266,6 +283,10 @@ def _add_messaging_fields(record: SpanRecord, roles: Mapping[str, Any], kind: Sp
         if topic is None:
             report.count("messaging span without a destination")
         return
+    if system == NATS:
+        if not _add_nats_fields(record, topic, roles, message_id, chars):
+            report.count("messaging span without a destination")
+        return
     # Kafka's coordinates: a message id of topic.partition.offset gives what is missing.
     parsed = MESSAGE_ID_PATTERN.match(message_id) if message_id else None
     if parsed:
@@ -327,6 +348,33 @@ def _add_rabbitmq_fields(record: SpanRecord, destination: str | None,
     record.topic, record.queue, record.routing_key = exchange, queue, routing_key
     record.message_id = message_id
     _add_common_fields(record, roles)
+
+
+def _add_nats_fields(record: SpanRecord, destination: str | None, roles: Mapping[str, Any],
+                     message_id: str | None, chars: int) -> bool:
+    """A NATS span's subject (record.routing_key), and where it is drawn (record.topic): the
+    JetStream stream that captured it, else the subject's template, else the subject; on a
+    JetStream consume, the consumer it waited in (record.queue). A message with a stream and
+    a stream sequence is named 'stream:sequence' on both sides, so a send and its consume
+    match by it. False when the span names no subject and no stream."""
+    subject = destination or _as_text(roles.get("subject"))
+    stream = _as_text(roles.get("stream"))
+    sequence = as_int64(roles.get("sequence"))
+    group = _as_text(roles.get("group")) or _as_text(roles.get("queue_group"))
+    consumer = _as_text(roles.get("nats_consumer"))
+    record.system = NATS
+    record.topic = stream or _as_text(roles.get("template")) or subject
+    record.routing_key = subject
+    if record.operation in CONSUMES and stream:
+        record.queue = consumer or group
+    record.consumer_group = group or consumer
+    record.offset = sequence
+    record.message_id = f"{stream}:{sequence}"[:chars] if stream and sequence is not None \
+        else message_id
+    _add_common_fields(record, roles)
+    if record.retry_attempt is None:
+        record.retry_attempt = as_count(roles.get("deliveries"))
+    return record.topic is not None
 
 
 def _split_on_key(destination: str, key: str, consume: bool, queue: str | None

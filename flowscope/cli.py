@@ -13,7 +13,7 @@ from pathlib import Path
 from base.errors import FlowscopeError
 from base.settings import Settings, redact_url
 from flowscope import __version__, inspect
-from flowscope.infra import jaeger, kafka, rabbitmq
+from flowscope.infra import jaeger, kafka, nats, rabbitmq
 from flowscope.infra.process import check_ports_free
 from flowscope.scenario import SCENARIOS
 from store.contract import StoreError
@@ -155,6 +155,43 @@ def _rabbitmq_install(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
+def _nats_external(settings: Settings) -> str | None:
+    if not settings.nats.external:
+        return None
+    return f"nats: using the external server {redact_url(settings.nats.url)} (FLOWSCOPE_NATS_URL)"
+
+
+def _nats_start(settings: Settings, _: argparse.Namespace) -> int:
+    current = nats.start(settings)
+    print(f"url {redact_url(current.url)}\nmonitoring {redact_url(current.monitoring_url)}")
+    return 0
+
+
+def _nats_status(settings: Settings, args: argparse.Namespace) -> int:
+    current = nats.status(settings)
+    if args.json:
+        print(json.dumps(current.as_json()))
+        return 0 if current.running else 3
+    state = "running" if current.running else "not running"
+    origin = "external" if current.external else f"pid {current.pid}" if current.pid else "native"
+    print(f"nats: {state} ({origin})")
+    print(f"  url         {redact_url(current.url)}")
+    print(f"  monitoring  {redact_url(current.monitoring_url)}")
+    if current.pid and not current.jetstream:
+        print("  JetStream   not enabled")
+    if current.log:
+        print(f"  log         {current.log}")
+    return 0 if current.running else 3
+
+
+def _nats_install(settings: Settings, _: argparse.Namespace) -> int:
+    if settings.nats.external:
+        print(f"{_nats_external(settings)}; nothing to build")
+        return 0
+    print(nats.install(settings))
+    return 0
+
+
 def _inspect(settings: Settings, args: argparse.Namespace) -> int:
     try:
         since = inspect.parse_duration(args.since)
@@ -222,6 +259,9 @@ def _add_collector_commands(groups: argparse._SubParsersAction[argparse.Argument
     collect.add_argument("--no-rabbitmq", action="store_true",
                          help="do not poll RabbitMQ queues (polled by default when "
                          "FLOWSCOPE_RABBITMQ_MANAGEMENT_URL is set or the native node runs)")
+    collect.add_argument("--no-nats", action="store_true",
+                         help="do not poll JetStream consumers (polled by default when "
+                         "FLOWSCOPE_NATS_URL is set or the native server runs)")
     collect.set_defaults(handler=_runner("collect"))
     inspect_parser = groups.add_parser(
         "inspect", help="print topology, flows, one flow, lag, propagation or counters",
@@ -329,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
                      {"start": _rabbitmq_start,
                       "stop": _stopper("rabbitmq", rabbitmq.stop, _rabbitmq_external),
                       "status": _rabbitmq_status, "install": _rabbitmq_install}),
+        "nats": ("a native NATS server with JetStream (built from the Go module proxy)",
+                 {"start": _nats_start, "stop": _stopper("nats", nats.stop, _nats_external),
+                  "status": _nats_status, "install": _nats_install}),
     }
     helps = {"start": "start it (or find it running) and wait until it is ready",
              "stop": "stop it cleanly", "status": "say whether it is up and where",

@@ -20,7 +20,7 @@ from base.settings import Settings, redact_url
 from collectors.collect import run_collector
 from demo_services.loadgen import LoadPlan, run_load
 from flowscope.demo import run_demo
-from flowscope.infra import rabbitmq
+from flowscope.infra import nats, rabbitmq
 from flowscope.scenario import FAILURE_KNOBS, DemoOptions
 from flowscope.services import SERVICES, demo_config, run_services
 from store.contract import StoreError
@@ -61,6 +61,16 @@ def _rabbitmq_to_poll(settings: Settings) -> str | None:
     return current.management_url if current.running else None
 
 
+def _nats_to_poll(settings: Settings) -> tuple[str, str] | None:
+    """(monitoring URL, client URL) of the NATS server whose JetStream consumers the collector
+    polls: the configured server's, else the native one's when it runs (`flowscope nats
+    start`); None when there is none."""
+    if settings.nats.external:
+        return settings.nats.monitoring_url, settings.nats.url
+    current = nats.status(settings)
+    return (current.monitoring_url, current.url) if current.running else None
+
+
 def collect(settings: Settings, args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s collect %(levelname)s %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
@@ -74,17 +84,20 @@ def collect(settings: Settings, args: argparse.Namespace) -> int:
     settings = replace(settings, collector=collector)
 
     queues_url = None if args.no_rabbitmq else _rabbitmq_to_poll(settings)
+    jetstream = None if args.no_nats else _nats_to_poll(settings)
 
     def ready(url: str) -> None:
         forward = redact_url(settings.jaeger.external_otlp_endpoint or "off")
         queues = redact_url(queues_url) if queues_url else "off (no RabbitMQ running)"
+        consumers = redact_url(jetstream[0]) if jetstream else "off (no NATS running)"
         print(f"collect: ready; OTLP/HTTP on {url}/v1/traces, spans topic "
               f"{collector.spans_topic} on {settings.kafka.bootstrap}, store {collector.store}, "
-              f"forwarding to Jaeger: {forward}, RabbitMQ queues: {queues}", flush=True)
+              f"forwarding to Jaeger: {forward}, RabbitMQ queues: {queues}, JetStream "
+              f"consumers: {consumers}", flush=True)
 
     try:
         asyncio.run(run_collector(settings, kafka_spans=not args.no_kafka, queues_url=queues_url,
-                                  on_ready=ready))
+                                  nats=jetstream, on_ready=ready))
     except StoreError as exc:
         raise FlowscopeError("collect", f"cannot start: {exc}",
                              hint="check that FLOWSCOPE_STORE and FLOWSCOPE_HOME are writable"

@@ -86,16 +86,20 @@ class ComponentState(StrEnum):
 
 class NodeKind(StrEnum):
     """What a node of the flow map is: a service, or where a messaging system keeps messages
-    (a Kafka topic; a RabbitMQ exchange, which routes, and queue, where messages wait)."""
+    (a Kafka topic; a RabbitMQ exchange, which routes, and queue, where messages wait; a NATS
+    subject, or the JetStream stream that captures it, and a JetStream consumer, where
+    messages wait for their subscriber)."""
 
     SERVICE = "service"
     TOPIC = "topic"
     EXCHANGE = "exchange"
     QUEUE = "queue"
+    CONSUMER = "consumer"
 
 
 KAFKA = "kafka"
 RABBITMQ = "rabbitmq"
+NATS = "nats"
 # RabbitMQ's default exchange has the empty name; it answers to this one too.
 DEFAULT_EXCHANGE = "amq.default"
 
@@ -113,6 +117,15 @@ def destination_node(system: str | None, destination: str) -> tuple[str, str]:
     """(id, kind) of the node a message is sent to: a RabbitMQ exchange, else a topic."""
     kind = NodeKind.EXCHANGE if system == RABBITMQ else NodeKind.TOPIC
     return node_id(kind, destination, system), kind
+
+
+def waiting_node(system: str | None, destination: str | None, waiting: str) -> tuple[str, str]:
+    """(id, kind) of where a message waited for its consumer: a RabbitMQ queue; a JetStream
+    consumer, named 'stream/consumer' (consumer names are unique within their stream only)."""
+    if system == NATS:
+        return node_id(NodeKind.CONSUMER, f"{destination}/{waiting}" if destination
+                       else waiting, system), NodeKind.CONSUMER
+    return node_id(NodeKind.QUEUE, waiting, system), NodeKind.QUEUE
 
 
 def node_parts(node: str, kind: str) -> tuple[str | None, str]:

@@ -33,7 +33,9 @@ def flow_deltas(records: Sequence[SpanRecord], flow_ids: Mapping[SpanKey, str],
         if record.topic:
             delta.topics.add(record.topic)
             if record.is_send:
-                delta.flags |= flag_of(record.topic)
+                # A subject or routing key can name the dead-letter destination where the
+                # topic is a stream or an exchange that serves several.
+                delta.flags |= flag_of(record.topic) | flag_of(record.routing_key)
         if record.queue:
             delta.topics.add(record.queue)
     return deltas

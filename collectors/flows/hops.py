@@ -17,10 +17,9 @@ from store.contract import SpanWrites
 from store.records import EdgeKey, EdgeTotals, FlowTotals, Hop, SpanKey, SpanRecord
 from store.vocabulary import (
     DEFAULT_EXCHANGE,
-    NodeKind,
     bucket_start,
     destination_node,
-    node_id,
+    waiting_node,
 )
 
 Span = tuple[SpanRecord, str]  # a span with its flow
@@ -212,15 +211,15 @@ class HopMatcher:
         source, source_kind = destination_node(hop.system, hop.topic)
         routed = None
         if hop.queue is not None:
-            queue = node_id(NodeKind.QUEUE, hop.queue, hop.system)
-            # The exchange that delivered it into the queue, as the consume names it: a
-            # message sent to a delay exchange comes back through the work exchange.
+            # The exchange that delivered it into the queue (or the stream that holds it for
+            # the consumer), as the consume names it: a message sent to a delay exchange comes
+            # back through the work exchange.
             exchange = consume.topic if consume.queue is not None and consume.topic \
                 else hop.topic
+            queue, queue_kind = waiting_node(hop.system, exchange, hop.queue)
             if exchange:
-                routed = (bucket, *destination_node(hop.system, exchange), queue,
-                          NodeKind.QUEUE)
-            source, source_kind = queue, NodeKind.QUEUE
+                routed = (bucket, *destination_node(hop.system, exchange), queue, queue_kind)
+            source, source_kind = queue, queue_kind
         key = (bucket, source, source_kind, consume.service, "service")
         edge = self.edges.get(key)
         if edge is None:

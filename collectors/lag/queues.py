@@ -192,7 +192,7 @@ class QueuePoller:
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.lag = QueueLag(window)
         self.session: aiohttp.ClientSession | None = None
-        self.skipped_queues = 0  # queues left out of a poll: malformed in the API's answer
+        self.skipped = 0  # queues left out of a poll: malformed in the API's answer
 
     async def start(self) -> None:
         """Open the HTTP session."""
@@ -209,7 +209,7 @@ class QueuePoller:
             self._get("api/queues", QUEUE_COLUMNS), self._get("api/bindings", BINDING_COLUMNS))
         samples, problems = queue_samples(queues, bindings)
         for problem in problems:
-            self.skipped_queues += 1
+            self.skipped += 1
             log.warning("rabbitmq lag: skipped %s (from %s)", problem, self.base)
         return self.lag.rows(samples, time.time() if now_s is None else now_s)
 

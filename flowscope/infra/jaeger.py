@@ -8,8 +8,6 @@ FLOWSCOPE_JAEGER_QUERY_URL are set, that Jaeger is used and nothing is started.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import threading
 import time
 import urllib.error
@@ -19,7 +17,7 @@ from pathlib import Path
 
 from base.errors import FlowscopeError
 from base.settings import LOOPBACK, JaegerSettings, Settings
-from flowscope.infra import process
+from flowscope.infra import gobuild, process
 
 COMPONENT = "jaeger"
 MODULE = "github.com/jaegertracing/jaeger"
@@ -75,13 +73,6 @@ class JaegerPaths:
                    pid_file=run / "jaeger.pid")
 
 
-def _go_environment(paths: JaegerPaths) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(GOMODCACHE=str(paths.go_cache / "mod"), GOCACHE=str(paths.go_cache / "build"),
-               GOFLAGS="-mod=mod", GOTOOLCHAIN="local", CGO_ENABLED="0")
-    return env
-
-
 def installed(settings: Settings) -> bool:
     """True when the native Jaeger's binary is built (or an external Jaeger is used)."""
     return settings.jaeger.external or JaegerPaths.of(settings).binary.exists()
@@ -90,38 +81,15 @@ def installed(settings: Settings) -> bool:
 def install(settings: Settings, progress: process.Progress | None = None,
             cancel: threading.Event | None = None) -> Path:
     """Build the Jaeger v2 binary from the Go module proxy into the cache, once (killing the
-    build, and raising FlowscopeError, when cancel is set while it runs)."""
+    build, and raising FlowscopeError, when cancel is set while it runs); several minutes."""
     paths = JaegerPaths.of(settings)
-    if paths.binary.exists():
-        return paths.binary
-    progress = progress or process.Progress(COMPONENT)
-    go = shutil.which("go")
-    if go is None:
-        raise FlowscopeError(COMPONENT, "go was not found on PATH; the native Jaeger is built "
-                             "from the Go module proxy",
-                             hint="install Go, or point FLOWSCOPE_JAEGER_OTLP_ENDPOINT and "
-                             "FLOWSCOPE_JAEGER_QUERY_URL at an existing Jaeger")
-    version = settings.jaeger.module_version
-    paths.build_dir.mkdir(parents=True, exist_ok=True)
-    (paths.build_dir / "go.mod").write_text("module flowscope.native/jaeger\n\ngo 1.24\n")
-    (paths.build_dir / "go.sum").unlink(missing_ok=True)
-    env = _go_environment(paths)
-    progress.say(f"building Jaeger v2 ({MODULE} {version}) from the Go module proxy; the first "
-                 f"build takes several minutes (log: {paths.build_log})")
-    process.run_step([go, "get", "-tool", f"{PACKAGE}@{version}"], component=COMPONENT,
-                     what="downloading the Jaeger modules", log=paths.build_log,
-                     cwd=paths.build_dir, env=env, timeout_s=settings.jaeger.build_timeout_s,
-                     progress=progress, every_s=15, cancel=cancel)
-    progress.say("modules downloaded; compiling")
-    partial = paths.binary.with_name("jaeger.partial")
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    process.run_step([go, "build", "-v", "-o", str(partial), PACKAGE], component=COMPONENT,
-                     what="compiling Jaeger", log=paths.build_log.with_name("compile.log"),
-                     cwd=paths.build_dir, env=env, timeout_s=settings.jaeger.build_timeout_s,
-                     progress=progress, every_s=15, cancel=cancel)
-    partial.replace(paths.binary)
-    progress.say(f"built {paths.binary}")
-    return paths.binary
+    program = gobuild.GoProgram(
+        COMPONENT, "Jaeger v2", MODULE, PACKAGE, settings.jaeger.module_version,
+        paths.build_dir, paths.binary, paths.go_cache,
+        external_hint="point FLOWSCOPE_JAEGER_OTLP_ENDPOINT and FLOWSCOPE_JAEGER_QUERY_URL at "
+        "an existing Jaeger")
+    return gobuild.build(program, timeout_s=settings.jaeger.build_timeout_s,
+                         progress=progress or process.Progress(COMPONENT), cancel=cancel)
 
 
 def render_config(jaeger: JaegerSettings) -> str:

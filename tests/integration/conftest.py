@@ -19,8 +19,9 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from base.settings import Settings
-from flowscope.infra import jaeger, kafka, rabbitmq
+from flowscope.infra import jaeger, kafka, nats, rabbitmq
 from flowscope.infra.jaeger import JaegerStatus
+from flowscope.infra.nats import NatsStatus
 from flowscope.infra.rabbitmq import RabbitmqStatus
 from tests.integration.demo_stack import free_ports
 
@@ -67,6 +68,17 @@ def rabbitmq_node(settings: Settings) -> Iterator[RabbitmqStatus]:
     yield current
     if not already:
         rabbitmq.stop(settings)
+
+
+@pytest.fixture(scope="session")
+def nats_server(settings: Settings) -> Iterator[NatsStatus]:
+    """A real NATS server with JetStream: the external one, a running native one, or a new
+    one (built from the Go module proxy when it is not yet)."""
+    already = settings.nats.external or nats.status(settings).running
+    current = nats.start(settings)
+    yield current
+    if not already:
+        nats.stop(settings)
 
 
 @pytest.fixture

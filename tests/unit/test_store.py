@@ -544,6 +544,81 @@ def test_a_message_back_from_a_delay_queue_is_routed_by_the_exchange_that_delive
     assert edges[(QUEUE, "worker")] == (1, 0, 1)
 
 
+# -- NATS: service -> stream (or subject) -> JetStream consumer -> service ---------------------
+
+def _nats(kind: str, subject: str, *, trace: str, span_id: str | None = None,
+          parent: str | None = None, start: float = 0, **extra: object) -> object:
+    operation = "send" if kind == "producer" else "process"
+    attributes = {"messaging.system": "nats", "messaging.operation.type": operation,
+                  "messaging.destination.name": subject,
+                  "messaging.message.conversation_id": "flow-1", **extra}
+    return span(name=f"{operation} {subject}", kind=kind, trace_id=trace, span_id=span_id,
+                parent=parent, attributes=attributes, start_ms=start, duration_ms=2)
+
+
+STREAM, CONSUMER = "nats:topic:SHIPMENTS", "nats:consumer:SHIPMENTS/tracking"
+JETSTREAM = {"messaging.nats.stream": "SHIPMENTS"}
+
+
+def test_a_jetstream_hop_goes_service_stream_consumer_service_and_groups_subjects(
+        store: Store) -> None:
+    trace, first, second = new_trace_id(), new_span_id(), new_span_id()
+    store.write_spans(_records("shipping", *(
+        _nats("producer", f"shipments.{region}.dispatched", trace=trace, span_id=producer,
+              **JETSTREAM, **{"messaging.nats.stream.sequence": seq})
+        for region, producer, seq in (("eu", first, 1), ("us", second, 2)))))
+    store.write_spans(_records("tracking", *(
+        _nats("consumer", f"shipments.{region}.dispatched", trace=trace, parent=producer,
+              start=10, **JETSTREAM, **{"messaging.nats.stream.sequence": seq,
+                                        "messaging.nats.consumer": "tracking",
+                                        "messaging.nats.num_delivered": seq})
+        for region, producer, seq in (("eu", first, 1), ("us", second, 2)))))
+    topology = store.topology(BASE_NS - 10**12)
+    assert topology.nodes == {"shipping": "service", "tracking": "service",
+                              STREAM: "topic", CONSUMER: "consumer"}
+    # The second message was delivered twice: a retry on the stream's route and its consumer.
+    assert _edges(store) == {("shipping", STREAM): (2, 0, 0), (STREAM, CONSUMER): (2, 0, 1),
+                             (CONSUMER, "tracking"): (2, 0, 1)}
+    _, hops = store.flow("flow-1", NOW)  # type: ignore[misc]
+    assert sorted((h.system, h.topic, h.queue, h.routing_key, h.offset) for h in hops) == [
+        ("nats", "SHIPMENTS", "tracking", "shipments.eu.dispatched", 1),
+        ("nats", "SHIPMENTS", "tracking", "shipments.us.dispatched", 2)]
+
+
+def test_jetstream_hops_match_by_stream_and_sequence_across_traces_in_any_order(
+        store: Store) -> None:
+    coordinates = {**JETSTREAM, "messaging.nats.stream.sequence": 17}
+    store.write_spans(_records("tracking", _nats(
+        "consumer", "shipments.eu.dispatched", trace=new_trace_id(), start=10,
+        **coordinates, **{"messaging.nats.consumer": "tracking"})))
+    store.write_spans(_records("shipping", _nats(
+        "producer", "shipments.eu.dispatched", trace=new_trace_id(), **coordinates)))
+    _, hops = store.flow("flow-1", NOW)  # type: ignore[misc]
+    assert [(h.producer_service, h.consumer_service, h.offset) for h in hops] == \
+        [("shipping", "tracking", 17)]
+    assert _edges(store)[(CONSUMER, "tracking")] == (1, 0, 0)
+
+
+def test_core_nats_goes_straight_from_subject_to_subscriber(store: Store) -> None:
+    trace, producer = new_trace_id(), new_span_id()
+    template = {"messaging.destination.template": "tracking.status.*"}
+    store.write_spans(_records("tracking", _nats("producer", "tracking.status.eu", trace=trace,
+                                                 span_id=producer, **template)))
+    store.write_spans(_records("portal", _nats("consumer", "tracking.status.eu", trace=trace,
+                                               parent=producer, start=5, **template)))
+    assert _edges(store) == {("tracking", "nats:topic:tracking.status.*"): (1, 0, 0),
+                             ("nats:topic:tracking.status.*", "portal"): (1, 0, 0)}
+
+
+def test_a_message_terminated_to_a_dead_letter_subject_dead_letters_its_flow(
+        store: Store) -> None:
+    # The stream's name says nothing; the subject the message was sent to does.
+    store.write_spans(_records("tracking", _nats(
+        "producer", "shipments.dlq", trace=new_trace_id(),
+        **{"messaging.nats.stream": "SHIPMENTS_DLQ", "messaging.nats.stream.sequence": 1})))
+    assert store.flow("flow-1", NOW)[0].status == FlowStatus.DEAD_LETTERED  # type: ignore[index]
+
+
 def test_a_complete_poll_of_a_system_forgets_its_queues_that_are_gone(store: Store) -> None:
     def queue(name: str, at_s: float) -> tuple[LagRow, GroupLag]:
         return (LagRow(name, name, None, None, None, 3, 1.0, PartitionStatus.OK, at_s,
