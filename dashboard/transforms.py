@@ -24,7 +24,7 @@ from store.contract import (
 )
 from store.histogram import Histogram
 from store.records import GroupLag, Hop, LagRow
-from store.vocabulary import KAFKA, NodeKind, node_id
+from store.vocabulary import KAFKA, NodeKind, destination_node, waiting_node
 
 WINDOWS = {"5m": 300, "15m": 900, "1h": 3600, "6h": 6 * 3600, "24h": 24 * 3600}
 DEFAULT_WINDOW = "15m"
@@ -110,18 +110,19 @@ def build_edges(topology: Topology, rate_over_s: float) -> pd.DataFrame:
 
 
 def with_bound_queues(topology: Topology, lag_rows: Sequence[LagRow]) -> Topology:
-    """The topology with the queues no span names (a delay queue, a dead-letter queue: no
-    consumer took anything from them) drawn where the broker says they are bound: each such
-    queue of an exchange on the map, with an edge of no messages from that exchange."""
+    """The topology with the queues no span names (a delay queue, a dead-letter queue, a
+    JetStream consumer no instrumented service reads: no consumer took anything from them)
+    drawn where the broker says they are bound: each such queue of an exchange (or consumer
+    of a stream) on the map, with an edge of no messages from it."""
     nodes, edges = dict(topology.nodes), list(topology.edges)
     for row in lag_rows:
         if row.system == KAFKA or row.topic == row.group:
             continue
-        exchange = node_id(NodeKind.EXCHANGE, row.topic, row.system)
-        queue = node_id(NodeKind.QUEUE, row.group, row.system)
-        if exchange in nodes and queue not in nodes:
-            nodes[queue] = NodeKind.QUEUE
-            edges.append(EdgeRow(exchange, queue, 0, 0, 0, None, None))
+        source, _ = destination_node(row.system, row.topic)
+        queue, kind = waiting_node(row.system, row.topic, row.group)
+        if source in nodes and queue not in nodes:
+            nodes[queue] = kind
+            edges.append(EdgeRow(source, queue, 0, 0, 0, None, None))
     if len(edges) == len(topology.edges):
         return topology
     return Topology(nodes, edges, topology.first_bucket_s)
@@ -164,10 +165,11 @@ def edge_table(edges: pd.DataFrame) -> pd.DataFrame:
 
 
 def lag_node(row: LagRow) -> str:
-    """The flow map node a lag row is the backlog of: a Kafka group's topic, or the queue."""
+    """The flow map node a lag row is the backlog of: a Kafka group's topic, the queue, or
+    the JetStream consumer."""
     if row.system == KAFKA:
         return row.topic
-    return node_id(NodeKind.QUEUE, row.group, row.system)
+    return waiting_node(row.system, row.topic, row.group)[0]
 
 
 def group_services(edges: pd.DataFrame, lag_rows: Sequence[LagRow]

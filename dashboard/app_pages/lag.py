@@ -1,5 +1,5 @@
-"""Lag: per consumer group (topic and partition) and per queue; the trend, and when each
-catches up."""
+"""Lag: per consumer group (topic and partition), per queue and per JetStream consumer; the
+trend, and when each catches up."""
 
 import streamlit as st
 
@@ -15,12 +15,12 @@ def render() -> None:
     if data is None:
         return
     if not data.groups:
-        controls.empty("No consumer-group or queue lag has been polled yet.")
+        controls.empty("No consumer-group, queue or JetStream consumer lag has been polled yet.")
         return
     focus = controls.focus()
     partitions = transforms.lag_table(data.rows, focus)
     ranked = transforms.shown_groups(data.groups, partitions)
-    st.subheader("Consumer groups and queues, furthest behind first")
+    st.subheader("Consumer groups, queues and JetStream consumers, furthest behind first")
     st.dataframe(transforms.cut_columns(transforms.group_table(ranked)), hide_index=True,
                  width="stretch", column_config={
         "lag": st.column_config.NumberColumn("lag (messages)"),
@@ -40,7 +40,7 @@ def render() -> None:
         right.plotly_chart(charts.lines(trend, "time", "lag_seconds", "group",
                                         x_title="time (UTC)", y_title="lag (s)"),
                            width="stretch")
-    st.subheader("Partitions and queues")
+    st.subheader("Partitions, queues and JetStream consumers")
     st.dataframe(transforms.cut_columns(transforms.partitions_by_lag(partitions)),
                  hide_index=True, width="stretch", column_config={
         "lag": st.column_config.NumberColumn("lag (messages)"),

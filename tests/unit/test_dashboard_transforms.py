@@ -434,3 +434,55 @@ def test_queues_no_span_names_are_drawn_where_the_broker_binds_them() -> None:
     assert edges.loc[edges["target"] == "rabbitmq:queue:thumbnails.dlq", "kind"].tolist() == \
         ["route"]
     assert transforms.with_bound_queues(topology, [known, kafka]) is topology
+
+
+# -- NATS next to Kafka and RabbitMQ ---------------------------------------------------------
+
+STREAM, CONSUMER = "nats:topic:SHIPMENTS", "nats:consumer:SHIPMENTS/tracking"
+STATUS_SUBJECT = "nats:topic:tracking.status.*"
+
+
+def _nats_topology() -> Topology:
+    topology = _mixed_topology()
+    nodes = {**topology.nodes, "shipping": "service", "tracking": "service", "portal": "service",
+             STREAM: "topic", CONSUMER: "consumer", STATUS_SUBJECT: "topic"}
+    edges = [*topology.edges,
+             EdgeRow("shipping", STREAM, 30, 0, 0, 1.0, 2.0),
+             EdgeRow(STREAM, CONSUMER, 30, 0, 3, None, None),
+             EdgeRow(CONSUMER, "tracking", 30, 1, 3, 5.0, 20.0, 2.0, 4.0),
+             EdgeRow("tracking", STATUS_SUBJECT, 29, 0, 0, 0.5, 1.0),
+             EdgeRow(STATUS_SUBJECT, "portal", 29, 0, 0, 0.4, 0.9, 0.1, 0.2)]
+    return Topology(nodes, edges)
+
+
+def test_a_jetstream_consumer_s_lag_colours_the_consumer_and_its_service() -> None:
+    topology = _nats_topology()
+    edges = transforms.build_edges(topology, 10)
+    kinds = dict(zip(zip(edges["source"], edges["target"], strict=True), edges["kind"],
+                     strict=True))
+    assert kinds[(STREAM, CONSUMER)] == "route"
+    assert kinds[(CONSUMER, "tracking")] == kinds[(STATUS_SUBJECT, "portal")] == "consume"
+    rows = [LagRow("tracking", "SHIPMENTS", None, 90, 130, 40, 12.0, "STALL", 1.0, "nats",
+                   38, 2, None)]
+    groups = [GroupLag("tracking", "ERR", "STALL", 40, 12.0, 0.0, 3.0, None, 1.0, "nats")]
+    assert transforms.lag_node(rows[0]) == CONSUMER
+    statuses = transforms.node_statuses(topology.nodes, edges, rows, groups)
+    assert (statuses[CONSUMER], statuses["tracking"], statuses[STREAM]) == ("ERR", "ERR", "none")
+    table = transforms.lag_table(rows, CONSUMER)
+    assert table[["system", "group", "topic", "committed", "end"]].values.tolist() == \
+        [["nats", "tracking", "SHIPMENTS", 90, 130]]
+    legend = {t.name: t.marker.symbol for t in charts.flow_map(
+        layout.layout_nodes(topology.nodes, edges), edges, statuses, None).data
+        if t.showlegend}
+    assert (legend["NATS subjects and streams"], legend["JetStream consumers"]) == \
+        ("pentagon", "octagon")
+
+
+def test_jetstream_consumers_no_span_names_are_drawn_from_their_stream() -> None:
+    topology = _nats_topology()
+    audit = LagRow("audit", "SHIPMENTS", None, 0, 130, 130, 60.0, "STOP", 1.0, "nats",
+                   130, 0, None)
+    drawn = transforms.with_bound_queues(topology, [audit])
+    assert drawn.nodes["nats:consumer:SHIPMENTS/audit"] == "consumer"
+    assert [(e.source, e.target, e.count) for e in drawn.edges if e not in topology.edges] == \
+        [(STREAM, "nats:consumer:SHIPMENTS/audit", 0)]
