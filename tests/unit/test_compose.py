@@ -29,6 +29,7 @@ from base.settings import (
     DashboardSettings,
     JaegerSettings,
     KafkaSettings,
+    NatsSettings,
     RabbitmqSettings,
     Settings,
 )
@@ -42,7 +43,9 @@ DOCKERFILE = ROOT / "Dockerfile"
 PROJECT_SERVICES = ("collector", "services", "loadgen", "dashboard")
 IMAGES = {"kafka": r"apache/kafka:4\.\d+\.\d+", "jaeger": r"jaegertracing/jaeger:2\.\d+\.\d+",
           # Debian 12's rabbitmq-server series (3.10 is final: the tag no longer moves)
-          "rabbitmq": r"rabbitmq:3\.10(\.\d+)?-management"}
+          "rabbitmq": r"rabbitmq:3\.10(\.\d+)?-management",
+          # the series of the nats-server the native launcher builds (NatsSettings)
+          "nats": r"nats:2\.\d+(\.\d+)?-alpine"}
 SOURCE_DIRS = ("base", "store", "flowscope", "collectors", "demo_services", "dashboard")
 VARIABLE = re.compile(r"^(FLOWSCOPE|KAFKA|OTEL)_[A-Z0-9_]*[A-Z0-9]$")
 LOOPBACK = "127.0.0.1"
@@ -54,7 +57,8 @@ WHERE_THINGS_ARE = frozenset({
     "KAFKA_BOOTSTRAP_SERVERS", "FLOWSCOPE_OTLP_ADDRESS", "FLOWSCOPE_JAEGER_OTLP_ENDPOINT",
     "FLOWSCOPE_JAEGER_QUERY_URL", "FLOWSCOPE_JAEGER_UI_URL", "FLOWSCOPE_DEMO_HOST",
     "OTEL_EXPORTER_OTLP_ENDPOINT", "FLOWSCOPE_RABBITMQ_URL", "FLOWSCOPE_RABBITMQ_MANAGEMENT_URL",
-    "FLOWSCOPE_DEMO_RABBITMQ_URL",
+    "FLOWSCOPE_DEMO_RABBITMQ_URL", "FLOWSCOPE_NATS_URL", "FLOWSCOPE_NATS_MONITORING_URL",
+    "FLOWSCOPE_DEMO_NATS_URL",
 })
 
 Compose = dict[str, Any]
@@ -208,6 +212,7 @@ def code_default_ports(name: str) -> set[int]:
         "kafka": {KafkaSettings.port},
         "jaeger": {JaegerSettings.query_port},
         "rabbitmq": {RabbitmqSettings.port, RabbitmqSettings.management_port},
+        "nats": {NatsSettings.port, NatsSettings.monitoring_port},
         "collector": {CollectorSettings.otlp_port},
         "dashboard": {DashboardSettings.port},
         "services": {demo.uploads_port, demo.orders_port, demo.webhook_port},
@@ -517,6 +522,28 @@ def _mounted_configs(compose: Compose, service: Mapping[str, Any]) -> dict[str, 
     return mounted
 
 
+def check_nats(compose: Compose) -> list[str]:
+    """The NATS server runs as the native one does: JetStream on, stored in a volume, the
+    native ports, the image of the series the launcher builds."""
+    service = services_of(compose).get("nats", {})
+    argv = command_argv(service)
+    problems = []
+    options = dict(zip(argv, [*argv[1:], ""], strict=True))
+    if "-js" not in argv:
+        problems.append(f"nats: command {argv!r} lacks -js (JetStream)")
+    for flag, port in (("-p", NatsSettings.port), ("-m", NatsSettings.monitoring_port)):
+        if options.get(flag) != str(port):
+            problems.append(f"nats: {flag} {options.get(flag)!r}, the native server's is {port}")
+    mounts = [str(volume).partition(":")[2] for volume in service.get("volumes") or []]
+    if options.get("-sd") not in mounts:
+        problems.append(f"nats: the JetStream store -sd {options.get('-sd')!r} is not a volume")
+    series = NatsSettings.module_version.lstrip("v").rsplit(".", 1)[0]
+    tag = str(service.get("image", "")).partition(":")[2]
+    if not tag.startswith(f"{series}"):
+        problems.append(f"nats: image tag {tag!r} is not the native server's series {series}")
+    return problems
+
+
 def check_rabbitmq(compose: Compose) -> list[str]:
     """The broker container is configured as the native node is, Docker's addresses aside:
     the native rabbitmq.conf with 0.0.0.0 for 127.0.0.1 and without its log settings (a
@@ -550,7 +577,7 @@ def check_rabbitmq(compose: Compose) -> list[str]:
 CHECKS: list[Callable[[Compose], list[str]]] = [
     check_services_and_images, check_builds, check_commands, check_variables_are_read,
     check_settings_load, check_defaults, check_ports, check_addresses, check_store_shared,
-    check_depends_on, check_rabbitmq,
+    check_depends_on, check_rabbitmq, check_nats,
 ]
 
 
@@ -666,6 +693,14 @@ MUTATIONS = {
                              check_rabbitmq, "collect_statistics_interval = None"),
     "config not mounted": (lambda data: data["services"]["rabbitmq"].pop("configs"),
                            check_rabbitmq, "mount exactly one config"),
+    "nats without JetStream": (_set("nats", "command", ["-p", "4232", "-m", "8232", "-sd",
+                                                         "/data"]), check_nats, "lacks -js"),
+    "system nats port": (_set("nats", "command", ["-js", "-sd", "/data", "-p", "4222", "-m",
+                                                  "8232"]), check_nats, "-p '4222'"),
+    "nats store not kept": (lambda data: data["services"]["nats"].pop("volumes"), check_nats,
+                            "is not a volume"),
+    "older nats": (_set("nats", "image", "nats:2.10-alpine"), check_nats,
+                   "not the native server's series"),
     "system epmd port": (_env("rabbitmq", ERL_EPMD_PORT="4369"), check_rabbitmq,
                          "ERL_EPMD_PORT='4369'"),
 }
