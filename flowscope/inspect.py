@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from store.contract import FlowRow, Store, Topology
 from store.records import Hop
-from store.vocabulary import KAFKA, node_parts
+from store.vocabulary import KAFKA, NATS, node_parts
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # Senders create services and topics at will: a command prints the busiest edges and a
@@ -222,10 +222,11 @@ def inspect_lag(store: Store, group: str | None, as_json: bool) -> str:
                         "lag_rate": _finite(g.lag_rate), "catch_up_s": _finite(g.catch_up_s),
                         "at": _finite(g.at_s)} for g in groups]})
     if not rows:
-        return ("no consumer groups or queues seen yet (is `flowscope collect` running with "
-                "a broker?)")
+        return ("no consumer groups, queues or JetStream consumers seen yet (is `flowscope "
+                "collect` running with a broker?)")
     kafka = [r for r in rows if r.system == KAFKA]
-    queues = [r for r in rows if r.system != KAFKA]
+    consumers = [r for r in rows if r.system == NATS]
+    queues = [r for r in rows if r.system not in (KAFKA, NATS)]
     tables = []
     if kafka:
         tables.append(table(["GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG",
@@ -238,6 +239,12 @@ def inspect_lag(store: Store, group: str | None, as_json: bool) -> str:
                             [(r.system, r.group, r.topic, r.ready, r.unacknowledged,
                               r.consumers, r.lag, _decimal(r.lag_seconds), r.status)
                              for r in queues]))
+    if consumers:
+        tables.append(table(["SYSTEM", "CONSUMER", "STREAM", "ACK_FLOOR", "LAST_SEQ", "PENDING",
+                             "ACK_PENDING", "LAG", "LAG_S", "STATUS"],
+                            [(r.system, r.group, r.topic, r.committed, r.end, r.ready,
+                              r.unacknowledged, r.lag, _decimal(r.lag_seconds), r.status)
+                             for r in consumers]))
     summary = table(["SYSTEM", "GROUP", "STATUS", "WORST", "LAG", "LAG_S", "CATCH_UP_S"],
                     [(g.system, g.group, g.status, g.worst_partition, g.lag,
                       _decimal(g.lag_seconds),
