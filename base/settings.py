@@ -209,7 +209,11 @@ class CollectorSettings:
     limits: IngestLimits = field(default_factory=IngestLimits)
     spans_topic: str = "otlp_spans"
     completed_topics: tuple[str, ...] = ("*files.notified", "*orders.completed")
-    dead_letter_topics: tuple[str, ...] = ("*.dlq", "*.DLT", "*dead-letter*", "*deadletter*")
+    # The last two: the advisories a NATS server publishes when a JetStream consumer gives a
+    # message up (max deliveries reached, or terminated by its subscriber).
+    dead_letter_topics: tuple[str, ...] = ("*.dlq", "*.DLT", "*dead-letter*", "*deadletter*",
+                                           "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.*",
+                                           "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.*")
     compensated_topics: tuple[str, ...] = ("*orders.cancelled",)
     stuck_after_s: float = 300.0
     tap: bool = True

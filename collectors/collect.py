@@ -21,6 +21,8 @@ from base.settings import Settings, redact_url
 from collectors.flows.writer import FlowWriter
 from collectors.forward import JaegerForwarder
 from collectors.ingest import otlp_http
+from collectors.ingest.jetstream_advisories import COMPONENT as ADVISORIES
+from collectors.ingest.jetstream_advisories import run_advisories
 from collectors.ingest.kafka_spans import COMPONENT as kafka_spans_component
 from collectors.ingest.kafka_spans import consume_spans_topic
 from collectors.ingest.pipeline import Pipeline
@@ -143,6 +145,9 @@ def _components(settings: Settings, pipeline: Pipeline, health: Health,
             interval_s=collector.lag_interval_s)
     if nats is not None:
         monitoring_url, client_url = nats
+        if client_url is not None:
+            components[ADVISORIES] = lambda: run_advisories(client_url, pipeline, health,
+                                                            stopping)
         components[JETSTREAM_COMPONENT] = lambda: poll_backlog(
             JetStreamPoller(monitoring_url, client_url, window=collector.lag_window), pipeline,
             health, stopping, component=JETSTREAM_COMPONENT, system=NATS,
