@@ -2,9 +2,9 @@
 loopback port), the way Burrow, kafka-lag-exporter and kminion users wire lag into Grafana.
 
 Kafka's groups and partitions keep the series those tools have (flowscope_consumergroup_*,
-flowscope_partition_*); RabbitMQ queues have their own (flowscope_queue_*); and every group
-or queue of every system is in flowscope_backlog_*, with a system label, for one panel of
-all of them."""
+flowscope_partition_*); RabbitMQ queues have their own (flowscope_queue_*), JetStream
+consumers theirs (flowscope_jetstream_*); and every group, queue or consumer of every system
+is in flowscope_backlog_*, with a system label, for one panel of all of them."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 
 from collectors.supervise import ComponentHealth
 from store.records import GroupLag, LagRow
-from store.vocabulary import KAFKA, ComponentState, GroupStatus, PartitionStatus
+from store.vocabulary import KAFKA, NATS, ComponentState, GroupStatus, PartitionStatus
 
 GROUP_STATUS_CODE = {GroupStatus.OK: 0, GroupStatus.WARN: 1, GroupStatus.ERR: 2}
 PARTITION_STATUS_CODE = {PartitionStatus.OK: 0, PartitionStatus.WARN: 1, PartitionStatus.STOP: 2,
@@ -30,7 +30,14 @@ def _labels(**labels: object) -> str:
 
 
 def _row_samples(row: LagRow) -> list[tuple[str, str, object]]:
-    """(family, labels, value) of one lag row: a Kafka partition's, or a queue's."""
+    """(family, labels, value) of one lag row: a Kafka partition's, a JetStream consumer's,
+    or a queue's."""
+    if row.system == NATS:
+        labels = _labels(stream=row.topic, consumer=row.group)
+        return [("flowscope_jetstream_consumer_pending", labels, row.ready),
+                ("flowscope_jetstream_consumer_ack_pending", labels, row.unacknowledged),
+                ("flowscope_jetstream_consumer_ack_floor", labels, row.committed),
+                ("flowscope_jetstream_stream_last_sequence", labels, row.end)]
     if row.system != KAFKA:
         labels = _labels(system=row.system, queue=row.group, exchange=row.topic)
         return [("flowscope_queue_messages_ready", labels, row.ready),
@@ -61,6 +68,14 @@ def render_prometheus(rows: Iterable[LagRow], groups: Iterable[GroupLag],
         "flowscope_queue_messages_unacknowledged": (
             "Messages delivered and not yet acknowledged, per queue", []),
         "flowscope_queue_consumers": ("Consumers attached, per queue", []),
+        "flowscope_jetstream_consumer_pending": (
+            "Messages not yet delivered, per JetStream consumer", []),
+        "flowscope_jetstream_consumer_ack_pending": (
+            "Messages delivered and not yet acknowledged, per JetStream consumer", []),
+        "flowscope_jetstream_consumer_ack_floor": (
+            "Stream sequence below which every message is acknowledged", []),
+        "flowscope_jetstream_stream_last_sequence": (
+            "Last sequence of the consumer's stream", []),
         "flowscope_backlog_messages": (
             "Messages not yet consumed (acknowledged), per group or queue of each system", []),
         "flowscope_backlog_seconds": (

@@ -40,3 +40,19 @@ def test_queues_have_their_own_series_and_every_backlog_a_system_label() -> None
     assert not any(line.startswith("flowscope_consumergroup") and "thumbnails" in line
                    for line in lines)
     assert 'flowscope_consumergroup_lag{group="g",topic="orders",partition="0"} 3' in lines
+
+
+def test_jetstream_consumers_have_their_own_series_and_a_backlog_with_system_nats() -> None:
+    rows = [LagRow("tracking", "SHIPMENTS", None, 90, 130, 40, 12.0, "STALL", 100.0, "nats",
+                   ready=38, unacknowledged=2)]
+    groups = [GroupLag("tracking", "ERR", "STALL", 40, 12.0, 0.0, 3.0, None, 100.0, "nats")]
+    lines = render_prometheus(rows, groups, {}).splitlines()
+    consumer = 'stream="SHIPMENTS",consumer="tracking"'
+    assert f"flowscope_jetstream_consumer_pending{{{consumer}}} 38" in lines
+    assert f"flowscope_jetstream_consumer_ack_pending{{{consumer}}} 2" in lines
+    assert f"flowscope_jetstream_consumer_ack_floor{{{consumer}}} 90" in lines
+    assert f"flowscope_jetstream_stream_last_sequence{{{consumer}}} 130" in lines
+    assert 'flowscope_backlog_messages{system="nats",group="tracking"} 40' in lines
+    assert 'flowscope_backlog_status{system="nats",group="tracking"} 2' in lines
+    assert not any(line.startswith(("flowscope_queue", "flowscope_consumergroup"))
+                   and "tracking" in line for line in lines)
