@@ -2,16 +2,20 @@
 
 The demo services stand for somebody else's system: they read only their own FLOWSCOPE_DEMO_*
 variables, KAFKA_BOOTSTRAP_SERVERS and the standard OTEL_* ones, and import nothing of Flowscope.
-An empty rabbitmq_url leaves RabbitMQ out: the file pipeline then runs in Kafka alone.
+An empty rabbitmq_url leaves RabbitMQ out: the file pipeline then runs in Kafka alone; an empty
+nats_url leaves NATS out: shipments then end with `shipping.dispatched` on Kafka.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 DEFAULT_PORTS = {"uploads": 8081, "orders": 8082, "webhook": 8083}
+# What a NATS subject cannot hold: the prefix starts every demo subject, so it must not either.
+NATS_SUBJECT_FORBIDDEN = re.compile(r"[\s*>]")
 
 
 class ConfigError(ValueError):
@@ -41,6 +45,8 @@ class DemoConfig:
     rabbitmq_url: str = field(default="", repr=False)  # may hold a password
     thumbnail_failure: float = 0.10
     thumbnail_prefetch: int = 4
+    nats_url: str = field(default="", repr=False)  # may hold a user and password
+    tracking_failure: float = 0.10
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DemoConfig:
@@ -64,6 +70,8 @@ class DemoConfig:
         url = str(values.get("rabbitmq_url", ""))
         if url and not url.lower().startswith(("amqp://", "amqps://")):
             problems.append("FLOWSCOPE_DEMO_RABBITMQ_URL: not an amqp:// or amqps:// URL")
+        problems += _nats_problems(str(values.get("nats_url", "")),
+                                   str(values.get("topic_prefix", "")))
         if problems:
             raise ConfigError("; ".join(problems))
         return cls(**values)  # type: ignore[arg-type]
@@ -80,6 +88,19 @@ class DemoConfig:
     def url(self, service: str) -> str:
         """Base URL of one of the demo HTTP services."""
         return f"http://{self.host}:{getattr(self, f'{service}_port')}"
+
+
+def _nats_problems(url: str, prefix: str) -> list[str]:
+    """What keeps the NATS leg from running with this URL and topic prefix (none without NATS)."""
+    if not url:
+        return []
+    problems = []
+    if not url.lower().startswith(("nats://", "tls://")):
+        problems.append("FLOWSCOPE_DEMO_NATS_URL: not a nats:// or tls:// URL")
+    if NATS_SUBJECT_FORBIDDEN.search(prefix) or prefix.startswith(".") or ".." in prefix:
+        problems.append(f"FLOWSCOPE_DEMO_TOPIC_PREFIX={prefix!r}: cannot start a NATS subject "
+                        "(no whitespace, '*', '>', leading or doubled '.')")
+    return problems
 
 
 def _parse(name: str, kind: type, raw: str) -> object:

@@ -27,6 +27,7 @@ class Simulation:
     inventory_failure: float
     work_ms: int
     thumbnail_failure: float = 0.0
+    tracking_failure: float = 0.0
 
     @classmethod
     def of(cls, defaults: Simulation, overrides: object) -> Simulation:

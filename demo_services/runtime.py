@@ -116,7 +116,8 @@ class Service:
         """Simulated-failure settings when a message carries none of its own."""
         c = self.config
         return Simulation(c.transient_failure, c.permanent_failure, c.callback_failure,
-                          c.inventory_failure, c.work_ms, c.thumbnail_failure)
+                          c.inventory_failure, c.work_ms, c.thumbnail_failure,
+                          c.tracking_failure)
 
     async def start(self) -> None:
         """Connect the idempotent producer."""

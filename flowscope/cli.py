@@ -314,7 +314,7 @@ def _add_demo_stack_command(groups: argparse._SubParsersAction[argparse.Argument
 
     demo = groups.add_parser(
         "demo", help="run the whole stack with demo traffic, until Ctrl-C",
-        description="Start Kafka, Jaeger and RabbitMQ (unless running or external), the "
+        description="Start Kafka, Jaeger, RabbitMQ and NATS (unless running or external), the "
         "collector, the "
         "demo services, the load generator and the dashboard; print their URLs; on Ctrl-C or "
         "SIGTERM stop everything the demo started. Logs go to $FLOWSCOPE_HOME/demo.",
@@ -332,6 +332,8 @@ def _add_demo_stack_command(groups: argparse._SubParsersAction[argparse.Argument
     demo.add_argument("--no-jaeger", action="store_true", help="no Jaeger, no forwarding")
     demo.add_argument("--no-rabbitmq", action="store_true",
                       help="no RabbitMQ: the file pipeline runs in Kafka alone")
+    demo.add_argument("--no-nats", action="store_true",
+                      help="no NATS: shipments are not tracked over JetStream")
     demo.add_argument("--no-dashboard", action="store_true", help="no dashboard")
     demo.add_argument("--dashboard-port", type=int, metavar="P",
                       help="dashboard port (default FLOWSCOPE_DASHBOARD_PORT or 8501)")

@@ -1,10 +1,11 @@
-"""`flowscope demo`: Kafka, Jaeger, RabbitMQ, the collector, the demo services, the load
+"""`flowscope demo`: Kafka, Jaeger, RabbitMQ, NATS, the collector, the demo services, the load
 generator and the dashboard from one command, stopped together on Ctrl-C or SIGTERM.
 
 Every part is a child process with its own log in FLOWSCOPE_HOME/demo. The collector writes
 the default store, so `flowscope inspect` in another terminal sees the demo's data. A Kafka,
-Jaeger or RabbitMQ that was already running (or is external) is used and left running;
---no-rabbitmq leaves RabbitMQ out, and the file pipeline then runs in Kafka alone.
+Jaeger, RabbitMQ or NATS that was already running (or is external) is used and left running;
+--no-rabbitmq leaves RabbitMQ out, and the file pipeline then runs in Kafka alone; --no-nats
+leaves NATS out, and shipments are not tracked.
 """
 
 from __future__ import annotations
@@ -29,14 +30,19 @@ from base.errors import FlowscopeError
 from base.settings import LOOPBACK, Settings, redact_url
 from demo_services.config import DemoConfig
 from demo_services.topics import ensure_topics
-from flowscope.infra import jaeger, kafka, process, rabbitmq
+from flowscope.infra import jaeger, kafka, nats, process, rabbitmq
 from flowscope.scenario import (
     DemoOptions,
     Step,
     plan_steps,
     steady_chunk,
 )
-from flowscope.services import RABBITMQ_URL_VARIABLE, Supervisor, demo_config
+from flowscope.services import (
+    NATS_URL_VARIABLE,
+    RABBITMQ_URL_VARIABLE,
+    Supervisor,
+    demo_config,
+)
 
 COMPONENT = "demo"
 SETTLE_S = 3.0
@@ -47,10 +53,11 @@ STOP_TIMEOUT_S = {"loadgen": 5.0, "dashboard": 10.0, "services": 30.0, "collect"
 
 
 def child_environment(settings: Settings, bootstrap: str,
-                      jaeger_status: jaeger.JaegerStatus | None, amqp_url: str = ""
-                      ) -> dict[str, str]:
+                      jaeger_status: jaeger.JaegerStatus | None, amqp_url: str = "",
+                      nats_url: str = "") -> dict[str, str]:
     """The environment of every child: this cluster, store and collector; Jaeger when used;
-    the RabbitMQ the services use (set empty when none, so that they look for no other)."""
+    the RabbitMQ and the NATS the services use (each set empty when none, so that they look
+    for no other)."""
     collector = settings.collect
     env = dict(os.environ)
     env.update(KAFKA_BOOTSTRAP_SERVERS=bootstrap, FLOWSCOPE_HOME=str(settings.home),
@@ -59,6 +66,7 @@ def child_environment(settings: Settings, bootstrap: str,
                OTEL_EXPORTER_OTLP_ENDPOINT=f"http://{collector.otlp_host}:{collector.otlp_port}")
     env.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)  # it would bypass the collector
     env[RABBITMQ_URL_VARIABLE] = amqp_url
+    env[NATS_URL_VARIABLE] = nats_url
     # Lag status is judged over the last 10 polls: at 1 s a paused group shows as stalled
     # within the incident scenario's pause, not 50 s later as at the default 5 s.
     env.setdefault("FLOWSCOPE_LAG_INTERVAL", "1")
@@ -260,10 +268,13 @@ class Demo:
         rabbitmq_status = self._start_rabbitmq() if self.options.rabbitmq else None
         config = replace(config, bootstrap=bootstrap)
         self._create_topics(config)
+        nats_status = self._start_nats() if self.options.nats else None
         self.env = child_environment(self.settings, bootstrap, jaeger_status,
-                                     rabbitmq_status.amqp_url if rabbitmq_status else "")
+                                     rabbitmq_status.amqp_url if rabbitmq_status else "",
+                                     nats_status.url if nats_status else "")
         self.service_state = Supervisor(self.settings, config).state_file
-        self._start("collect", ["collect"] + ([] if rabbitmq_status else ["--no-rabbitmq"]),
+        self._start("collect", ["collect"] + ([] if rabbitmq_status else ["--no-rabbitmq"])
+                    + ([] if nats_status else ["--no-nats"]),
                     lambda log: log_has(log, "collect: ready"))
         self._start("services", ["services"], lambda log: log_has(log, "] ready: "))
         collector = self.settings.collect
@@ -273,6 +284,9 @@ class Demo:
         if rabbitmq_status is not None:
             self.urls["rabbitmq"] = (f"{redact_url(rabbitmq_status.management_url)}  "
                                      f"(management; AMQP {redact_url(rabbitmq_status.amqp_url)})")
+        if nats_status is not None:
+            self.urls["nats"] = (f"{redact_url(nats_status.url)}  (monitoring "
+                                 f"{redact_url(nats_status.monitoring_url)}/jsz)")
         if self.options.dashboard:
             self._start_dashboard()
 
@@ -356,6 +370,22 @@ class Demo:
                 return rabbitmq.start(self.settings, process.Progress("rabbitmq"))
         except FlowscopeError as exc:
             hint = "; ".join(filter(None, [exc.hint, "or leave RabbitMQ out: --no-rabbitmq"]))
+            raise FlowscopeError(exc.component, exc.cause, log=exc.log, hint=hint,
+                                 log_tail=exc.log_tail) from None
+
+    def _start_nats(self) -> nats.NatsStatus:
+        if self.settings.nats.external:
+            self.progress.say(f"nats: the server at {redact_url(self.settings.nats.url)} "
+                              "(FLOWSCOPE_NATS_URL)")
+        elif nats.status(self.settings).pid is not None:
+            self.progress.say("nats: the server already running; it stays running")
+        else:
+            self.started_infra.append("nats")
+        try:
+            with self._interruptible():
+                return nats.start(self.settings, process.Progress("nats"))
+        except FlowscopeError as exc:
+            hint = "; ".join(filter(None, [exc.hint, "or leave NATS out: --no-nats"]))
             raise FlowscopeError(exc.component, exc.cause, log=exc.log, hint=hint,
                                  log_tail=exc.log_tail) from None
 
@@ -493,7 +523,8 @@ class Demo:
         self.stopping.set()  # a Jaeger build still running is killed
         if self.jaeger_builder is not None:
             self.jaeger_builder.join(timeout=30)
-        stoppers = {"kafka": kafka.stop, "jaeger": jaeger.stop, "rabbitmq": rabbitmq.stop}
+        stoppers = {"kafka": kafka.stop, "jaeger": jaeger.stop, "rabbitmq": rabbitmq.stop,
+                    "nats": nats.stop}
         for name in reversed(self.started_infra):
             stopped = stoppers[name](self.settings)
             if stopped:

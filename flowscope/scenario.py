@@ -4,7 +4,9 @@
 paused so lag builds, resumed so it drains, then a burst of failures so retries and dead
 letters rise. With RabbitMQ (unless --no-rabbitmq) a phase comes before the burst in which
 the thumbnailer's consumers are cancelled for a while, so the backlog of `thumbnails.jobs`
-builds, then drains. Phases scale to --duration (60 s by default).
+builds, then drains; with NATS (unless --no-nats) one in which the tracking service stops
+fetching from its JetStream consumer, so the consumer's pending count on `SHIPMENTS` builds,
+then drains. Phases scale to --duration (60 s by default).
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ SCENARIOS = {
     "steady": "constant traffic with the services' usual failures",
     "incident": "steady traffic; the processor group paused (lag builds); resumed (lag "
                 "drains); with RabbitMQ, the thumbnailer paused (its queue backs up, then "
-                "drains); a burst of failures (retries, dead letters): 60 s, or --duration",
+                "drains); with NATS, the tracking consumer paused (JetStream pending builds, "
+                "then drains); a burst of failures (retries, dead letters): 60 s, or "
+                "--duration",
 }
 FAILURE_KNOBS = ("transient_failure", "permanent_failure", "callback_failure",
                  "inventory_failure")
 BURST = {"transient_failure": 0.5, "permanent_failure": 0.15, "callback_failure": 0.3}
 PAUSED_GROUP = "processor"  # one consumer group, so its lag stands out on the charts
 PAUSED_QUEUE_CONSUMER = "thumbnailer"  # the RabbitMQ consumers of thumbnails.jobs
+PAUSED_STREAM_CONSUMER = "tracking"  # the JetStream pull consumer of SHIPMENTS
 QUEUE_PAUSE_SHARE = 2 / 3  # of its phase: the rest shows the backlog draining
 STORY_S = 60.0
 CHUNK_S = 600.0
@@ -40,6 +45,7 @@ class DemoOptions:
     dashboard: bool = True
     dashboard_port: int | None = None
     rabbitmq: bool = False  # the RabbitMQ leg runs (`flowscope demo` sets it unless told not)
+    nats: bool = False  # the NATS leg runs (`flowscope demo` sets it unless told not)
 
     def problems(self) -> list[str]:
         """Every invalid option, named."""
@@ -87,7 +93,7 @@ def plan_steps(options: DemoOptions) -> list[Step]:
             return []
         return [Step(0.0, f"steady traffic: {rate} for {options.duration_s:g}s",
                      load_args(options, options.duration_s, options.seed))]
-    phases = 5 if options.rabbitmq else 4
+    phases = 4 + options.rabbitmq + options.nats
     part = (options.duration_s or STORY_S) / phases
     burst = dict(options.failures)
     burst.update({k: max(v, burst.get(k, 0.0)) for k, v in BURST.items()})
@@ -98,13 +104,21 @@ def plan_steps(options: DemoOptions) -> list[Step]:
              f"{part:g}s; lag builds on files.uploaded"),
         Step(2 * part, f"phase 3/{phases} drain: {PAUSED_GROUP} resumes; the lag drains"),
     ]
+    paused = round(part * QUEUE_PAUSE_SHARE, 1)
     if options.rabbitmq:
-        paused = round(part * QUEUE_PAUSE_SHARE, 1)
         steps.append(Step(
-            3 * part, f"phase 4/5 queue backlog: the {PAUSED_QUEUE_CONSUMER}'s consumers stop "
-            f"for {paused:g}s; thumbnails.jobs backs up in RabbitMQ, then drains",
+            len(steps) * part, f"phase {len(steps) + 1}/{phases} queue backlog: the "
+            f"{PAUSED_QUEUE_CONSUMER}'s consumers stop for {paused:g}s; thumbnails.jobs backs "
+            "up in RabbitMQ, then drains",
             load_args(options, part, options.seed + 2, pause=(0.0, paused),
                       pause_group=PAUSED_QUEUE_CONSUMER)))
+    if options.nats:
+        steps.append(Step(
+            len(steps) * part, f"phase {len(steps) + 1}/{phases} stream backlog: the "
+            f"{PAUSED_STREAM_CONSUMER} consumer stops fetching for {paused:g}s; its pending "
+            "messages build on JetStream (SHIPMENTS), then drain",
+            load_args(options, part, options.seed + 3, pause=(0.0, paused),
+                      pause_group=PAUSED_STREAM_CONSUMER)))
     steps.append(Step(
         (phases - 1) * part, f"phase {phases}/{phases} failure burst: " + ", ".join(
             f"{k.replace('_', ' ')} {v:g}" for k, v in BURST.items()) +

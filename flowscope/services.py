@@ -8,7 +8,10 @@ restarted after a short backoff.
 The RabbitMQ leg (thumbnailer, indexer, auditor) runs only when RabbitMQ is configured:
 FLOWSCOPE_DEMO_RABBITMQ_URL when it is set (set empty, it turns the leg off), else the external
 broker (FLOWSCOPE_RABBITMQ_URL) or the native node when it runs (`flowscope rabbitmq start`).
-Without it the file pipeline runs in Kafka alone, as it always did.
+Without it the file pipeline runs in Kafka alone, as it always did. Likewise the NATS leg
+(tracking, portal) runs only when NATS is configured: FLOWSCOPE_DEMO_NATS_URL when it is set
+(set empty, it turns the leg off), else the external server (FLOWSCOPE_NATS_URL) or the native
+one when it runs (`flowscope nats start`); shipping then also publishes to JetStream.
 """
 
 from __future__ import annotations
@@ -31,13 +34,16 @@ from base.errors import FlowscopeError
 from base.settings import Settings, redact_url
 from demo_services.config import ConfigError, DemoConfig
 from demo_services.topics import ensure_topics
+from flowscope.infra import nats as nats_server
 from flowscope.infra import process, rabbitmq
 
 COMPONENT = "services"
 SERVICES = ("webhook", "uploads", "processor", "notifier", "orders", "payments", "inventory",
-            "shipping", "thumbnailer", "indexer", "auditor")
+            "shipping", "thumbnailer", "indexer", "auditor", "tracking", "portal")
 RABBITMQ_SERVICES = ("thumbnailer", "indexer", "auditor")
 RABBITMQ_URL_VARIABLE = "FLOWSCOPE_DEMO_RABBITMQ_URL"
+NATS_SERVICES = ("tracking", "portal")
+NATS_URL_VARIABLE = "FLOWSCOPE_DEMO_NATS_URL"
 HTTP_SERVICES = ("webhook", "uploads", "orders")
 
 
@@ -76,6 +82,7 @@ class Supervisor:
         env.update(KAFKA_BOOTSTRAP_SERVERS=self.config.bootstrap, OTEL_SERVICE_NAME=name,
                    PYTHONUNBUFFERED="1")
         env[RABBITMQ_URL_VARIABLE] = self.config.rabbitmq_url
+        env[NATS_URL_VARIABLE] = self.config.nats_url
         # The SDK's default of 5 s between exports would make every live view 5 s late.
         env.setdefault("OTEL_BSP_SCHEDULE_DELAY", "500")
         return env
@@ -185,22 +192,42 @@ def rabbitmq_url(settings: Settings, env: Mapping[str, str] | None = None) -> st
     return current.amqp_url if current.running else ""
 
 
+def nats_url(settings: Settings, env: Mapping[str, str] | None = None) -> str:
+    """The NATS URL the demo services use: FLOWSCOPE_DEMO_NATS_URL when set (empty: none),
+    else the external server's, else the native server's while it runs; '' for none."""
+    env = os.environ if env is None else env
+    if NATS_URL_VARIABLE in env:
+        return env[NATS_URL_VARIABLE]
+    if settings.nats.external:
+        return settings.nats.url
+    current = nats_server.status(settings)
+    return current.url if current.running else ""
+
+
 def services_to_run(names: tuple[str, ...], config: DemoConfig) -> tuple[str, ...]:
-    """names, less the RabbitMQ leg when RabbitMQ is not configured; an error when names
-    were chosen (not the default) and include it."""
-    if config.rabbitmq_url:
-        return names
-    asked = [name for name in names if name in RABBITMQ_SERVICES]
-    if asked and names != SERVICES:
-        raise FlowscopeError(COMPONENT, f"{', '.join(asked)} consume RabbitMQ, which is not "
-                             "configured", hint="`flowscope rabbitmq start`, or set "
-                             f"FLOWSCOPE_RABBITMQ_URL or {RABBITMQ_URL_VARIABLE}")
-    return tuple(name for name in names if name not in RABBITMQ_SERVICES)
+    """names, less the RabbitMQ leg when RabbitMQ is not configured and the NATS leg when NATS
+    is not; an error when names were chosen (not the default) and include one left out."""
+    chosen = names != SERVICES
+    legs = [(RABBITMQ_SERVICES, config.rabbitmq_url, "consume RabbitMQ",
+             f"`flowscope rabbitmq start`, or set FLOWSCOPE_RABBITMQ_URL or "
+             f"{RABBITMQ_URL_VARIABLE}"),
+            (NATS_SERVICES, config.nats_url, "consume NATS",
+             f"`flowscope nats start`, or set FLOWSCOPE_NATS_URL or {NATS_URL_VARIABLE}")]
+    for leg, url, what, hint in legs:
+        if url:
+            continue
+        asked = [name for name in names if name in leg]
+        if asked and chosen:
+            raise FlowscopeError(COMPONENT, f"{', '.join(asked)} {what}, which is not "
+                                 "configured", hint=hint)
+        names = tuple(name for name in names if name not in leg)
+    return names
 
 
 def run_services(settings: Settings, names: tuple[str, ...] = SERVICES) -> int:
     """`flowscope services`: create the topics, run the services until SIGINT/SIGTERM."""
-    config = replace(demo_config(settings), rabbitmq_url=rabbitmq_url(settings))
+    config = replace(demo_config(settings), rabbitmq_url=rabbitmq_url(settings),
+                     nats_url=nats_url(settings))
     names = services_to_run(names, config)
     progress = process.Progress(COMPONENT)
     try:
@@ -210,7 +237,8 @@ def run_services(settings: Settings, names: tuple[str, ...] = SERVICES) -> int:
                              f"{type(exc).__name__} {exc}",
                              hint="is Kafka running? `flowscope kafka start`") from None
     progress.say(f"{len(created)} topics ready on {config.bootstrap}; RabbitMQ: "
-                 f"{redact_url(config.rabbitmq_url) if config.rabbitmq_url else 'off'}")
+                 f"{redact_url(config.rabbitmq_url) if config.rabbitmq_url else 'off'}; NATS: "
+                 f"{redact_url(config.nats_url) if config.nats_url else 'off'}")
     supervisor = Supervisor(settings, config, names)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -127,14 +127,17 @@ class Hop:
     @property
     def key(self) -> str:
         """What makes a hop unique: its send and consuming service ('trace:span|service'),
-        and the queue it was consumed from where a send reaches several (a fanout exchange:
-        'trace:span|service|queue'); until its send is known, its consume span
-        ('?trace:span')."""
+        the queue it was consumed from where a send reaches several (a fanout exchange:
+        'trace:span|service|queue'), and the delivery when the broker delivered the same
+        message again ('...#2': a JetStream redelivery); until its send is known, its consume
+        span ('?trace:span')."""
         if self.producer is None:
             return f"?{self.trace_id}:{self.consumer_span_id}"
-        if self.queue is None:
-            return f"{self.producer[0]}:{self.producer[1]}|{self.consumer_service}"
-        return f"{self.producer[0]}:{self.producer[1]}|{self.consumer_service}|{self.queue}"
+        key = f"{self.producer[0]}:{self.producer[1]}|{self.consumer_service}"
+        if self.queue is not None:
+            key = f"{key}|{self.queue}"
+        attempt = self.retry_attempt
+        return key if attempt is None or attempt <= 1 else f"{key}#{attempt}"
 
     @property
     def queue_ms(self) -> float | None:

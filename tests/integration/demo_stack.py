@@ -61,8 +61,9 @@ class DemoStack:
                    FLOWSCOPE_DEMO_ORDERS_PORT=str(orders),
                    FLOWSCOPE_DEMO_WEBHOOK_PORT=str(webhook),
                    OTEL_EXPORTER_OTLP_ENDPOINT=otlp_endpoint, OTEL_BSP_SCHEDULE_DELAY="200",
-                   # no RabbitMQ leg unless a knob names the broker (rabbitmq_url=...)
-                   FLOWSCOPE_DEMO_RABBITMQ_URL="")
+                   # no RabbitMQ or NATS leg unless a knob names the broker or server
+                   # (rabbitmq_url=..., nats_url=...)
+                   FLOWSCOPE_DEMO_RABBITMQ_URL="", FLOWSCOPE_DEMO_NATS_URL="")
         env.update({f"FLOWSCOPE_DEMO_{k.upper()}": v for k, v in knobs.items()})
         return cls(env, DemoConfig.from_env(env), home)
 

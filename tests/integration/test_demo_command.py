@@ -24,7 +24,7 @@ import pytest
 from base.settings import Settings
 from demo_services import topics
 from flowscope.demo import LOCK_MARKER
-from flowscope.infra import kafka, process, rabbitmq
+from flowscope.infra import kafka, nats, process, rabbitmq
 from flowscope.infra.jaeger import JaegerStatus
 from store.factory import open_store
 from tests.integration.conftest import run_flowscope
@@ -49,9 +49,12 @@ class DemoProcess:
     ready: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
-    def start(cls, env: dict[str, str], *args: str, rabbitmq: bool = False) -> DemoProcess:
-        """Start it (with --no-rabbitmq unless rabbitmq) and read its stdout and stderr."""
+    def start(cls, env: dict[str, str], *args: str, rabbitmq: bool = False,
+              nats: bool = False) -> DemoProcess:
+        """Start it (with --no-rabbitmq unless rabbitmq, --no-nats unless nats) and read its
+        stdout and stderr."""
         args = args if rabbitmq else ("--no-rabbitmq", *args)
+        args = args if nats else ("--no-nats", *args)
         proc = subprocess.Popen([sys.executable, "-m", "flowscope", "demo", *args], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         run = cls(env, proc)
@@ -324,6 +327,45 @@ def test_demo_starts_rabbitmq_runs_the_thumbnail_leg_and_stops_the_node(
     edges = {(e["source"], e["target"]) for e in json.loads(done.stdout)["edges"]}
     assert ("thumbnailer", prefix + topics.FILES_PROCESSED) in edges  # Kafka -> RabbitMQ -> Kafka
     assert ("processor", prefix + topics.FILES_PROCESSED) not in edges
+
+
+def test_demo_starts_nats_runs_the_tracking_leg_and_stops_the_server(
+        kafka_bootstrap: str, nats_server: nats.NatsStatus, settings: Settings,
+        tmp_path: Path) -> None:
+    env = {k: v for k, v in demo_env(tmp_path, kafka_bootstrap, None).items()
+           if not k.startswith("FLOWSCOPE_NATS_") and k != "FLOWSCOPE_DEMO_NATS_URL"}
+    client, monitoring = free_ports(2)
+    # A server of its own, from the binary the session built (nats_server) in the shared cache.
+    env.update(FLOWSCOPE_NATS_PORT=str(client), FLOWSCOPE_NATS_MONITORING_PORT=str(monitoring),
+               FLOWSCOPE_CACHE_DIR=str(settings.cache_dir))
+    prefix = env["FLOWSCOPE_DEMO_TOPIC_PREFIX"]
+    run = DemoProcess.start(env, "--no-jaeger", "--no-dashboard", "--duration", "15",
+                            "--scenario", "incident", "--seed", "3", nats=True)
+    try:
+        run.wait_ready()
+        pids = run.recorded_pids()
+        assert {"shipping", "tracking", "portal"} <= set(pids)
+        assert run.proc.wait(timeout=120) == 0, run.output()
+    finally:
+        nats.stop(Settings.from_env(env))  # whatever happened, leave no server behind
+    printed = run.output()
+    assert f"nats       nats://127.0.0.1:{client}  (monitoring http://127.0.0.1:{monitoring}" \
+           "/jsz)" in printed
+    for phase in ("1/5 steady", "4/5 stream backlog", "5/5 failure burst"):
+        assert f"phase {phase}" in printed
+    assert "nats: stopped" in printed
+    assert "the demo had started it" in printed
+    assert_nothing_left(run, pids)
+    assert not nats.status(Settings.from_env(env)).running
+    stream = prefix.replace(".", "_") + "SHIPMENTS"
+    done = run_flowscope(env, "inspect", "topology", "--json", "--since", "1h")
+    assert done.returncode == 0, done.stderr
+    edges = {(e["source"], e["target"]) for e in json.loads(done.stdout)["edges"]}
+    assert ("shipping", f"nats:topic:{stream}") in edges  # Kafka -> JetStream
+    assert (f"nats:consumer:{stream}/tracking", "tracking") in edges
+    lag = run_flowscope(env, "inspect", "lag", "--json")
+    assert any(row["system"] == "nats" and row["topic"] == stream and row["group"] == "tracking"
+               for row in json.loads(lag.stdout)["partitions"]), lag.stdout
 
 
 def test_a_demo_whose_jaeger_is_not_built_starts_at_once_and_goes_on_without_it(

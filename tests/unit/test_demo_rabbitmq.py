@@ -20,7 +20,13 @@ from demo_services.exchanges import BINDINGS, THUMBNAILS_DELAY, queue_arguments
 from demo_services.faults import Simulation
 from demo_services.retry import RetryPolicy
 from demo_services.thumbnailer import backoff_after, render_fails, retry_headers
-from flowscope.services import RABBITMQ_SERVICES, SERVICES, rabbitmq_url, services_to_run
+from flowscope.services import (
+    NATS_SERVICES,
+    RABBITMQ_SERVICES,
+    SERVICES,
+    rabbitmq_url,
+    services_to_run,
+)
 
 SERVER = ("127.0.0.1", 5682)
 
@@ -215,8 +221,9 @@ def test_the_services_use_the_demo_url_else_the_external_broker_else_none(
 
 def test_the_rabbitmq_services_run_only_with_rabbitmq() -> None:
     off, on = DemoConfig(), replace(DemoConfig(), rabbitmq_url="amqp://h/")
-    assert set(services_to_run(SERVICES, off)) == set(SERVICES) - set(RABBITMQ_SERVICES)
-    assert services_to_run(SERVICES, on) == SERVICES
+    assert set(services_to_run(SERVICES, off)) == \
+        set(SERVICES) - set(RABBITMQ_SERVICES) - set(NATS_SERVICES)
+    assert set(services_to_run(SERVICES, on)) == set(SERVICES) - set(NATS_SERVICES)
     assert services_to_run(("uploads", "processor"), off) == ("uploads", "processor")
     with pytest.raises(FlowscopeError, match="thumbnailer consume RabbitMQ"):
         services_to_run(("processor", "thumbnailer"), off)

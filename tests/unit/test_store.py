@@ -599,6 +599,24 @@ def test_jetstream_hops_match_by_stream_and_sequence_across_traces_in_any_order(
     assert _edges(store)[(CONSUMER, "tracking")] == (1, 0, 0)
 
 
+def test_each_redelivery_of_one_message_is_a_hop_and_a_retry(store: Store) -> None:
+    # JetStream delivers the same message again: one send, three consume spans under it.
+    trace, producer = new_trace_id(), new_span_id()
+    coordinates = {**JETSTREAM, "messaging.nats.stream.sequence": 5}
+    store.write_spans(_records("shipping", _nats("producer", "shipments.eu.dispatched",
+                                                 trace=trace, span_id=producer, **coordinates)))
+    for attempt in (1, 2, 3, 3):  # the last one twice: a span sent again is not a delivery
+        store.write_spans(_records("tracking", _nats(
+            "consumer", "shipments.eu.dispatched", trace=trace, parent=producer,
+            start=10 * attempt, **coordinates,
+            **{"messaging.nats.consumer": "tracking", "messaging.nats.num_delivered": attempt},
+            **({"error.type": "TimeoutError"} if attempt < 3 else {}))))
+    _, hops = store.flow("flow-1", NOW)  # type: ignore[misc]
+    assert sorted(h.retry_attempt for h in hops) == [1, 2, 3]  # type: ignore[type-var]
+    assert _edges(store)[(CONSUMER, "tracking")] == (3, 2, 2)
+    assert store.flow("flow-1", NOW)[0].retries == 2  # type: ignore[index]
+
+
 def test_core_nats_goes_straight_from_subject_to_subscriber(store: Store) -> None:
     trace, producer = new_trace_id(), new_span_id()
     template = {"messaging.destination.template": "tracking.status.*"}
