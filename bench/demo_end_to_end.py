@@ -3,21 +3,24 @@
 Runs `flowscope services` (all eight services, one process each) against the native Kafka,
 with tracing exported to the native Jaeger ("on") or switched off (OTEL_SDK_DISABLED, "off"),
 or with tracing on and the uploads' RabbitMQ leg (the thumbnailer, indexer and auditor too, on
-the native RabbitMQ node: "rabbitmq"), and drives both flows with `flowscope loadgen` at rising
-rates, without simulated failures and with 1 ms of simulated work. A rate is sustained when
-every flow of the step reached its terminal topic within 5 s of the last request and the load
-generator reached 90 % of the rate.
+the native RabbitMQ node: "rabbitmq"), or with tracing on and the orders' NATS leg (tracking and
+portal too, on the native NATS server: "nats"), and drives both flows with `flowscope loadgen`
+at rising rates, without simulated failures and with 1 ms of simulated work. A rate is
+sustained when every flow of the step reached its terminal topic within 5 s of the last request
+(with NATS, and the tracking consumer has nothing pending or unacknowledged by then) and the
+load generator reached 90 % of the rate.
 Then, at a quarter of the highest sustained rate, it reports the p50/p95 time from the upload
 being accepted to the webhook receiving the callback.
 
     .venv/bin/python bench/demo_end_to_end.py [--rates 40,80,160,240,320,480] [--step-seconds 10]
-                                              [--variants on,off,rabbitmq]
+                                              [--variants on,off,rabbitmq,nats]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
@@ -28,9 +31,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import nats as nats_client
+
 from base.settings import Settings
 from bench.infra import running_infra
-from flowscope.infra import rabbitmq
+from demo_services import subjects
+from flowscope.infra import nats, rabbitmq
 from tests.integration.demo_stack import (
     FILE_TERMINALS,
     ORDER_TERMINALS,
@@ -65,13 +71,36 @@ def run_step(stack: DemoStack, rate: float, seconds: float, seed: int) -> dict[s
             break
         time.sleep(0.5)
     last = max(ended.values(), default=sent_done)
+    tracked = not stack.config.nats_url or tracking_drained(stack, deadline)
     if len(ended) < len(wanted):
         drain(stack, wanted - set(ended), timeout_s=300)
     return {"rate": rate, "flows": len(wanted), "ended": len(ended),
             "achieved_rate": len(wanted) / (sent_done - started),
-            "drain_s": last - sent_done,
-            "sustained": float(len(ended) == len(wanted)
+            "drain_s": last - sent_done, "tracked": float(tracked),
+            "sustained": float(len(ended) == len(wanted) and tracked
                                and len(wanted) / (sent_done - started) >= 0.9 * rate)}
+
+
+def tracking_drained(stack: DemoStack, deadline: float) -> bool:
+    """True when the tracking consumer has nothing pending or unacknowledged by deadline (at
+    least one look)."""
+
+    async def backlog() -> int:
+        client = await nats_client.connect(stack.config.nats_url, connect_timeout=5)
+        try:
+            info = await client.jetstream(timeout=5).consumer_info(
+                subjects.stream_name(stack.config, subjects.SHIPMENTS), subjects.TRACKING)
+            return int(info.num_pending + info.num_ack_pending)
+        finally:
+            await client.close()
+
+    while True:
+        with contextlib.suppress(Exception):
+            if asyncio.run(backlog()) == 0:
+                return True
+        if time.time() > deadline:
+            return False
+        time.sleep(0.5)
 
 
 def drain(stack: DemoStack, pending: set[str], timeout_s: float) -> None:
@@ -93,10 +122,12 @@ def callback_latencies(stack: DemoStack, since: float) -> list[float]:
 
 
 def measure(variant: str, bootstrap: str, otlp: str, rates: list[float], seconds: float,
-            *, amqp_url: str = "") -> None:
+            *, amqp_url: str = "", nats_url: str = "") -> None:
     with tempfile.TemporaryDirectory() as home:
         prefix = f"bench-{variant}-{int(time.time())}."
         knobs = {"rabbitmq_url": amqp_url, "thumbnail_failure": "0"} if amqp_url else {}
+        if nats_url:
+            knobs.update(nats_url=nats_url, tracking_failure="0")
         stack = DemoStack.create(Path(home), bootstrap, otlp, prefix, **knobs)
         if variant == "off":
             stack.env["OTEL_SDK_DISABLED"] = "true"
@@ -107,7 +138,8 @@ def measure(variant: str, bootstrap: str, otlp: str, rates: list[float], seconds
                 step = run_step(stack, rate, seconds, seed=i)
                 print(f"{variant}: rate {rate:5.0f}/s -> achieved "
                       f"{step['achieved_rate']:6.1f}/s, {step['ended']:.0f}/{step['flows']:.0f} "
-                      f"flows ended, last {step['drain_s']:+.1f}s after the last request",
+                      f"flows ended, last {step['drain_s']:+.1f}s after the last request"
+                      + ("" if step["tracked"] else "; the tracking consumer still behind"),
                       flush=True)
                 if not step["sustained"]:
                     break
@@ -142,13 +174,19 @@ def main() -> None:
         node_started = "rabbitmq" in variants and not settings.rabbitmq.external and \
             not rabbitmq.status(settings).running
         amqp = rabbitmq.start(settings).amqp_url if "rabbitmq" in variants else ""
+        server_started = "nats" in variants and not settings.nats.external and \
+            not nats.status(settings).running
+        nats_url = nats.start(settings).url if "nats" in variants else ""
         try:
             for variant in variants:
                 measure(variant, bootstrap, otlp, rates, args.step_seconds,
-                        amqp_url=amqp if variant == "rabbitmq" else "")
+                        amqp_url=amqp if variant == "rabbitmq" else "",
+                        nats_url=nats_url if variant == "nats" else "")
         finally:
             if node_started:
                 rabbitmq.stop(settings)
+            if server_started:
+                nats.stop(settings)
 
 
 if __name__ == "__main__":

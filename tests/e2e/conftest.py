@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.conftest import jaeger_endpoints, kafka_bootstrap, rabbitmq_node, settings
+from tests.integration.conftest import (
+    jaeger_endpoints,
+    kafka_bootstrap,
+    nats_server,
+    rabbitmq_node,
+    settings,
+)
 
-__all__ = ["jaeger_endpoints", "kafka_bootstrap", "rabbitmq_node", "settings"]
+__all__ = ["jaeger_endpoints", "kafka_bootstrap", "nats_server", "rabbitmq_node", "settings"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
