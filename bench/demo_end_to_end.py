@@ -159,6 +159,20 @@ def measure(variant: str, bootstrap: str, otlp: str, rates: list[float], seconds
                   f"p95 {p95 * 1000:.0f} ms ({len(latencies)} uploads)", flush=True)
         finally:
             stack.stop()
+            if nats_url:
+                asyncio.run(delete_streams(stack))
+
+
+async def delete_streams(stack: DemoStack) -> None:
+    """Delete the run's JetStream streams (their names have its prefix)."""
+    client = await nats_client.connect(stack.config.nats_url, connect_timeout=5)
+    try:
+        for name in (subjects.SHIPMENTS, subjects.SHIPMENTS_DLQ):
+            with contextlib.suppress(Exception):
+                await client.jetstream(timeout=10).delete_stream(
+                    subjects.stream_name(stack.config, name))
+    finally:
+        await client.close()
 
 
 def main() -> None:

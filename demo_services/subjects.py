@@ -47,7 +47,9 @@ PORTAL = "portal"  # the queue group of the status subscribers
 ACK_WAIT_S = 5.0  # a delivery not acknowledged by then is redelivered (after its backoff)
 SHIPMENTS_MAX_AGE_S = 24 * 3600.0
 DLQ_MAX_AGE_S = 7 * 24 * 3600.0
-MAX_STREAM_BYTES = 256 * 1024 * 1024
+# A bound by count, not bytes: a stream's max_bytes is reserved against the server's whole
+# JetStream store when the stream is made, so a few streams with a byte limit exhaust it.
+MAX_STREAM_MESSAGES = 1_000_000
 DUPLICATE_WINDOW_S = 120.0  # a re-published Nats-Msg-Id within it is stored once
 STREAM_EXISTS_DIFFERENTLY = 10058  # JetStream: stream name already in use, other config
 NOT_IN_STREAM_NAME = re.compile(r"[^A-Za-z0-9_]")
@@ -85,7 +87,7 @@ def stream_configs(config: DemoConfig) -> list[StreamConfig]:
         return StreamConfig(name=stream_name(config, name), subjects=[subject(config, template)],
                             storage=StorageType.FILE, retention=RetentionPolicy.LIMITS,
                             discard=DiscardPolicy.OLD, max_age=max_age_s,
-                            max_bytes=MAX_STREAM_BYTES, duplicate_window=DUPLICATE_WINDOW_S,
+                            max_msgs=MAX_STREAM_MESSAGES, duplicate_window=DUPLICATE_WINDOW_S,
                             num_replicas=1)
     return [one(SHIPMENTS, SHIPMENTS_TEMPLATE, SHIPMENTS_MAX_AGE_S),
             one(SHIPMENTS_DLQ, SHIPMENTS_DLQ_SUBJECT, DLQ_MAX_AGE_S)]
