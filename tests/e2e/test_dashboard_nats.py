@@ -124,7 +124,8 @@ def test_every_page_works_focused_on_a_jetstream_consumer(page: Page, live: Live
 
 def test_the_retries_page_lists_what_jetstream_gave_up(page: Page, live: Live) -> None:
     _open(page, live, "retries")
-    expect(page.get_by_role("heading", name="Dead letters")).to_be_visible(timeout=WAIT_MS)
+    heading = page.get_by_role("heading", name="Dead letters", exact=True)
+    expect(heading).to_be_visible(timeout=WAIT_MS)
     letters = page.get_by_test_id("stDataFrame").last
     expect(letters).to_be_visible(timeout=WAIT_MS)
     expect(letters).to_contain_text(f"MSG_TERMINATED.{live.stream}.tracking", timeout=WAIT_MS)
