@@ -376,8 +376,10 @@ class CoreSubscriber:
                     subscription = await asyncio.wait_for(
                         self.link.subscribe(self.subject, self.queue, self._on_message),
                         RPC_TIMEOUT_S)
+                    await asyncio.wait_for(self.link.flush(), RPC_TIMEOUT_S)
                     log.info("%s: subscribed to %s in queue group %s", self.service.name,
                              self.subject, self.queue)
+                    self.service.mark_ready()
                 except Exception as exc:  # a boundary: closed or refused, try again
                     delay = backoff.next_s()
                     log.warning("%s: cannot subscribe to %s (%s); trying again in %.1fs",

@@ -238,6 +238,11 @@ class NatsLink:
         client = self._connected_client(subject)
         return await client.subscribe(subject, queue=queue, cb=handler)
 
+    async def flush(self) -> None:
+        """Wait until the server has processed everything sent so far (a subscription is in
+        place once this returns)."""
+        await self._connected_client("flush").flush()
+
     async def close(self) -> None:
         """Drain (pending publishes flushed, subscriptions finished) and close, bounded."""
         self._closing = True

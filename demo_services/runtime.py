@@ -15,11 +15,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -47,6 +49,9 @@ class PermanentFailure(Exception):
 
 class TransientFailure(Exception):
     """Handling failed this time: the message is retried later, with backoff."""
+
+# Set by the supervisor: the file a service touches once it listens (Service.mark_ready).
+READY_FILE_VARIABLE = "FLOWSCOPE_DEMO_READY_FILE"
 
 
 @dataclass
@@ -118,6 +123,13 @@ class Service:
         return Simulation(c.transient_failure, c.permanent_failure, c.callback_failure,
                           c.inventory_failure, c.work_ms, c.thumbnail_failure,
                           c.tracking_failure)
+
+    def mark_ready(self) -> None:
+        """Tell the supervisor this service listens (a subscriber that would miss what is sent
+        before it subscribes); nothing when no supervisor asks."""
+        path = os.environ.get(READY_FILE_VARIABLE)
+        if path:
+            Path(path).touch()
 
     async def start(self) -> None:
         """Connect the idempotent producer."""

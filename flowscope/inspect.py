@@ -102,7 +102,7 @@ def hop_json(hop: Hop) -> dict[str, object]:
     return {"system": hop.system or KAFKA, "topic": hop.topic, "queue": hop.queue,
             "routing_key": hop.routing_key, "partition": hop.partition, "offset": hop.offset,
             "producer": hop.producer_service, "consumer": hop.consumer_service,
-            "consumer_group": hop.consumer_group, "produced": _iso(hop.produce_end_ns),
+            "consumer_group": hop.consumer_group, "produced": _iso(hop.produce_start_ns),
             "consumed": _iso(hop.consume_start_ns), "queue_ms": hop.queue_ms,
             "processing_ms": hop.processing_ms, "retry_attempt": hop.retry_attempt,
             "error": hop.error, "trace_id": hop.trace_id}
@@ -157,7 +157,7 @@ def inspect_flow(store: Store, flow_id: str, as_json: bool, limit: int = HOPS_SH
                                             for f in failed]})
     head = (f"flow {cell(flow.id)}: {flow.status}, {flow.hops} hops, {flow.retries} retries, "
             f"{_time(flow.started_ns)} -> {_time(flow.ended_ns)}")
-    rows = [(_time(h.produce_end_ns or h.consume_start_ns), h.producer_service,
+    rows = [(_time(h.produce_start_ns or h.consume_start_ns), h.producer_service,
              h.topic if h.queue is None else f"{h.topic} -> {h.queue}",
              h.consumer_service or "(waiting)", _decimal(h.queue_ms), _decimal(h.processing_ms),
              h.retry_attempt, "error" if h.error else "") for h in hops]

@@ -17,6 +17,7 @@ one when it runs (`flowscope nats start`); shipping then also publishes to JetSt
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -26,13 +27,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from base.errors import FlowscopeError
 from base.settings import Settings, redact_url
 from demo_services.config import ConfigError, DemoConfig
+from demo_services.runtime import READY_FILE_VARIABLE
 from demo_services.topics import ensure_topics
 from flowscope.infra import nats as nats_server
 from flowscope.infra import process, rabbitmq
@@ -45,6 +47,9 @@ RABBITMQ_URL_VARIABLE = "FLOWSCOPE_DEMO_RABBITMQ_URL"
 NATS_SERVICES = ("tracking", "portal")
 NATS_URL_VARIABLE = "FLOWSCOPE_DEMO_NATS_URL"
 HTTP_SERVICES = ("webhook", "uploads", "orders")
+# Core NATS keeps nothing for a subscriber that is not there yet: the stack is ready only once
+# these have subscribed (each touches the file named by READY_FILE_VARIABLE).
+SUBSCRIBERS = ("portal",)
 
 
 @dataclass
@@ -83,13 +88,19 @@ class Supervisor:
                    PYTHONUNBUFFERED="1")
         env[RABBITMQ_URL_VARIABLE] = self.config.rabbitmq_url
         env[NATS_URL_VARIABLE] = self.config.nats_url
+        env[READY_FILE_VARIABLE] = str(self.ready_file(name))
         # The SDK's default of 5 s between exports would make every live view 5 s late.
         env.setdefault("OTEL_BSP_SCHEDULE_DELAY", "500")
         return env
 
+    def ready_file(self, name: str) -> Path:
+        """The file a subscriber touches once it listens."""
+        return self.log_dir / f"{name}.ready"
+
     def start_child(self, name: str) -> None:
         """Start (or restart) one service."""
         child = self.children.setdefault(name, Child(name))
+        self.ready_file(name).unlink(missing_ok=True)
         child.proc = process.spawn([sys.executable, "-m", f"demo_services.{name}"],
                                    self.log_dir / f"{name}.log", cwd=self.log_dir,
                                    env=self.environment(name))
@@ -129,21 +140,26 @@ class Supervisor:
 
     def wait_ready(self, timeout_s: float = 60.0, cancelled: threading.Event | None = None
                    ) -> bool:
-        """Wait until every HTTP service answers /health (False when cancelled first); a clear
-        error if one does not."""
+        """Wait until every HTTP service answers /health and every core NATS subscriber
+        listens (False when cancelled first); a clear error if one does not."""
         cancelled = cancelled or threading.Event()
-        for name in (n for n in HTTP_SERVICES if n in self.names):
-            url = f"{self.config.url(name)}/health"
+        urls = {name: f"{self.config.url(name)}/health" for name in HTTP_SERVICES}
+        waits: list[tuple[str, Callable[[], bool], str]] = [
+            (name, functools.partial(_http_ok, urls[name]), f"answer {urls[name]}")
+            for name in HTTP_SERVICES if name in self.names]
+        waits += [(name, self.ready_file(name).exists, "subscribe")
+                  for name in SUBSCRIBERS if name in self.names]
+        for name, ready, what in waits:
             child = self.children[name]
-            ok = process.wait_until(lambda u=url: _http_ok(u), timeout_s=timeout_s,
+            ok = process.wait_until(ready, timeout_s=timeout_s,
                                     alive=lambda c=child: c.proc is not None
                                     and c.proc.poll() is None and not cancelled.is_set())
             if cancelled.is_set():
                 return False
             if not ok:
                 log = self.log_dir / f"{name}.log"
-                raise FlowscopeError(COMPONENT, f"{name} did not answer {url} within "
-                                     f"{timeout_s:g}s", log=log, log_tail=process.log_tail(log))
+                raise FlowscopeError(COMPONENT, f"{name} did not {what} within {timeout_s:g}s",
+                                     log=log, log_tail=process.log_tail(log))
         return True
 
     def stop(self, timeout_s: float = 15.0) -> None:
