@@ -8,7 +8,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /src
 COPY . .
-RUN pip install --no-cache-dir . \
+# python-qpid-proton (AMQP 1.0, for ActiveMQ Artemis) is published as source only: its C core
+# is compiled at install, and the compiler removed after.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install --no-cache-dir . \
+    && apt-get purge -y --auto-remove gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --user-group --uid 10001 flowscope \
     && mkdir /data \
     && chown flowscope:flowscope /data

@@ -13,10 +13,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## What the demo needs before it starts: the Kafka jars from Maven Central and nats-server built
-## from the Go module proxy (both cached under FLOWSCOPE_HOME), and Debian's rabbitmq-server,
-## installed when it is missing (as root; otherwise the command to run is named) unless
-## FLOWSCOPE_RABBITMQ_URL names a broker to use.
+## What the demo needs before it starts: the Kafka jars and the ActiveMQ Artemis distribution from
+## Maven Central, nats-server built from the Go module proxy (all cached under FLOWSCOPE_HOME), and
+## Debian's rabbitmq-server, installed when it is missing (as root; otherwise the command to run is
+## named) unless FLOWSCOPE_RABBITMQ_URL names a broker to use.
 brokers: $(STAMP)
 	$(BIN)/flowscope kafka install
 	@if [ -z "$$FLOWSCOPE_RABBITMQ_URL" ] && [ ! -x $(RABBITMQ_SERVER) ]; then \
@@ -32,6 +32,7 @@ brokers: $(STAMP)
 	fi
 	$(BIN)/flowscope rabbitmq install
 	$(BIN)/flowscope nats install
+	$(BIN)/flowscope artemis install
 
 ## Everything, Jaeger built from the Go module proxy included (once; cached under FLOWSCOPE_HOME).
 infra: brokers

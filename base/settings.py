@@ -170,6 +170,54 @@ class NatsSettings:
 
 
 @dataclass(frozen=True)
+class ArtemisSettings:
+    """Where the ActiveMQ Artemis broker is, or how to run the native one (the Apache
+    distribution from Maven Central, a broker instance under FLOWSCOPE_HOME).
+
+    The native broker's ports are the standard ones plus 20 (AMQP 5672, CORE 61616, the web
+    console with Jolokia 8161), so that it runs beside a system Artemis and the native
+    RabbitMQ (5682). Its JVM heap is bounded (heap); login is required.
+    """
+
+    # These may hold passwords: kept out of repr, shown only through redact_url.
+    external_amqp_url: str | None = field(default=None, repr=False)
+    external_management_url: str | None = field(default=None, repr=False)
+    port: int = 5692  # AMQP 1.0
+    core_port: int = 61636  # CORE, for Artemis' own tools (`artemis queue stat`)
+    management_port: int = 8181  # the web server: Jolokia at /console/jolokia
+    start_timeout_s: float = 90.0
+    stop_timeout_s: float = 60.0
+    version: str = "2.40.0"
+    heap: str = "384m"  # -Xmx of the broker's JVM
+    user: str = "flowscope"
+    password: str = field(default="flowscope", repr=False)
+
+    @property
+    def external(self) -> bool:
+        """True when an existing broker is used and nothing is started."""
+        return self.external_amqp_url is not None
+
+    @property
+    def amqp_url(self) -> str:
+        """The AMQP 1.0 URL clients connect to, credentials included (redact it before
+        showing)."""
+        return self.external_amqp_url or \
+            f"amqp://{self.user}:{self.password}@{LOOPBACK}:{self.port}"
+
+    @property
+    def management_url(self) -> str:
+        """Base URL of Jolokia (the management API over HTTP), credentials included (redact it
+        before showing)."""
+        return self.external_management_url or \
+            f"http://{self.user}:{self.password}@{LOOPBACK}:{self.management_port}/console/jolokia"
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """Every port the native broker binds, by role."""
+        return {"amqp": self.port, "core": self.core_port, "management": self.management_port}
+
+
+@dataclass(frozen=True)
 class IngestLimits:
     """What one OTLP request may hold, so that no sender can stall ingest for the others.
 
@@ -251,6 +299,7 @@ class Settings:
     jaeger: JaegerSettings = field(default_factory=JaegerSettings)
     rabbitmq: RabbitmqSettings = field(default_factory=RabbitmqSettings)
     nats: NatsSettings = field(default_factory=NatsSettings)
+    artemis: ArtemisSettings = field(default_factory=ArtemisSettings)
     collector: CollectorSettings | None = None
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
 
@@ -295,6 +344,7 @@ class Settings:
             )
         rabbitmq = _rabbitmq_settings(reader)
         nats = _nats_settings(reader)
+        artemis = _artemis_settings(reader)
         collector = _collector_settings(reader, home)
         dashboard = DashboardSettings(
             address=reader.text("FLOWSCOPE_DASHBOARD_ADDRESS") or DashboardSettings.address,
@@ -302,7 +352,7 @@ class Settings:
             refresh_s=reader.seconds("FLOWSCOPE_DASHBOARD_REFRESH", DashboardSettings.refresh_s),
             jaeger_ui_url=reader.url("FLOWSCOPE_JAEGER_UI_URL"),
         )
-        _check_distinct_ports(reader.problems, kafka, jaeger, rabbitmq, nats)
+        _check_distinct_ports(reader.problems, kafka, jaeger, rabbitmq, nats, artemis)
         if reader.problems:
             raise SettingsError(reader.problems)
         return cls(
@@ -312,6 +362,7 @@ class Settings:
             jaeger=jaeger,
             rabbitmq=rabbitmq,
             nats=nats,
+            artemis=artemis,
             collector=collector,
             dashboard=dashboard,
         )
@@ -335,6 +386,12 @@ class Settings:
     def nats_dir(self) -> Path:
         """Run state of the native NATS server: config, JetStream storage, log, pid file."""
         return self.home / "nats"
+
+    @property
+    def artemis_dir(self) -> Path:
+        """Run state of the native Artemis broker: the broker instance (etc, data, log) and the
+        pid file."""
+        return self.home / "artemis"
 
 
 def _rabbitmq_settings(reader: _EnvReader) -> RabbitmqSettings:
@@ -382,6 +439,31 @@ def _nats_settings(reader: _EnvReader) -> NatsSettings:
     )
 
 
+def _artemis_settings(reader: _EnvReader) -> ArtemisSettings:
+    defaults = ArtemisSettings()
+    amqp = reader.url("FLOWSCOPE_ARTEMIS_URL", ("amqp://", "amqps://"))
+    management = reader.url("FLOWSCOPE_ARTEMIS_MANAGEMENT_URL")
+    if (amqp is None) != (management is None) and not reader.problems_with(
+            "FLOWSCOPE_ARTEMIS_URL", "FLOWSCOPE_ARTEMIS_MANAGEMENT_URL"):
+        given, missing = (("FLOWSCOPE_ARTEMIS_URL", "FLOWSCOPE_ARTEMIS_MANAGEMENT_URL")
+                          if management is None else
+                          ("FLOWSCOPE_ARTEMIS_MANAGEMENT_URL", "FLOWSCOPE_ARTEMIS_URL"))
+        reader.problems.append(
+            f"{given} is set but {missing} is not: to use an existing Artemis broker set both "
+            "(the AMQP URL and Jolokia's http://user:password@host:8161/console/jolokia); to "
+            "run the native broker set neither")
+    return ArtemisSettings(
+        external_amqp_url=amqp,
+        external_management_url=management,
+        port=reader.port("FLOWSCOPE_ARTEMIS_PORT", defaults.port),
+        core_port=reader.port("FLOWSCOPE_ARTEMIS_CORE_PORT", defaults.core_port),
+        management_port=reader.port("FLOWSCOPE_ARTEMIS_MANAGEMENT_PORT",
+                                    defaults.management_port),
+        start_timeout_s=reader.seconds("FLOWSCOPE_ARTEMIS_START_TIMEOUT",
+                                       defaults.start_timeout_s),
+    )
+
+
 def _monitoring_of(url: str) -> str:
     """The monitoring endpoint a NATS server has by default: its host, port 8222."""
     host = urlsplit(url).hostname or LOOPBACK
@@ -426,12 +508,13 @@ def _collector_settings(reader: _EnvReader, home: Path) -> CollectorSettings:
 
 
 def _check_distinct_ports(problems: list[str], kafka: KafkaSettings, jaeger: JaegerSettings,
-                          rabbitmq: RabbitmqSettings, nats: NatsSettings) -> None:
+                          *brokers: RabbitmqSettings | NatsSettings | ArtemisSettings) -> None:
     ports: dict[int, str] = {}
     named = {"kafka": kafka.port, "kafka controller": kafka.controller_port}
     named |= {f"jaeger {role}": port for role, port in jaeger.ports.items()}
-    named |= {f"rabbitmq {role}": port for role, port in rabbitmq.ports.items()}
-    named |= {f"nats {role}": port for role, port in nats.ports.items()}
+    for broker in brokers:
+        system = type(broker).__name__.removesuffix("Settings").lower()
+        named |= {f"{system} {role}": port for role, port in broker.ports.items()}
     for role, port in named.items():
         if port in ports:
             problems.append(f"port {port} is given to both {ports[port]} and {role}")

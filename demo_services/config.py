@@ -3,7 +3,8 @@
 The demo services stand for somebody else's system: they read only their own FLOWSCOPE_DEMO_*
 variables, KAFKA_BOOTSTRAP_SERVERS and the standard OTEL_* ones, and import nothing of Flowscope.
 An empty rabbitmq_url leaves RabbitMQ out: the file pipeline then runs in Kafka alone; an empty
-nats_url leaves NATS out: shipments then end with `shipping.dispatched` on Kafka.
+nats_url leaves NATS out: shipments then end with `shipping.dispatched` on Kafka; an empty
+artemis_url leaves ActiveMQ Artemis out: completed orders are then not invoiced.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class DemoConfig:
     thumbnail_prefetch: int = 4
     nats_url: str = field(default="", repr=False)  # may hold a user and password
     tracking_failure: float = 0.10
+    artemis_url: str = field(default="", repr=False)  # may hold a user and password
+    billing_failure: float = 0.10
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DemoConfig:
@@ -67,9 +70,10 @@ class DemoConfig:
                 problems.append(f"{name}={raw!r}: {exc}")
         if values.get("thumbnail_prefetch") == 0:
             problems.append("FLOWSCOPE_DEMO_THUMBNAIL_PREFETCH='0': must be at least 1")
-        url = str(values.get("rabbitmq_url", ""))
-        if url and not url.lower().startswith(("amqp://", "amqps://")):
-            problems.append("FLOWSCOPE_DEMO_RABBITMQ_URL: not an amqp:// or amqps:// URL")
+        for name in ("rabbitmq_url", "artemis_url"):
+            url = str(values.get(name, ""))
+            if url and not url.lower().startswith(("amqp://", "amqps://")):
+                problems.append(f"FLOWSCOPE_DEMO_{name.upper()}: not an amqp:// or amqps:// URL")
         problems += _nats_problems(str(values.get("nats_url", "")),
                                    str(values.get("topic_prefix", "")))
         if problems:

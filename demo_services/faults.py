@@ -28,6 +28,7 @@ class Simulation:
     work_ms: int
     thumbnail_failure: float = 0.0
     tracking_failure: float = 0.0
+    billing_failure: float = 0.0
 
     @classmethod
     def of(cls, defaults: Simulation, overrides: object) -> Simulation:

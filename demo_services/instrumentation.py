@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator, MutableSequence, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -35,6 +36,8 @@ RETRY_REASON_HEADER = "retry-reason"
 DLQ_REASON_HEADER = "dlq-reason"
 RETRY_ATTEMPT_ATTRIBUTE = "messaging.message.retry_attempt"
 MAX_HEADER_TEXT = 1024
+# Control characters: a line break would end a NATS header block, and none belongs in a log line.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]+")
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -155,6 +158,22 @@ def process_attributes(*, topic: str, partition: int, offset: int, key: bytes | 
     if key is not None:
         attributes[msg.MESSAGING_KAFKA_MESSAGE_KEY] = key.decode("utf-8", errors="replace")
     return attributes
+
+
+def clean_text(value: object, limit: int = MAX_HEADER_TEXT) -> str:
+    """value as text that stays on its line (control characters made spaces), cut to limit."""
+    return CONTROL_CHARACTERS.sub(" ", str(value)).strip()[:limit]
+
+
+def fail_span(span: Span, exc: BaseException, error_type: str | None = None) -> None:
+    """Record a failure on a span: the exception, error.type and an ERROR status (never
+    raises)."""
+    try:
+        if span.is_recording():
+            span.record_exception(exc)
+    except Exception:
+        log.exception("could not record an exception on a span")
+    mark_error(span, error_type or type(exc).__qualname__, str(exc) or type(exc).__name__)
 
 
 def mark_error(span: Span, error_type: str, description: str) -> None:

@@ -260,14 +260,7 @@ def _failed(span: Span, exc: BaseException, what: str) -> SendFailed:
                       replaced=False)
 
 
-def fail_span(span: Span, exc: BaseException, error_type: str | None = None) -> None:
-    """Record a failure on a span: the exception, error.type and an ERROR status."""
-    try:
-        if span.is_recording():
-            span.record_exception(exc)
-    except Exception:
-        log.exception("could not record an exception on a span")
-    inst.mark_error(span, error_type or type(exc).__qualname__, str(exc) or type(exc).__name__)
+fail_span = inst.fail_span  # the consumers import it from here
 
 
 async def _close_quietly(client: Client, *, drain: bool = False) -> None:

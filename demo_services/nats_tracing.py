@@ -13,7 +13,6 @@ failure inside it is logged and skipped.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,7 +37,6 @@ NATS_DELIVERIES = "messaging.nats.num_delivered"
 MAX_HEADER_TEXT = inst.MAX_HEADER_TEXT
 # The client decodes header values that are not UTF-8 with U+FFFD in place of the bad bytes.
 REPLACEMENT = "\ufffd"
-NOT_IN_HEADER = re.compile(r"[\x00-\x1f\x7f]+")  # CR/LF would end the header block
 
 
 def header_text(headers: NatsHeaders | None, name: str) -> str | None:
@@ -59,7 +57,7 @@ def header_text(headers: NatsHeaders | None, name: str) -> str | None:
 def clean_header(value: object, limit: int = MAX_HEADER_TEXT) -> str:
     """Text that can go in a NATS header: control characters (a line break would end the
     header block) made spaces, cut to limit."""
-    return NOT_IN_HEADER.sub(" ", str(value)).strip()[:limit]
+    return inst.clean_text(value, limit)
 
 
 class NatsHeaderGetter(Getter[NatsHeaders]):

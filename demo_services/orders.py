@@ -6,6 +6,10 @@ service then follows its orders through the choreography: it records payments (i
 `payments.charged` with inventory: pub/sub), and ends each saga in exactly one terminal state:
 `orders.completed` once shipping dispatched, or `orders.cancelled` once the payment was
 refunded (compensation after a failed reservation).
+
+With Artemis (FLOWSCOPE_DEMO_ARTEMIS_URL) a completed order is also invoiced: an invoice request
+goes to the Artemis queue `invoices` for billing, first, so that a Kafka send that fails (and
+the message handled again) sends the same request ID again, which Artemis stores once.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable
+from typing import Any
 
 from aiohttp import web
 
-from demo_services import topics
+from demo_services import addresses, topics
 from demo_services import web as http
+from demo_services.artemis_link import ArtemisLink, stay_connected
 from demo_services.runtime import Handler, Incoming, Service, Worker, main
 
 KEEP_ORDERS = 100_000
@@ -60,8 +66,21 @@ def build_app(service: Service) -> web.Application:
     return app
 
 
-def make_handler(service: Service) -> Handler:
-    """Follow the saga: note payments, end it as completed or cancelled."""
+def invoice_request_of(payload: dict[str, Any]) -> dict[str, Any]:
+    """The invoice request of a completed order (its simulation knobs travel on)."""
+    return {"type": "invoice.requested", "order_id": str(payload["order_id"]),
+            "customer": payload.get("customer"), "amount": payload.get("amount"),
+            "requested_at": time.time(), "simulate": payload.get("simulate") or {}}
+
+
+def invoice_request_id(order_id: str) -> str:
+    """The message ID (and _AMQ_DUPL_ID) of an order's invoice request: the same on every try."""
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"invoice-request:{order_id}"))
+
+
+def make_handler(service: Service, link: ArtemisLink | None = None) -> Handler:
+    """Follow the saga: note payments, end it as completed (invoiced, with Artemis) or
+    cancelled."""
     paid: OrderedDict[str, float] = OrderedDict()
 
     async def handle(incoming: Incoming) -> None:
@@ -75,6 +94,11 @@ def make_handler(service: Service) -> Handler:
             return
         if topic == service.config.topic(topics.SHIPPING_DISPATCHED):
             outcome, state = topics.ORDERS_COMPLETED, "completed"
+            if link is not None:
+                await link.send(addresses.address(service.config, addresses.INVOICES),
+                                invoice_request_of(payload),
+                                correlation_id=incoming.correlation_id,
+                                message_id=invoice_request_id(order_id))
         else:
             outcome, state = topics.ORDERS_CANCELLED, "compensated"
         await service.send(outcome, {
@@ -85,13 +109,16 @@ def make_handler(service: Service) -> Handler:
 
 
 def tasks(service: Service) -> list[Awaitable[None]]:
-    """The HTTP API and the saga consumer group."""
-    return [
+    """The HTTP API and the saga consumer group; with Artemis, the link it invoices on."""
+    link = ArtemisLink(service.config, service.name, service.tracer) \
+        if service.config.artemis_url else None
+    running = [
         http.serve(service, build_app(service), service.config.orders_port),
         Worker(service, "orders", [topics.PAYMENTS_CHARGED, topics.SHIPPING_DISPATCHED,
                                    topics.PAYMENTS_REFUNDED],
-               make_handler(service), topics.ORDERS_DLQ).run(),
+               make_handler(service, link), topics.ORDERS_DLQ).run(),
     ]
+    return running if link is None else [*running, stay_connected(link, service.stopping)]
 
 
 if __name__ == "__main__":

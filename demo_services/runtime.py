@@ -122,7 +122,7 @@ class Service:
         c = self.config
         return Simulation(c.transient_failure, c.permanent_failure, c.callback_failure,
                           c.inventory_failure, c.work_ms, c.thumbnail_failure,
-                          c.tracking_failure)
+                          c.tracking_failure, c.billing_failure)
 
     def mark_ready(self) -> None:
         """Tell the supervisor this service listens (a subscriber that would miss what is sent
@@ -421,6 +421,8 @@ def main(name: str, tasks: Callable[[Service], list[Awaitable[None]]]) -> None:
     # down); demo_services.amqp says once when the connection is lost and when it is back.
     logging.getLogger("aiormq.connection").setLevel(logging.CRITICAL)
     logging.getLogger("aio_pika.robust_connection").setLevel(logging.ERROR)
+    # proton logs each (re)connection attempt; demo_services.artemis_reactor says it once.
+    logging.getLogger("proton").setLevel(logging.WARNING)
     config = DemoConfig.from_env()
     provider = inst.setup_tracing(name)
     service = Service(name, config, trace.get_tracer(f"demo_services.{name}"))

@@ -13,7 +13,7 @@ from pathlib import Path
 from base.errors import FlowscopeError
 from base.settings import Settings, redact_url
 from flowscope import __version__, inspect
-from flowscope.infra import jaeger, kafka, nats, rabbitmq
+from flowscope.infra import artemis, jaeger, kafka, nats, rabbitmq
 from flowscope.infra.process import check_ports_free
 from flowscope.scenario import SCENARIOS
 from store.contract import StoreError
@@ -192,6 +192,43 @@ def _nats_install(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
+def _artemis_external(settings: Settings) -> str | None:
+    if not settings.artemis.external:
+        return None
+    return (f"artemis: using the external broker {redact_url(settings.artemis.amqp_url)} "
+            "(FLOWSCOPE_ARTEMIS_URL)")
+
+
+def _artemis_start(settings: Settings, _: argparse.Namespace) -> int:
+    current = artemis.start(settings)
+    print(f"amqp {redact_url(current.amqp_url)}\n"
+          f"management {redact_url(current.management_url)}")
+    return 0
+
+
+def _artemis_status(settings: Settings, args: argparse.Namespace) -> int:
+    current = artemis.status(settings)
+    if args.json:
+        print(json.dumps(current.as_json()))
+        return 0 if current.running else 3
+    state = "running" if current.running else "not running"
+    origin = "external" if current.external else f"pid {current.pid}" if current.pid else "native"
+    print(f"artemis: {state} ({origin})")
+    print(f"  amqp        {redact_url(current.amqp_url)}")
+    print(f"  management  {redact_url(current.management_url)}")
+    if current.log:
+        print(f"  log         {current.log}")
+    return 0 if current.running else 3
+
+
+def _artemis_install(settings: Settings, _: argparse.Namespace) -> int:
+    if settings.artemis.external:
+        print(f"{_artemis_external(settings)}; nothing to install")
+        return 0
+    print(artemis.install(settings))
+    return 0
+
+
 def _inspect(settings: Settings, args: argparse.Namespace) -> int:
     try:
         since = inspect.parse_duration(args.since)
@@ -314,8 +351,8 @@ def _add_demo_stack_command(groups: argparse._SubParsersAction[argparse.Argument
 
     demo = groups.add_parser(
         "demo", help="run the whole stack with demo traffic, until Ctrl-C",
-        description="Start Kafka, Jaeger, RabbitMQ and NATS (unless running or external), the "
-        "collector, the "
+        description="Start Kafka, Jaeger, RabbitMQ, NATS and Artemis (unless running or "
+        "external), the collector, the "
         "demo services, the load generator and the dashboard; print their URLs; on Ctrl-C or "
         "SIGTERM stop everything the demo started. Logs go to $FLOWSCOPE_HOME/demo.",
         epilog="scenarios: " + "; ".join(f"{k}: {v}" for k, v in SCENARIOS.items()))
@@ -334,6 +371,8 @@ def _add_demo_stack_command(groups: argparse._SubParsersAction[argparse.Argument
                       help="no RabbitMQ: the file pipeline runs in Kafka alone")
     demo.add_argument("--no-nats", action="store_true",
                       help="no NATS: shipments are not tracked over JetStream")
+    demo.add_argument("--no-artemis", action="store_true",
+                      help="no ActiveMQ Artemis: completed orders are not invoiced")
     demo.add_argument("--no-dashboard", action="store_true", help="no dashboard")
     demo.add_argument("--dashboard-port", type=int, metavar="P",
                       help="dashboard port (default FLOWSCOPE_DASHBOARD_PORT or 8501)")
@@ -374,6 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
         "nats": ("a native NATS server with JetStream (built from the Go module proxy)",
                  {"start": _nats_start, "stop": _stopper("nats", nats.stop, _nats_external),
                   "status": _nats_status, "install": _nats_install}),
+        "artemis": ("a native ActiveMQ Artemis broker (the Apache distribution from Maven "
+                    "Central; AMQP 1.0, Jolokia)",
+                    {"start": _artemis_start,
+                     "stop": _stopper("artemis", artemis.stop, _artemis_external),
+                     "status": _artemis_status, "install": _artemis_install}),
     }
     helps = {"start": "start it (or find it running) and wait until it is ready",
              "stop": "stop it cleanly", "status": "say whether it is up and where",

@@ -1,11 +1,13 @@
-"""`flowscope demo`: Kafka, Jaeger, RabbitMQ, NATS, the collector, the demo services, the load
-generator and the dashboard from one command, stopped together on Ctrl-C or SIGTERM.
+"""`flowscope demo`: Kafka, Jaeger, RabbitMQ, NATS, ActiveMQ Artemis, the collector, the demo
+services, the load generator and the dashboard from one command, stopped together on Ctrl-C or
+SIGTERM.
 
 Every part is a child process with its own log in FLOWSCOPE_HOME/demo. The collector writes
 the default store, so `flowscope inspect` in another terminal sees the demo's data. A Kafka,
-Jaeger, RabbitMQ or NATS that was already running (or is external) is used and left running;
---no-rabbitmq leaves RabbitMQ out, and the file pipeline then runs in Kafka alone; --no-nats
-leaves NATS out, and shipments are not tracked.
+Jaeger, RabbitMQ, NATS or Artemis that was already running (or is external) is used and left
+running; --no-rabbitmq leaves RabbitMQ out, and the file pipeline then runs in Kafka alone;
+--no-nats leaves NATS out, and shipments are not tracked; --no-artemis leaves Artemis out, and
+completed orders are not invoiced.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from base.errors import FlowscopeError
 from base.settings import LOOPBACK, Settings, redact_url
 from demo_services.config import DemoConfig
 from demo_services.topics import ensure_topics
-from flowscope.infra import jaeger, kafka, nats, process, rabbitmq
+from flowscope.infra import artemis, jaeger, kafka, nats, process, rabbitmq
 from flowscope.scenario import (
     DemoOptions,
     Step,
@@ -38,6 +40,7 @@ from flowscope.scenario import (
     steady_chunk,
 )
 from flowscope.services import (
+    ARTEMIS_URL_VARIABLE,
     NATS_URL_VARIABLE,
     RABBITMQ_URL_VARIABLE,
     Supervisor,
@@ -54,10 +57,10 @@ STOP_TIMEOUT_S = {"loadgen": 5.0, "dashboard": 10.0, "services": 30.0, "collect"
 
 def child_environment(settings: Settings, bootstrap: str,
                       jaeger_status: jaeger.JaegerStatus | None, amqp_url: str = "",
-                      nats_url: str = "") -> dict[str, str]:
+                      nats_url: str = "", *, artemis_url: str = "") -> dict[str, str]:
     """The environment of every child: this cluster, store and collector; Jaeger when used;
-    the RabbitMQ and the NATS the services use (each set empty when none, so that they look
-    for no other)."""
+    the RabbitMQ, the NATS and the Artemis the services use (each set empty when none, so
+    that they look for no other)."""
     collector = settings.collect
     env = dict(os.environ)
     env.update(KAFKA_BOOTSTRAP_SERVERS=bootstrap, FLOWSCOPE_HOME=str(settings.home),
@@ -67,6 +70,7 @@ def child_environment(settings: Settings, bootstrap: str,
     env.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)  # it would bypass the collector
     env[RABBITMQ_URL_VARIABLE] = amqp_url
     env[NATS_URL_VARIABLE] = nats_url
+    env[ARTEMIS_URL_VARIABLE] = artemis_url
     # Lag status is judged over the last 10 polls: at 1 s a paused group shows as stalled
     # within the incident scenario's pause, not 50 s later as at the default 5 s.
     env.setdefault("FLOWSCOPE_LAG_INTERVAL", "1")
@@ -269,9 +273,12 @@ class Demo:
         config = replace(config, bootstrap=bootstrap)
         self._create_topics(config)
         nats_status = self._start_nats() if self.options.nats else None
+        artemis_status = self._start_artemis() if self.options.artemis else None
         self.env = child_environment(self.settings, bootstrap, jaeger_status,
                                      rabbitmq_status.amqp_url if rabbitmq_status else "",
-                                     nats_status.url if nats_status else "")
+                                     nats_status.url if nats_status else "",
+                                     artemis_url=artemis_status.amqp_url if artemis_status
+                                     else "")
         self.service_state = Supervisor(self.settings, config).state_file
         self._start("collect", ["collect"] + ([] if rabbitmq_status else ["--no-rabbitmq"])
                     + ([] if nats_status else ["--no-nats"]),
@@ -287,6 +294,9 @@ class Demo:
         if nats_status is not None:
             self.urls["nats"] = (f"{redact_url(nats_status.url)}  (monitoring "
                                  f"{redact_url(nats_status.monitoring_url)}/jsz)")
+        if artemis_status is not None:
+            self.urls["artemis"] = (f"{redact_url(artemis_status.amqp_url)}  (Jolokia "
+                                    f"{redact_url(artemis_status.management_url)})")
         if self.options.dashboard:
             self._start_dashboard()
 
@@ -386,6 +396,23 @@ class Demo:
                 return nats.start(self.settings, process.Progress("nats"))
         except FlowscopeError as exc:
             hint = "; ".join(filter(None, [exc.hint, "or leave NATS out: --no-nats"]))
+            raise FlowscopeError(exc.component, exc.cause, log=exc.log, hint=hint,
+                                 log_tail=exc.log_tail) from None
+
+    def _start_artemis(self) -> artemis.ArtemisStatus:
+        if self.settings.artemis.external:
+            self.progress.say(f"artemis: the broker at "
+                              f"{redact_url(self.settings.artemis.amqp_url)} "
+                              "(FLOWSCOPE_ARTEMIS_URL)")
+        elif artemis.status(self.settings).pid is not None:
+            self.progress.say("artemis: the broker already running; it stays running")
+        else:
+            self.started_infra.append("artemis")
+        try:
+            with self._interruptible():
+                return artemis.start(self.settings, process.Progress("artemis"))
+        except FlowscopeError as exc:
+            hint = "; ".join(filter(None, [exc.hint, "or leave Artemis out: --no-artemis"]))
             raise FlowscopeError(exc.component, exc.cause, log=exc.log, hint=hint,
                                  log_tail=exc.log_tail) from None
 
@@ -524,7 +551,7 @@ class Demo:
         if self.jaeger_builder is not None:
             self.jaeger_builder.join(timeout=30)
         stoppers = {"kafka": kafka.stop, "jaeger": jaeger.stop, "rabbitmq": rabbitmq.stop,
-                    "nats": nats.stop}
+                    "nats": nats.stop, "artemis": artemis.stop}
         for name in reversed(self.started_infra):
             stopped = stoppers[name](self.settings)
             if stopped:

@@ -123,5 +123,6 @@ def demo(settings: Settings, args: argparse.Namespace) -> int:
     options = DemoOptions(duration_s=args.duration, scenario=args.scenario, rate=args.rate,
                           seed=seed, failures=failures, jaeger=not args.no_jaeger,
                           dashboard=not args.no_dashboard, dashboard_port=args.dashboard_port,
-                          rabbitmq=not args.no_rabbitmq, nats=not args.no_nats)
+                          rabbitmq=not args.no_rabbitmq, nats=not args.no_nats,
+                          artemis=not args.no_artemis)
     return run_demo(settings, options)

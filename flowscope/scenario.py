@@ -6,7 +6,9 @@ letters rise. With RabbitMQ (unless --no-rabbitmq) a phase comes before the burs
 the thumbnailer's consumers are cancelled for a while, so the backlog of `thumbnails.jobs`
 builds, then drains; with NATS (unless --no-nats) one in which the tracking service stops
 fetching from its JetStream consumer, so the consumer's pending count on `SHIPMENTS` builds,
-then drains. Phases scale to --duration (60 s by default).
+then drains; with Artemis (unless --no-artemis) one in which billing detaches its receiver, so
+the backlog of the `invoices` queue builds, then drains. Phases scale to --duration (60 s by
+default).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ SCENARIOS = {
     "incident": "steady traffic; the processor group paused (lag builds); resumed (lag "
                 "drains); with RabbitMQ, the thumbnailer paused (its queue backs up, then "
                 "drains); with NATS, the tracking consumer paused (JetStream pending builds, "
+                "then drains); with Artemis, billing paused (the invoices queue backs up, "
                 "then drains); a burst of failures (retries, dead letters): 60 s, or "
                 "--duration",
 }
@@ -27,6 +30,7 @@ BURST = {"transient_failure": 0.5, "permanent_failure": 0.15, "callback_failure"
 PAUSED_GROUP = "processor"  # one consumer group, so its lag stands out on the charts
 PAUSED_QUEUE_CONSUMER = "thumbnailer"  # the RabbitMQ consumers of thumbnails.jobs
 PAUSED_STREAM_CONSUMER = "tracking"  # the JetStream pull consumer of SHIPMENTS
+PAUSED_INVOICE_CONSUMER = "billing"  # the Artemis receiver of the invoices queue
 QUEUE_PAUSE_SHARE = 2 / 3  # of its phase: the rest shows the backlog draining
 STORY_S = 60.0
 CHUNK_S = 600.0
@@ -46,6 +50,7 @@ class DemoOptions:
     dashboard_port: int | None = None
     rabbitmq: bool = False  # the RabbitMQ leg runs (`flowscope demo` sets it unless told not)
     nats: bool = False  # the NATS leg runs (`flowscope demo` sets it unless told not)
+    artemis: bool = False  # the Artemis leg runs (`flowscope demo` sets it unless told not)
 
     def problems(self) -> list[str]:
         """Every invalid option, named."""
@@ -93,7 +98,7 @@ def plan_steps(options: DemoOptions) -> list[Step]:
             return []
         return [Step(0.0, f"steady traffic: {rate} for {options.duration_s:g}s",
                      load_args(options, options.duration_s, options.seed))]
-    phases = 4 + options.rabbitmq + options.nats
+    phases = 4 + options.rabbitmq + options.nats + options.artemis
     part = (options.duration_s or STORY_S) / phases
     burst = dict(options.failures)
     burst.update({k: max(v, burst.get(k, 0.0)) for k, v in BURST.items()})
@@ -119,6 +124,13 @@ def plan_steps(options: DemoOptions) -> list[Step]:
             "messages build on JetStream (SHIPMENTS), then drain",
             load_args(options, part, options.seed + 3, pause=(0.0, paused),
                       pause_group=PAUSED_STREAM_CONSUMER)))
+    if options.artemis:
+        steps.append(Step(
+            len(steps) * part, f"phase {len(steps) + 1}/{phases} invoice backlog: "
+            f"{PAUSED_INVOICE_CONSUMER} detaches its receiver for {paused:g}s; the invoices "
+            "queue backs up in Artemis, then drains",
+            load_args(options, part, options.seed + 4, pause=(0.0, paused),
+                      pause_group=PAUSED_INVOICE_CONSUMER)))
     steps.append(Step(
         (phases - 1) * part, f"phase {phases}/{phases} failure burst: " + ", ".join(
             f"{k.replace('_', ' ')} {v:g}" for k, v in BURST.items()) +

@@ -11,7 +11,11 @@ broker (FLOWSCOPE_RABBITMQ_URL) or the native node when it runs (`flowscope rabb
 Without it the file pipeline runs in Kafka alone, as it always did. Likewise the NATS leg
 (tracking, portal) runs only when NATS is configured: FLOWSCOPE_DEMO_NATS_URL when it is set
 (set empty, it turns the leg off), else the external server (FLOWSCOPE_NATS_URL) or the native
-one when it runs (`flowscope nats start`); shipping then also publishes to JetStream.
+one when it runs (`flowscope nats start`); shipping then also publishes to JetStream. And the
+Artemis leg (billing, ledger, mailer) runs only when Artemis is configured:
+FLOWSCOPE_DEMO_ARTEMIS_URL when it is set (set empty, it turns the leg off), else the external
+broker (FLOWSCOPE_ARTEMIS_URL) or the native one when it runs (`flowscope artemis start`);
+orders then also sends an invoice request for every completed order.
 """
 
 from __future__ import annotations
@@ -36,16 +40,19 @@ from base.settings import Settings, redact_url
 from demo_services.config import ConfigError, DemoConfig
 from demo_services.runtime import READY_FILE_VARIABLE
 from demo_services.topics import ensure_topics
+from flowscope.infra import artemis, process, rabbitmq
 from flowscope.infra import nats as nats_server
-from flowscope.infra import process, rabbitmq
 
 COMPONENT = "services"
 SERVICES = ("webhook", "uploads", "processor", "notifier", "orders", "payments", "inventory",
-            "shipping", "thumbnailer", "indexer", "auditor", "tracking", "portal")
+            "shipping", "thumbnailer", "indexer", "auditor", "tracking", "portal", "billing",
+            "ledger", "mailer")
 RABBITMQ_SERVICES = ("thumbnailer", "indexer", "auditor")
 RABBITMQ_URL_VARIABLE = "FLOWSCOPE_DEMO_RABBITMQ_URL"
 NATS_SERVICES = ("tracking", "portal")
 NATS_URL_VARIABLE = "FLOWSCOPE_DEMO_NATS_URL"
+ARTEMIS_SERVICES = ("billing", "ledger", "mailer")
+ARTEMIS_URL_VARIABLE = "FLOWSCOPE_DEMO_ARTEMIS_URL"
 HTTP_SERVICES = ("webhook", "uploads", "orders")
 # Core NATS keeps nothing for a subscriber that is not there yet: the stack is ready only once
 # these have subscribed (each touches the file named by READY_FILE_VARIABLE).
@@ -89,6 +96,7 @@ class Supervisor:
         env[RABBITMQ_URL_VARIABLE] = self.config.rabbitmq_url
         env[NATS_URL_VARIABLE] = self.config.nats_url
         env[READY_FILE_VARIABLE] = str(self.ready_file(name))
+        env[ARTEMIS_URL_VARIABLE] = self.config.artemis_url
         # The SDK's default of 5 s between exports would make every live view 5 s late.
         env.setdefault("OTEL_BSP_SCHEDULE_DELAY", "500")
         return env
@@ -220,15 +228,32 @@ def nats_url(settings: Settings, env: Mapping[str, str] | None = None) -> str:
     return current.url if current.running else ""
 
 
+def artemis_url(settings: Settings, env: Mapping[str, str] | None = None) -> str:
+    """The AMQP 1.0 URL the demo services use for Artemis: FLOWSCOPE_DEMO_ARTEMIS_URL when set
+    (empty: none), else the external broker's, else the native broker's while it runs; '' for
+    none."""
+    env = os.environ if env is None else env
+    if ARTEMIS_URL_VARIABLE in env:
+        return env[ARTEMIS_URL_VARIABLE]
+    if settings.artemis.external:
+        return settings.artemis.amqp_url
+    current = artemis.status(settings)
+    return current.amqp_url if current.running else ""
+
+
 def services_to_run(names: tuple[str, ...], config: DemoConfig) -> tuple[str, ...]:
-    """names, less the RabbitMQ leg when RabbitMQ is not configured and the NATS leg when NATS
-    is not; an error when names were chosen (not the default) and include one left out."""
+    """names, less the RabbitMQ leg when RabbitMQ is not configured, the NATS leg when NATS is
+    not and the Artemis leg when Artemis is not; an error when names were chosen (not the
+    default) and include one left out."""
     chosen = names != SERVICES
     legs = [(RABBITMQ_SERVICES, config.rabbitmq_url, "consume RabbitMQ",
              f"`flowscope rabbitmq start`, or set FLOWSCOPE_RABBITMQ_URL or "
              f"{RABBITMQ_URL_VARIABLE}"),
             (NATS_SERVICES, config.nats_url, "consume NATS",
-             f"`flowscope nats start`, or set FLOWSCOPE_NATS_URL or {NATS_URL_VARIABLE}")]
+             f"`flowscope nats start`, or set FLOWSCOPE_NATS_URL or {NATS_URL_VARIABLE}"),
+            (ARTEMIS_SERVICES, config.artemis_url, "consume Artemis",
+             f"`flowscope artemis start`, or set FLOWSCOPE_ARTEMIS_URL or "
+             f"{ARTEMIS_URL_VARIABLE}")]
     for leg, url, what, hint in legs:
         if url:
             continue
@@ -243,7 +268,7 @@ def services_to_run(names: tuple[str, ...], config: DemoConfig) -> tuple[str, ..
 def run_services(settings: Settings, names: tuple[str, ...] = SERVICES) -> int:
     """`flowscope services`: create the topics, run the services until SIGINT/SIGTERM."""
     config = replace(demo_config(settings), rabbitmq_url=rabbitmq_url(settings),
-                     nats_url=nats_url(settings))
+                     nats_url=nats_url(settings), artemis_url=artemis_url(settings))
     names = services_to_run(names, config)
     progress = process.Progress(COMPONENT)
     try:
@@ -252,9 +277,10 @@ def run_services(settings: Settings, names: tuple[str, ...] = SERVICES) -> int:
         raise FlowscopeError(COMPONENT, f"cannot create the demo topics on {config.bootstrap}: "
                              f"{type(exc).__name__} {exc}",
                              hint="is Kafka running? `flowscope kafka start`") from None
-    progress.say(f"{len(created)} topics ready on {config.bootstrap}; RabbitMQ: "
-                 f"{redact_url(config.rabbitmq_url) if config.rabbitmq_url else 'off'}; NATS: "
-                 f"{redact_url(config.nats_url) if config.nats_url else 'off'}")
+    legs = {"RabbitMQ": config.rabbitmq_url, "NATS": config.nats_url,
+            "Artemis": config.artemis_url}
+    progress.say(f"{len(created)} topics ready on {config.bootstrap}; " + "; ".join(
+        f"{leg}: {redact_url(url) if url else 'off'}" for leg, url in legs.items()))
     supervisor = Supervisor(settings, config, names)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

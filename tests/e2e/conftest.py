@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.conftest import (
+    artemis_broker,
     jaeger_endpoints,
     kafka_bootstrap,
     nats_server,
@@ -13,7 +14,8 @@ from tests.integration.conftest import (
     settings,
 )
 
-__all__ = ["jaeger_endpoints", "kafka_bootstrap", "nats_server", "rabbitmq_node", "settings"]
+__all__ = ["artemis_broker", "jaeger_endpoints", "kafka_bootstrap", "nats_server",
+           "rabbitmq_node", "settings"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

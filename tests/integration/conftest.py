@@ -13,13 +13,14 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from base.settings import Settings
-from flowscope.infra import jaeger, kafka, nats, rabbitmq
+from flowscope.infra import artemis, jaeger, kafka, nats, rabbitmq
 from flowscope.infra.jaeger import JaegerStatus
 from flowscope.infra.nats import NatsStatus
 from flowscope.infra.rabbitmq import RabbitmqStatus
@@ -79,6 +80,49 @@ def nats_server(settings: Settings) -> Iterator[NatsStatus]:
     yield current
     if not already:
         nats.stop(settings)
+
+
+@dataclass(frozen=True)
+class ArtemisBroker:
+    """The session's Artemis: its settings, and the environment that points `flowscope`
+    children (and the services) at it."""
+
+    settings: Settings
+    env: dict[str, str]
+
+    @property
+    def amqp_url(self) -> str:
+        """AMQP 1.0 URL, credentials included."""
+        return self.settings.artemis.amqp_url
+
+    @property
+    def management_url(self) -> str:
+        """Jolokia's base URL, credentials included."""
+        return self.settings.artemis.management_url
+
+
+@pytest.fixture(scope="session")
+def artemis_broker(settings: Settings, tmp_path_factory: pytest.TempPathFactory
+                   ) -> Iterator[ArtemisBroker]:
+    """A real ActiveMQ Artemis: the external one (FLOWSCOPE_ARTEMIS_URL), or a native one of
+    the session's own (a home under tmp, free ports, the shared cache), stopped at the end.
+    A machine without Java or Maven fails here, it skips nothing."""
+    if settings.artemis.external:
+        artemis.start(settings)
+        yield ArtemisBroker(settings, dict(os.environ))
+        return
+    amqp, core, management = free_ports(3)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSCOPE_ARTEMIS_")}
+    env.update(FLOWSCOPE_HOME=str(tmp_path_factory.mktemp("artemis-home")),
+               FLOWSCOPE_CACHE_DIR=str(settings.cache_dir), FLOWSCOPE_ARTEMIS_PORT=str(amqp),
+               FLOWSCOPE_ARTEMIS_CORE_PORT=str(core),
+               FLOWSCOPE_ARTEMIS_MANAGEMENT_PORT=str(management))
+    own = Settings.from_env(env)
+    try:
+        artemis.start(own)
+        yield ArtemisBroker(own, env)
+    finally:
+        artemis.stop(own)
 
 
 @pytest.fixture

@@ -61,9 +61,10 @@ class DemoStack:
                    FLOWSCOPE_DEMO_ORDERS_PORT=str(orders),
                    FLOWSCOPE_DEMO_WEBHOOK_PORT=str(webhook),
                    OTEL_EXPORTER_OTLP_ENDPOINT=otlp_endpoint, OTEL_BSP_SCHEDULE_DELAY="200",
-                   # no RabbitMQ or NATS leg unless a knob names the broker or server
-                   # (rabbitmq_url=..., nats_url=...)
-                   FLOWSCOPE_DEMO_RABBITMQ_URL="", FLOWSCOPE_DEMO_NATS_URL="")
+                   # no RabbitMQ, NATS or Artemis leg unless a knob names the broker or
+                   # server (rabbitmq_url=..., nats_url=..., artemis_url=...)
+                   FLOWSCOPE_DEMO_RABBITMQ_URL="", FLOWSCOPE_DEMO_NATS_URL="",
+                   FLOWSCOPE_DEMO_ARTEMIS_URL="")
         env.update({f"FLOWSCOPE_DEMO_{k.upper()}": v for k, v in knobs.items()})
         return cls(env, DemoConfig.from_env(env), home)
 

@@ -24,10 +24,10 @@ import pytest
 from base.settings import Settings
 from demo_services import topics
 from flowscope.demo import LOCK_MARKER
-from flowscope.infra import kafka, nats, process, rabbitmq
+from flowscope.infra import artemis, kafka, nats, process, rabbitmq
 from flowscope.infra.jaeger import JaegerStatus
 from store.factory import open_store
-from tests.integration.conftest import run_flowscope
+from tests.integration.conftest import ArtemisBroker, run_flowscope
 from tests.integration.demo_stack import free_ports
 from tests.integration.jaeger_api import fetch_spans_v3
 
@@ -50,11 +50,12 @@ class DemoProcess:
 
     @classmethod
     def start(cls, env: dict[str, str], *args: str, rabbitmq: bool = False,
-              nats: bool = False) -> DemoProcess:
-        """Start it (with --no-rabbitmq unless rabbitmq, --no-nats unless nats) and read its
-        stdout and stderr."""
+              nats: bool = False, artemis: bool = False) -> DemoProcess:
+        """Start it (with --no-rabbitmq unless rabbitmq, --no-nats unless nats, --no-artemis
+        unless artemis) and read its stdout and stderr."""
         args = args if rabbitmq else ("--no-rabbitmq", *args)
         args = args if nats else ("--no-nats", *args)
+        args = args if artemis else ("--no-artemis", *args)
         proc = subprocess.Popen([sys.executable, "-m", "flowscope", "demo", *args], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         run = cls(env, proc)
@@ -366,6 +367,50 @@ def test_demo_starts_nats_runs_the_tracking_leg_and_stops_the_server(
     lag = run_flowscope(env, "inspect", "lag", "--json")
     assert any(row["system"] == "nats" and row["topic"] == stream and row["group"] == "tracking"
                for row in json.loads(lag.stdout)["partitions"]), lag.stdout
+
+
+def test_demo_starts_artemis_runs_the_invoice_leg_and_stops_the_broker(
+        kafka_bootstrap: str, artemis_broker: ArtemisBroker, tmp_path: Path) -> None:
+    env = {k: v for k, v in demo_env(tmp_path, kafka_bootstrap, None).items()
+           if not k.startswith("FLOWSCOPE_ARTEMIS_") and k != "FLOWSCOPE_DEMO_ARTEMIS_URL"}
+    amqp, core, management = free_ports(3)
+    # A broker of its own, from the distribution the session cached (artemis_broker).
+    env.update(FLOWSCOPE_ARTEMIS_PORT=str(amqp), FLOWSCOPE_ARTEMIS_CORE_PORT=str(core),
+               FLOWSCOPE_ARTEMIS_MANAGEMENT_PORT=str(management),
+               FLOWSCOPE_CACHE_DIR=str(artemis_broker.settings.cache_dir))
+    prefix = env["FLOWSCOPE_DEMO_TOPIC_PREFIX"]
+    run = DemoProcess.start(env, "--no-jaeger", "--no-dashboard", "--duration", "15",
+                            "--scenario", "incident", "--seed", "3", artemis=True)
+    try:
+        run.wait_ready()
+        pids = run.recorded_pids()
+        assert {"orders", "billing", "ledger", "mailer"} <= set(pids)
+        assert run.proc.wait(timeout=120) == 0, run.output()
+    finally:
+        artemis.stop(Settings.from_env(env))  # whatever happened, leave no broker behind
+    printed = run.output()
+    assert f"artemis    amqp://***@127.0.0.1:{amqp}  (Jolokia http://***@127.0.0.1:" \
+           f"{management}/console/jolokia)" in printed
+    for phase in ("1/5 steady", "4/5 invoice backlog", "5/5 failure burst"):
+        assert f"phase {phase}" in printed
+    assert "artemis: stopped" in printed
+    assert "the demo had started it" in printed
+    assert_nothing_left(run, pids)
+    assert not artemis.status(Settings.from_env(env)).running
+    logs = run.home / "services"
+    assert f"consuming {prefix}invoices" in (logs / "billing.log").read_text()
+    for subscriber in ("ledger", "mailer"):
+        assert f"consuming {prefix}billing.events::{prefix}billing.events.{subscriber}" in \
+            (logs / f"{subscriber}.log").read_text()
+    assert "receiver of" in (logs / "billing.log").read_text()  # detached while paused
+    done = run_flowscope(env, "inspect", "topology", "--json", "--since", "1h")
+    assert done.returncode == 0, done.stderr
+    edges = {(e["source"], e["target"]) for e in json.loads(done.stdout)["edges"]}
+    # Kafka -> Artemis queue -> Artemis multicast, whatever the collector names the nodes
+    assert any(s == "orders" and "invoices" in t for s, t in edges), edges
+    assert any("invoices" in s and t == "billing" for s, t in edges), edges
+    for subscriber in ("ledger", "mailer"):
+        assert any("billing.events" in s and t == subscriber for s, t in edges), edges
 
 
 def test_a_demo_whose_jaeger_is_not_built_starts_at_once_and_goes_on_without_it(

@@ -25,6 +25,7 @@ from opentelemetry.sdk import environment_variables as otel_sdk_variables
 
 from base.errors import SettingsError
 from base.settings import (
+    ArtemisSettings,
     CollectorSettings,
     DashboardSettings,
     JaegerSettings,
@@ -32,10 +33,11 @@ from base.settings import (
     NatsSettings,
     RabbitmqSettings,
     Settings,
+    redact_url,
 )
 from demo_services.config import ConfigError, DemoConfig
 from flowscope.cli import build_parser
-from flowscope.infra import rabbitmq
+from flowscope.infra import artemis_config, rabbitmq
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -45,7 +47,8 @@ IMAGES = {"kafka": r"apache/kafka:4\.\d+\.\d+", "jaeger": r"jaegertracing/jaeger
           # Debian 12's rabbitmq-server series (3.10 is final: the tag no longer moves)
           "rabbitmq": r"rabbitmq:3\.10(\.\d+)?-management",
           # the series of the nats-server the native launcher builds (NatsSettings)
-          "nats": r"nats:2\.\d+(\.\d+)?-alpine"}
+          "nats": r"nats:2\.\d+(\.\d+)?-alpine",
+          "artemis": r"apache/activemq-artemis:2\.\d+\.\d+"}
 SOURCE_DIRS = ("base", "store", "flowscope", "collectors", "demo_services", "dashboard")
 VARIABLE = re.compile(r"^(FLOWSCOPE|KAFKA|OTEL)_[A-Z0-9_]*[A-Z0-9]$")
 LOOPBACK = "127.0.0.1"
@@ -58,8 +61,12 @@ WHERE_THINGS_ARE = frozenset({
     "FLOWSCOPE_JAEGER_QUERY_URL", "FLOWSCOPE_JAEGER_UI_URL", "FLOWSCOPE_DEMO_HOST",
     "OTEL_EXPORTER_OTLP_ENDPOINT", "FLOWSCOPE_RABBITMQ_URL", "FLOWSCOPE_RABBITMQ_MANAGEMENT_URL",
     "FLOWSCOPE_DEMO_RABBITMQ_URL", "FLOWSCOPE_NATS_URL", "FLOWSCOPE_NATS_MONITORING_URL",
-    "FLOWSCOPE_DEMO_NATS_URL",
+    "FLOWSCOPE_DEMO_NATS_URL", "FLOWSCOPE_ARTEMIS_URL", "FLOWSCOPE_ARTEMIS_MANAGEMENT_URL",
+    "FLOWSCOPE_DEMO_ARTEMIS_URL",
 })
+# Artemis' standard ports, which `artemis create --port-offset` shifts together.
+ARTEMIS_STANDARD_PORTS = {"port": 5672, "core_port": 61616, "management_port": 8161}
+ARTEMIS_OVERRIDE = "/var/lib/artemis-instance/etc-override/broker.xml"
 
 Compose = dict[str, Any]
 
@@ -213,6 +220,7 @@ def code_default_ports(name: str) -> set[int]:
         "jaeger": {JaegerSettings.query_port},
         "rabbitmq": {RabbitmqSettings.port, RabbitmqSettings.management_port},
         "nats": {NatsSettings.port, NatsSettings.monitoring_port},
+        "artemis": {ArtemisSettings.port, ArtemisSettings.management_port},
         "collector": {CollectorSettings.otlp_port},
         "dashboard": {DashboardSettings.port},
         "services": {demo.uploads_port, demo.orders_port, demo.webhook_port},
@@ -574,10 +582,77 @@ def check_rabbitmq(compose: Compose) -> list[str]:
     return problems
 
 
+def _create_options(service: Mapping[str, Any]) -> dict[str, str]:
+    """The `artemis create` options of EXTRA_ARGS (--name value or --name=value)."""
+    words = shlex.split(str(compose_env(service).get("EXTRA_ARGS", "")))
+    options: dict[str, str] = {}
+    for index, word in enumerate(words):
+        if not word.startswith("--"):
+            continue  # the value of the option before it
+        name, equals, value = word.partition("=")
+        following = words[index + 1] if index + 1 < len(words) else "--"
+        options[name] = value if equals else "" if following.startswith("--") else following
+    return options
+
+
+def _artemis_urls(compose: Compose) -> dict[str, str]:
+    """The Artemis URLs the collector and the demo services are given, by service."""
+    services = services_of(compose)
+    collector = compose_env(services.get("collector", {}))
+    demo = compose_env(services.get("services", {}))
+    return {**{f"collector: {name}": str(collector.get(name, "")) for name in (
+        "FLOWSCOPE_ARTEMIS_URL", "FLOWSCOPE_ARTEMIS_MANAGEMENT_URL")},
+        "services: FLOWSCOPE_DEMO_ARTEMIS_URL": str(demo.get("FLOWSCOPE_DEMO_ARTEMIS_URL", ""))}
+
+
+def check_artemis(compose: Compose) -> list[str]:
+    """The broker container runs the native launcher's release, configured as the native
+    broker: its broker.xml with 0.0.0.0 for 127.0.0.1, the native ports (one offset from
+    Artemis' standard ones), heap and user; the collector and the services reach it as that
+    user."""
+    service = services_of(compose).get("artemis", {})
+    native = ArtemisSettings()
+    problems = []
+    tag = str(service.get("image", "")).partition(":")[2]
+    if tag != native.version:
+        problems.append(f"artemis: image tag {tag!r} is not the native broker's {native.version}")
+    mounted = _mounted_configs(compose, service)
+    expected = artemis_config.render_broker_xml(native, host=ANY_ADDRESS)
+    if list(mounted) != [ARTEMIS_OVERRIDE]:
+        problems.append(f"artemis: mount exactly one config into {ARTEMIS_OVERRIDE}, not "
+                        f"{sorted(mounted)}")
+    elif mounted[ARTEMIS_OVERRIDE].rstrip() != expected.rstrip():
+        problems.append("artemis: the mounted broker.xml is not the native one with 0.0.0.0 "
+                        "(render_broker_xml(ArtemisSettings(), host='0.0.0.0'))")
+    options = _create_options(service)
+    offsets = {getattr(native, name) - port for name, port in ARTEMIS_STANDARD_PORTS.items()}
+    wanted = {"--http-host": ANY_ADDRESS, "--port-offset": str(offsets.pop()),
+              "--java-memory": native.heap,
+              "--java-options": f"-Xms{artemis_config.INITIAL_HEAP}"}
+    if offsets:
+        problems.append("artemis: the native ports are no single offset of the standard ones")
+    for option, value in wanted.items():
+        if options.get(option) != value:
+            problems.append(f"artemis: EXTRA_ARGS {option} {options.get(option)!r}, the native "
+                            f"broker's is {value!r}")
+    env = compose_env(service)
+    user = (str(env.get("ARTEMIS_USER")), str(env.get("ARTEMIS_PASSWORD")))
+    if user != (native.user, native.password):
+        problems.append(f"artemis: ARTEMIS_USER {user[0]!r} is not the native broker's user")
+    ports = {port for _, _, port in published(service)}
+    for where, url in _artemis_urls(compose).items():
+        parts = urlsplit(url)
+        if (parts.username, parts.password, parts.hostname) != (*user, "artemis") \
+                or parts.port not in ports:
+            problems.append(f"{where}={redact_url(url)!r} does not reach the artemis service as "
+                            "its user on a published port")
+    return problems
+
+
 CHECKS: list[Callable[[Compose], list[str]]] = [
     check_services_and_images, check_builds, check_commands, check_variables_are_read,
     check_settings_load, check_defaults, check_ports, check_addresses, check_store_shared,
-    check_depends_on, check_rabbitmq, check_nats,
+    check_depends_on, check_rabbitmq, check_nats, check_artemis,
 ]
 
 
@@ -630,11 +705,16 @@ def _undepend(data: Compose) -> None:
     data["services"]["loadgen"]["depends_on"] = ["services"]
 
 
-def _rabbitmq_conf(old: str, new: str) -> Callable[[Compose], None]:
+def _config(name: str, old: str, new: str) -> Callable[[Compose], None]:
     def mutate(data: Compose) -> None:
-        config = data["configs"]["rabbitmq-conf"]
+        config = data["configs"][name]
+        assert old in config["content"]
         config["content"] = config["content"].replace(old, new)
     return mutate
+
+
+def _rabbitmq_conf(old: str, new: str) -> Callable[[Compose], None]:
+    return _config("rabbitmq-conf", old, new)
 
 
 MUTATIONS = {
@@ -703,6 +783,27 @@ MUTATIONS = {
                    "not the native server's series"),
     "system epmd port": (_env("rabbitmq", ERL_EPMD_PORT="4369"), check_rabbitmq,
                          "ERL_EPMD_PORT='4369'"),
+    "other artemis": (_set("artemis", "image", "apache/activemq-artemis:2.39.0"), check_artemis,
+                      "'2.39.0' is not the native broker's 2.40.0"),
+    "artemis on its standard ports": (
+        _env("artemis", EXTRA_ARGS="--http-host 0.0.0.0 --relax-jolokia --java-memory 384m "
+             "--java-options=-Xms64M"), check_artemis, "--port-offset None"),
+    "artemis with 2 GB": (
+        _env("artemis", EXTRA_ARGS="--http-host 0.0.0.0 --port-offset 20 --java-memory 2G "
+             "--java-options=-Xms64M"), check_artemis, "--java-memory '2G'"),
+    "artemis broker.xml drifted": (_config("artemis-broker-xml", "<max-delivery-attempts>4<",
+                                           "<max-delivery-attempts>5<"),
+                                   check_artemis, "not the native one"),
+    "artemis not configured": (lambda data: data["services"]["artemis"].pop("configs"),
+                               check_artemis, "mount exactly one config"),
+    "collector as another artemis user": (
+        _env("collector", FLOWSCOPE_ARTEMIS_URL="amqp://admin:admin@artemis:5692"),
+        check_artemis, "FLOWSCOPE_ARTEMIS_URL='amqp://***@artemis:5692' does not reach"),
+    "demo services without artemis": (_env("services", FLOWSCOPE_DEMO_ARTEMIS_URL=""),
+                                      check_artemis, "FLOWSCOPE_DEMO_ARTEMIS_URL=''"),
+    "artemis on the system AMQP port": (_set("artemis", "ports", ["127.0.0.1:5672:5672",
+                                                                  "127.0.0.1:8181:8181"]),
+                                        check_ports, "default ports are [5692, 8181]"),
 }
 
 

@@ -28,6 +28,7 @@ from demo_services.tracking import status_of, tracking_fails
 from flowscope.demo import child_environment
 from flowscope.scenario import DemoOptions, plan_steps
 from flowscope.services import (
+    ARTEMIS_SERVICES,
     NATS_SERVICES,
     RABBITMQ_SERVICES,
     SERVICES,
@@ -294,11 +295,12 @@ def test_the_demo_hands_its_nats_url_to_every_child_and_none_means_none(
 def test_the_nats_services_run_only_with_nats() -> None:
     off = DemoConfig()
     nats_only = replace(off, nats_url="nats://h:4222")
-    both = replace(nats_only, rabbitmq_url="amqp://h/")
+    every = replace(nats_only, rabbitmq_url="amqp://h/", artemis_url="amqp://h:5692")
     assert set(services_to_run(SERVICES, off)) == \
-        set(SERVICES) - set(RABBITMQ_SERVICES) - set(NATS_SERVICES)
-    assert set(services_to_run(SERVICES, nats_only)) == set(SERVICES) - set(RABBITMQ_SERVICES)
-    assert services_to_run(SERVICES, both) == SERVICES
+        set(SERVICES) - set(RABBITMQ_SERVICES) - set(NATS_SERVICES) - set(ARTEMIS_SERVICES)
+    assert set(services_to_run(SERVICES, nats_only)) == \
+        set(SERVICES) - set(RABBITMQ_SERVICES) - set(ARTEMIS_SERVICES)
+    assert services_to_run(SERVICES, every) == SERVICES
     assert services_to_run(("shipping", "tracking", "portal"), nats_only) == (
         "shipping", "tracking", "portal")
     with pytest.raises(FlowscopeError, match="tracking, portal consume NATS"):

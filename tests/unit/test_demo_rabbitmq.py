@@ -21,6 +21,7 @@ from demo_services.faults import Simulation
 from demo_services.retry import RetryPolicy
 from demo_services.thumbnailer import backoff_after, render_fails, retry_headers
 from flowscope.services import (
+    ARTEMIS_SERVICES,
     NATS_SERVICES,
     RABBITMQ_SERVICES,
     SERVICES,
@@ -222,8 +223,9 @@ def test_the_services_use_the_demo_url_else_the_external_broker_else_none(
 def test_the_rabbitmq_services_run_only_with_rabbitmq() -> None:
     off, on = DemoConfig(), replace(DemoConfig(), rabbitmq_url="amqp://h/")
     assert set(services_to_run(SERVICES, off)) == \
-        set(SERVICES) - set(RABBITMQ_SERVICES) - set(NATS_SERVICES)
-    assert set(services_to_run(SERVICES, on)) == set(SERVICES) - set(NATS_SERVICES)
+        set(SERVICES) - set(RABBITMQ_SERVICES) - set(NATS_SERVICES) - set(ARTEMIS_SERVICES)
+    assert set(services_to_run(SERVICES, on)) == \
+        set(SERVICES) - set(NATS_SERVICES) - set(ARTEMIS_SERVICES)
     assert services_to_run(("uploads", "processor"), off) == ("uploads", "processor")
     with pytest.raises(FlowscopeError, match="thumbnailer consume RabbitMQ"):
         services_to_run(("processor", "thumbnailer"), off)
