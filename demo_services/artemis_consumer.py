@@ -134,7 +134,8 @@ class QueueConsumer:
                         self.service.name, self.source, self.group_id)
         elif not paused and self._receiver is None:
             self._receiver = self.link.receive(self.source, self.prefetch, self._on_received,
-                                               multicast=self.multicast)
+                                               multicast=self.multicast,
+                                               on_attached=self.service.mark_ready)
             log.info("%s: consuming %s, prefetch %d", self.service.name, self.source,
                      self.prefetch)
 

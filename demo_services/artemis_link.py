@@ -174,13 +174,15 @@ class ArtemisLink:
             span.end()
 
     def receive(self, source: str, prefetch: int, on_message: Callable[[Received], None], *,
-                multicast: bool = False) -> int:
+                multicast: bool = False, on_attached: Callable[[], None] | None = None) -> int:
         """Start receiving from source (a queue, or `address::queue` on a multicast address);
-        on_message runs on this loop for each delivery. Its receiver's ident."""
+        on_message runs on this loop for each delivery, on_attached (in the AMQP thread) each
+        time the broker has attached the receiver. Its receiver's ident."""
         if self._reactor is None:
             raise RuntimeError("ArtemisLink.connect() first")
         deliver: OnMessage = self._threadsafe(on_message)
-        return self._reactor.open_receiver(source, prefetch, deliver, multicast=multicast)
+        return self._reactor.open_receiver(source, prefetch, deliver, multicast=multicast,
+                                           on_attached=on_attached)
 
     def hold(self, receiver: int) -> None:
         """Take no more deliveries on a receiver (those that come are released)."""

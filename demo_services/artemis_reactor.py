@@ -135,10 +135,11 @@ class ArtemisReactor(MessagingHandler):  # type: ignore[misc]
         self.call(lambda: self._send((address, multicast), _Pending(message, done, deadline)))
 
     def open_receiver(self, source: str, prefetch: int, on_message: OnMessage, *,
-                      multicast: bool) -> int:
+                      multicast: bool, on_attached: Callable[[], None] | None = None) -> int:
         """Start receiving from source (a queue, or `address::queue` on a multicast address)
         with prefetch credits; its ident."""
-        state = ReceiverState(next(self._idents), source, prefetch, multicast, on_message)
+        state = ReceiverState(next(self._idents), source, prefetch, multicast, on_message,
+                              on_attached=on_attached)
         self.call(lambda: self._receivers.add(state))
         return state.ident
 

@@ -45,6 +45,7 @@ class ReceiverState:
     prefetch: int
     multicast: bool
     on_message: OnMessage
+    on_attached: Callable[[], None] | None = None  # each time the broker attached it
     link: Any = None
     active: bool = True  # False: held
     due: float | None = None  # when to attach again after the broker closed it
@@ -141,6 +142,8 @@ class Receivers:
         state = self._owner(link)
         if state is not None:
             state.wait.reset()
+            if state.on_attached is not None:
+                state.on_attached()
 
     def closed_by_broker(self, link: Any, why: str, now: float) -> None:
         """The broker closed a receiver's link: attach it again after its backoff."""

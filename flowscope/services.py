@@ -54,9 +54,10 @@ NATS_URL_VARIABLE = "FLOWSCOPE_DEMO_NATS_URL"
 ARTEMIS_SERVICES = ("billing", "ledger", "mailer")
 ARTEMIS_URL_VARIABLE = "FLOWSCOPE_DEMO_ARTEMIS_URL"
 HTTP_SERVICES = ("webhook", "uploads", "orders")
-# Core NATS keeps nothing for a subscriber that is not there yet: the stack is ready only once
-# these have subscribed (each touches the file named by READY_FILE_VARIABLE).
-SUBSCRIBERS = ("portal",)
+# Core NATS, and an Artemis multicast address whose subscriber has no queue yet, keep nothing
+# for a subscriber that is not there: the stack is ready only once these have subscribed (each
+# touches the file named by READY_FILE_VARIABLE).
+SUBSCRIBERS = ("portal", "ledger", "mailer")
 
 
 @dataclass

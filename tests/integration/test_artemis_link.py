@@ -82,7 +82,7 @@ async def consuming(config: DemoConfig, tracer: Any, queue: str,
 
 @asynccontextmanager
 async def sender_link(config: DemoConfig, tracer: Any) -> AsyncIterator[ArtemisLink]:
-    link = ArtemisLink(config, "producer", tracer, send_timeout_s=3)
+    link = ArtemisLink(config, "producer", tracer, send_timeout_s=8)
     await link.connect()
     try:
         yield link
