@@ -257,9 +257,11 @@ class CollectorSettings:
     limits: IngestLimits = field(default_factory=IngestLimits)
     spans_topic: str = "otlp_spans"
     completed_topics: tuple[str, ...] = ("*files.notified", "*orders.completed")
-    # The last two: the advisories a NATS server publishes when a JetStream consumer gives a
-    # message up (max deliveries reached, or terminated by its subscriber).
-    dead_letter_topics: tuple[str, ...] = ("*.dlq", "*.DLT", "*dead-letter*", "*deadletter*",
+    # "DLQ.*": ActiveMQ Artemis' dead-letter queues (DLQ.<queue>). The last two: the advisories
+    # a NATS server publishes when a JetStream consumer gives a message up (max deliveries
+    # reached, or terminated by its subscriber).
+    dead_letter_topics: tuple[str, ...] = ("*.dlq", "*.DLQ", "*.DLT", "DLQ", "DLQ.*",
+                                           "*dead-letter*", "*deadletter*",
                                            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.*",
                                            "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.*")
     compensated_topics: tuple[str, ...] = ("*orders.cancelled",)

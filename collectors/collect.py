@@ -28,6 +28,7 @@ from collectors.ingest.kafka_spans import consume_spans_topic
 from collectors.ingest.pipeline import Pipeline
 from collectors.ingest.tap import COMPONENT as tap_component
 from collectors.ingest.tap import run_tap, topic_pattern
+from collectors.lag.artemis import ArtemisPoller, JolokiaError
 from collectors.lag.jetstream import JetStreamPoller, MonitoringError
 from collectors.lag.poller import LagPoller
 from collectors.lag.queues import ManagementError, QueuePoller
@@ -35,13 +36,14 @@ from collectors.supervise import Health, supervise
 from store.contract import StoreUnavailable
 from store.factory import flow_rules, open_store
 from store.records import GroupLag, LagRow
-from store.vocabulary import NATS, RABBITMQ, ComponentState, FlowFlag
+from store.vocabulary import ACTIVEMQ, NATS, RABBITMQ, ComponentState, FlowFlag
 
 log = logging.getLogger(__name__)
 RETENTION_EVERY_S = 60.0
 LAG_COMPONENT = "lag_poller"
 QUEUES_COMPONENT = "queue_poller"
 JETSTREAM_COMPONENT = "jetstream_poller"
+ARTEMIS_COMPONENT = "artemis_poller"
 MAINTENANCE = "maintenance"
 FORWARDER = "forwarder"
 
@@ -64,11 +66,14 @@ async def ensure_spans_topic(bootstrap: str, topic: str) -> None:
 async def run_collector(settings: Settings, *, kafka_spans: bool = True,
                         queues_url: str | None = None,
                         nats: tuple[str, str | None] | None = None,
+                        artemis: str | None = None,
                         on_ready: Callable[[str], None] | None = None,
                         stopping: asyncio.Event | None = None) -> None:
     """Run until SIGINT/SIGTERM (or, when given, until stopping is set). queues_url: the
     management API of a RabbitMQ whose queues' backlog to poll; nats: the monitoring and
-    client URLs of a NATS server whose JetStream consumers' backlog to poll (None: none)."""
+    client URLs of a NATS server whose JetStream consumers' backlog to poll; artemis: the
+    management API (Jolokia) of an ActiveMQ Artemis broker whose queues' backlog and dead
+    letters to poll (None: none)."""
     collector = settings.collect
     store = open_store(settings)
     forwarder = None
@@ -93,7 +98,7 @@ async def run_collector(settings: Settings, *, kafka_spans: bool = True,
         if kafka_spans:
             await ensure_spans_topic(settings.kafka.bootstrap, collector.spans_topic)
         components = _components(settings, pipeline, health, stopping, kafka=kafka_spans,
-                                 queues_url=queues_url, nats=nats)
+                                 queues_url=queues_url, nats=nats, artemis=artemis)
         for name, run in components.items():
             tasks.append(asyncio.ensure_future(supervise(
                 name, run, health=health, counters=pipeline.counters, stopping=stopping)))
@@ -116,7 +121,7 @@ async def run_collector(settings: Settings, *, kafka_spans: bool = True,
 
 def _components(settings: Settings, pipeline: Pipeline, health: Health,
                 stopping: asyncio.Event, *, kafka: bool, queues_url: str | None,
-                nats: tuple[str, str | None] | None = None
+                nats: tuple[str, str | None] | None = None, artemis: str | None = None
                 ) -> dict[str, Callable[[], Awaitable[None]]]:
     """The collector's background components, by name, each a coroutine to supervise."""
     collector = settings.collect
@@ -153,6 +158,12 @@ def _components(settings: Settings, pipeline: Pipeline, health: Health,
             health, stopping, component=JETSTREAM_COMPONENT, system=NATS,
             failures=(MonitoringError,), where=f"NATS monitoring {redact_url(monitoring_url)}",
             interval_s=collector.lag_interval_s)
+    if artemis is not None:
+        components[ARTEMIS_COMPONENT] = lambda: poll_backlog(
+            ArtemisPoller(artemis, window=collector.lag_window), pipeline, health, stopping,
+            component=ARTEMIS_COMPONENT, system=ACTIVEMQ, failures=(JolokiaError,),
+            where=f"Artemis management API {redact_url(artemis)}",
+            interval_s=collector.lag_interval_s)
     components[MAINTENANCE] = lambda: _maintain(pipeline, health, stopping)
     return components
 
@@ -188,7 +199,8 @@ async def poll_lag(bootstrap: str, pipeline: Pipeline, health: Health, stopping:
 
 
 class BacklogSource(Protocol):
-    """A poller of one messaging system's backlog (RabbitMQ queues, JetStream consumers)."""
+    """A poller of one messaging system's backlog (RabbitMQ queues, JetStream consumers,
+    Artemis queues)."""
 
     skipped: int  # entries of a poll left out (malformed in the answer); reset by the caller
 

@@ -3,7 +3,8 @@ loopback port), the way Burrow, kafka-lag-exporter and kminion users wire lag in
 
 Kafka's groups and partitions keep the series those tools have (flowscope_consumergroup_*,
 flowscope_partition_*); RabbitMQ queues have their own (flowscope_queue_*), JetStream
-consumers theirs (flowscope_jetstream_*); and every group, queue or consumer of every system
+consumers theirs (flowscope_jetstream_*), Artemis queues flowscope_queue_* with an address
+label instead of an exchange; and every group, queue or consumer of every system
 is in flowscope_backlog_*, with a system label, for one panel of all of them."""
 
 from __future__ import annotations
@@ -12,7 +13,14 @@ from collections.abc import Iterable, Mapping
 
 from collectors.supervise import ComponentHealth
 from store.records import GroupLag, LagRow
-from store.vocabulary import KAFKA, NATS, ComponentState, GroupStatus, PartitionStatus
+from store.vocabulary import (
+    ACTIVEMQ,
+    KAFKA,
+    NATS,
+    ComponentState,
+    GroupStatus,
+    PartitionStatus,
+)
 
 GROUP_STATUS_CODE = {GroupStatus.OK: 0, GroupStatus.WARN: 1, GroupStatus.ERR: 2}
 PARTITION_STATUS_CODE = {PartitionStatus.OK: 0, PartitionStatus.WARN: 1, PartitionStatus.STOP: 2,
@@ -39,7 +47,9 @@ def _row_samples(row: LagRow) -> list[tuple[str, str, object]]:
                 ("flowscope_jetstream_consumer_ack_floor", labels, row.committed),
                 ("flowscope_jetstream_stream_last_sequence", labels, row.end)]
     if row.system != KAFKA:
-        labels = _labels(system=row.system, queue=row.group, exchange=row.topic)
+        labels = _labels(system=row.system, queue=row.group, address=row.topic) \
+            if row.system == ACTIVEMQ else \
+            _labels(system=row.system, queue=row.group, exchange=row.topic)
         return [("flowscope_queue_messages_ready", labels, row.ready),
                 ("flowscope_queue_messages_unacknowledged", labels, row.unacknowledged),
                 ("flowscope_queue_consumers", labels, row.consumers)]

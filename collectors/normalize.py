@@ -21,7 +21,15 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from base.settings import IngestLimits
 from store.records import INT64_MAX, INT64_MIN, SpanRecord
-from store.vocabulary import CONSUMES, DEFAULT_EXCHANGE, NATS, RABBITMQ, Operation, SpanKind
+from store.vocabulary import (
+    ACTIVEMQ,
+    CONSUMES,
+    DEFAULT_EXCHANGE,
+    NATS,
+    RABBITMQ,
+    Operation,
+    SpanKind,
+)
 
 KINDS = {Span.SPAN_KIND_PRODUCER: SpanKind.PRODUCER, Span.SPAN_KIND_CONSUMER: SpanKind.CONSUMER,
          Span.SPAN_KIND_CLIENT: SpanKind.CLIENT, Span.SPAN_KIND_SERVER: SpanKind.SERVER,
@@ -56,6 +64,10 @@ NATS_CONSUMER = ("messaging.nats.consumer", "messaging.nats.jetstream.consumer",
 NATS_DELIVERIES = ("messaging.nats.num_delivered", "messaging.nats.delivery_count",
                    "messaging.nats.message.delivery_count")
 NATS_QUEUE_GROUP = ("messaging.nats.queue_group",)
+# ActiveMQ: Artemis instrumentations say 'activemq'; the JMS ones (OpenTelemetry Java's among
+# them) say 'jms'. A fully qualified queue name is 'address::queue'.
+ACTIVEMQ_SYSTEMS = (ACTIVEMQ, "jms", "artemis", "activemq_artemis")
+FQQN_SEPARATOR = "::"
 # A span of one of these kinds is a messaging span even when it does not say its system.
 MESSAGING_KINDS = (SpanKind.PRODUCER, SpanKind.CONSUMER)
 DEFAULT_OPERATION = {SpanKind.PRODUCER: Operation.SEND, SpanKind.CONSUMER: Operation.PROCESS}
@@ -287,6 +299,10 @@ def _add_messaging_fields(record: SpanRecord, roles: Mapping[str, Any], kind: Sp
         if not _add_nats_fields(record, topic, roles, message_id, chars):
             report.count("messaging span without a destination")
         return
+    if system is not None and system.lower() in ACTIVEMQ_SYSTEMS:
+        if not _add_activemq_fields(record, topic, roles, message_id):
+            report.count("messaging span without a destination")
+        return
     # Kafka's coordinates: a message id of topic.partition.offset gives what is missing.
     parsed = MESSAGE_ID_PATTERN.match(message_id) if message_id else None
     if parsed:
@@ -375,6 +391,29 @@ def _add_nats_fields(record: SpanRecord, destination: str | None, roles: Mapping
     if record.retry_attempt is None:
         record.retry_attempt = as_count(roles.get("deliveries"))
     return record.topic is not None
+
+
+def _add_activemq_fields(record: SpanRecord, destination: str | None,
+                         roles: Mapping[str, Any], message_id: str | None) -> bool:
+    """An ActiveMQ span's address (record.topic) and, on a consume, the queue the message
+    waited in (record.queue): the subscription name, else the queue of a fully qualified
+    destination 'address::queue', else the destination itself (an anycast queue has its
+    address's name, as JMS queues do). The message id is kept as it is: Artemis gives the
+    consumer the id the producer set, so a send and its consume match by it. False when the
+    span names no destination."""
+    address, queue = destination, _as_text(roles.get("subscription"))
+    if destination is not None and FQQN_SEPARATOR in destination:
+        address, _, named = destination.partition(FQQN_SEPARATOR)
+        queue = queue or named or None
+        address = address or None
+    if record.operation in CONSUMES:
+        record.queue = queue or address
+    record.system = ACTIVEMQ
+    record.topic = address
+    record.message_id = message_id
+    record.consumer_group = _as_text(roles.get("group"))
+    _add_common_fields(record, roles)
+    return address is not None
 
 
 def _split_on_key(destination: str, key: str, consume: bool, queue: str | None

@@ -58,7 +58,9 @@ NODE_STYLES = {(None, "service"): ("circle", 26, "services"),
                ("rabbitmq", "exchange"): ("diamond", 22, "RabbitMQ exchanges"),
                ("rabbitmq", "queue"): ("hexagon", 22, "RabbitMQ queues"),
                ("nats", "topic"): ("pentagon", 22, "NATS subjects and streams"),
-               ("nats", "consumer"): ("octagon", 22, "JetStream consumers")}
+               ("nats", "consumer"): ("octagon", 22, "JetStream consumers"),
+               ("activemq", "address"): ("diamond-wide", 22, "Artemis addresses"),
+               ("activemq", "queue"): ("hexagon2", 22, "Artemis queues")}
 OTHER_STYLE = ("triangle-up", 20, "{system} {kind}s")
 
 
@@ -71,9 +73,10 @@ def node_style(system: str | None, kind: str) -> tuple[str, int, str]:
 def flow_map(nodes: pd.DataFrame, edges: pd.DataFrame, statuses: dict[str, str],
              focus: str | None) -> go.Figure:
     """Services and where messages go (Kafka topics, RabbitMQ exchanges and queues, NATS
-    subjects, streams and JetStream consumers, each its own shape, with a legend) left to
-    right, coloured by the lag status of the consumer group, queue or JetStream consumer; each
-    edge labelled with messages/s, p95 wait, error and retry shares."""
+    subjects, streams and JetStream consumers, Artemis addresses and queues, each its own
+    shape, with a legend) left to right, coloured by the lag status of the consumer group,
+    queue or JetStream consumer; each edge labelled with messages/s, p95 wait, error and
+    retry shares."""
     position = {n: (x, y) for n, x, y in zip(nodes["node"], nodes["x"], nodes["y"], strict=True)}
     parts = {n: node_parts(n, k) for n, k in zip(nodes["node"], nodes["kind"], strict=True)}
     prefix = common_prefix([parts[n][1] for n, k in zip(nodes["node"], nodes["kind"],

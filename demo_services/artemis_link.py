@@ -154,8 +154,10 @@ class ArtemisLink:
                                           server=self.server))
         try:
             tracing.inject_properties(out, trace.set_span_in_context(span))
+            # creation_time: the broker's age of the message at the head of a queue reads it.
             message = Message(body=body, id=message_id, correlation_id=correlation_id,
                               properties=out, durable=True, address=address,
+                              creation_time=time.time(),
                               content_type=CONTENT_TYPE if isinstance(payload, dict) else None)
             reactor = self._connected_reactor(address)
             accepted: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -299,6 +299,9 @@ def _add_collector_commands(groups: argparse._SubParsersAction[argparse.Argument
     collect.add_argument("--no-nats", action="store_true",
                          help="do not poll JetStream consumers (polled by default when "
                          "FLOWSCOPE_NATS_URL is set or the native server runs)")
+    collect.add_argument("--no-artemis", action="store_true",
+                         help="do not poll Artemis queues and dead letters (polled by default "
+                         "when FLOWSCOPE_ARTEMIS_URL is set or the native broker runs)")
     collect.set_defaults(handler=_runner("collect"))
     inspect_parser = groups.add_parser(
         "inspect", help="print topology, flows, one flow, lag, propagation or counters",

@@ -281,7 +281,8 @@ class Demo:
                                      else "")
         self.service_state = Supervisor(self.settings, config).state_file
         self._start("collect", ["collect"] + ([] if rabbitmq_status else ["--no-rabbitmq"])
-                    + ([] if nats_status else ["--no-nats"]),
+                    + ([] if nats_status else ["--no-nats"])
+                    + ([] if artemis_status else ["--no-artemis"]),
                     lambda log: log_has(log, "collect: ready"))
         self._start("services", ["services"], lambda log: log_has(log, "] ready: "))
         collector = self.settings.collect

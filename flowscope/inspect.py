@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from store.contract import FlowRow, Store, Topology
 from store.records import Hop
-from store.vocabulary import KAFKA, NATS, node_parts
+from store.vocabulary import ACTIVEMQ, KAFKA, NATS, node_parts
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # Senders create services and topics at will: a command prints the busiest edges and a
@@ -226,7 +226,8 @@ def inspect_lag(store: Store, group: str | None, as_json: bool) -> str:
                 "collect` running with a broker?)")
     kafka = [r for r in rows if r.system == KAFKA]
     consumers = [r for r in rows if r.system == NATS]
-    queues = [r for r in rows if r.system not in (KAFKA, NATS)]
+    addressed = [r for r in rows if r.system == ACTIVEMQ]
+    queues = [r for r in rows if r.system not in (KAFKA, NATS, ACTIVEMQ)]
     tables = []
     if kafka:
         tables.append(table(["GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG",
@@ -239,6 +240,12 @@ def inspect_lag(store: Store, group: str | None, as_json: bool) -> str:
                             [(r.system, r.group, r.topic, r.ready, r.unacknowledged,
                               r.consumers, r.lag, _decimal(r.lag_seconds), r.status)
                              for r in queues]))
+    if addressed:
+        tables.append(table(["SYSTEM", "QUEUE", "ADDRESS", "READY", "DELIVERING", "CONSUMERS",
+                             "LAG", "LAG_S", "STATUS"],
+                            [(r.system, r.group, r.topic, r.ready, r.unacknowledged,
+                              r.consumers, r.lag, _decimal(r.lag_seconds), r.status)
+                             for r in addressed]))
     if consumers:
         tables.append(table(["SYSTEM", "CONSUMER", "STREAM", "ACK_FLOOR", "LAST_SEQ", "PENDING",
                              "ACK_PENDING", "LAG", "LAG_S", "STATUS"],

@@ -20,7 +20,7 @@ from base.settings import Settings, redact_url
 from collectors.collect import run_collector
 from demo_services.loadgen import LoadPlan, run_load
 from flowscope.demo import run_demo
-from flowscope.infra import nats, rabbitmq
+from flowscope.infra import artemis, nats, rabbitmq
 from flowscope.scenario import FAILURE_KNOBS, DemoOptions
 from flowscope.services import SERVICES, demo_config, run_services
 from store.contract import StoreError
@@ -71,6 +71,16 @@ def _nats_to_poll(settings: Settings) -> tuple[str, str] | None:
     return (current.monitoring_url, current.url) if current.running else None
 
 
+def _artemis_to_poll(settings: Settings) -> str | None:
+    """The management API (Jolokia) of the Artemis broker whose queues the collector polls:
+    the configured broker's, else the native one's when it runs (`flowscope artemis start`);
+    None when there is none."""
+    if settings.artemis.external:
+        return settings.artemis.management_url
+    current = artemis.status(settings)
+    return current.management_url if current.running else None
+
+
 def collect(settings: Settings, args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s collect %(levelname)s %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
@@ -85,19 +95,21 @@ def collect(settings: Settings, args: argparse.Namespace) -> int:
 
     queues_url = None if args.no_rabbitmq else _rabbitmq_to_poll(settings)
     jetstream = None if args.no_nats else _nats_to_poll(settings)
+    artemis_url = None if args.no_artemis else _artemis_to_poll(settings)
 
     def ready(url: str) -> None:
         forward = redact_url(settings.jaeger.external_otlp_endpoint or "off")
         queues = redact_url(queues_url) if queues_url else "off (no RabbitMQ running)"
         consumers = redact_url(jetstream[0]) if jetstream else "off (no NATS running)"
+        artemis_queues = redact_url(artemis_url) if artemis_url else "off (no Artemis running)"
         print(f"collect: ready; OTLP/HTTP on {url}/v1/traces, spans topic "
               f"{collector.spans_topic} on {settings.kafka.bootstrap}, store {collector.store}, "
               f"forwarding to Jaeger: {forward}, RabbitMQ queues: {queues}, JetStream "
-              f"consumers: {consumers}", flush=True)
+              f"consumers: {consumers}, Artemis queues: {artemis_queues}", flush=True)
 
     try:
         asyncio.run(run_collector(settings, kafka_spans=not args.no_kafka, queues_url=queues_url,
-                                  nats=jetstream, on_ready=ready))
+                                  nats=jetstream, artemis=artemis_url, on_ready=ready))
     except StoreError as exc:
         raise FlowscopeError("collect", f"cannot start: {exc}",
                              hint="check that FLOWSCOPE_STORE and FLOWSCOPE_HOME are writable"

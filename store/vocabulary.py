@@ -88,18 +88,21 @@ class NodeKind(StrEnum):
     """What a node of the flow map is: a service, or where a messaging system keeps messages
     (a Kafka topic; a RabbitMQ exchange, which routes, and queue, where messages wait; a NATS
     subject, or the JetStream stream that captures it, and a JetStream consumer, where
-    messages wait for their subscriber)."""
+    messages wait for their subscriber; an ActiveMQ Artemis address, which routes, and queue,
+    where messages wait)."""
 
     SERVICE = "service"
     TOPIC = "topic"
     EXCHANGE = "exchange"
     QUEUE = "queue"
     CONSUMER = "consumer"
+    ADDRESS = "address"
 
 
 KAFKA = "kafka"
 RABBITMQ = "rabbitmq"
 NATS = "nats"
+ACTIVEMQ = "activemq"
 # RabbitMQ's default exchange has the empty name; it answers to this one too.
 DEFAULT_EXCHANGE = "amq.default"
 
@@ -114,8 +117,10 @@ def node_id(kind: str, name: str, system: str | None) -> str:
 
 
 def destination_node(system: str | None, destination: str) -> tuple[str, str]:
-    """(id, kind) of the node a message is sent to: a RabbitMQ exchange, else a topic."""
-    kind = NodeKind.EXCHANGE if system == RABBITMQ else NodeKind.TOPIC
+    """(id, kind) of the node a message is sent to: a RabbitMQ exchange, an Artemis address,
+    else a topic."""
+    kind = NodeKind.EXCHANGE if system == RABBITMQ else \
+        NodeKind.ADDRESS if system == ACTIVEMQ else NodeKind.TOPIC
     return node_id(kind, destination, system), kind
 
 

@@ -38,8 +38,9 @@ def render() -> None:
     st.plotly_chart(charts.flow_map(data.nodes, data.edges, data.statuses, focus), key=key,
                     on_select=partial(_clicked, key, frozenset(data.statuses)),
                     selection_mode="points", width="stretch")
-    st.caption("Shapes: services, Kafka topics, RabbitMQ exchanges and queues (legend "
-               "above); colour: worst lag status of the consumer groups or queues (green OK, "
+    st.caption("Shapes: services, Kafka topics, RabbitMQ exchanges and queues, NATS subjects "
+               "and JetStream consumers, Artemis addresses and queues (legend above); "
+               "colour: worst lag status of the consumer groups or queues (green OK, "
                "amber WARN, red ERR, grey none). Edge labels: messages/s, p95 time in queue, "
                "error and retry shares. Click a node, or an edge's label for its topic or "
                "queue, to focus every page on it.")

@@ -1,5 +1,5 @@
-"""Lag: per consumer group (topic and partition), per queue and per JetStream consumer; the
-trend, and when each catches up."""
+"""Lag: per consumer group (topic and partition), per queue (RabbitMQ, Artemis) and per
+JetStream consumer; the trend, and when each catches up."""
 
 import streamlit as st
 

@@ -56,3 +56,16 @@ def test_jetstream_consumers_have_their_own_series_and_a_backlog_with_system_nat
     assert 'flowscope_backlog_status{system="nats",group="tracking"} 2' in lines
     assert not any(line.startswith(("flowscope_queue", "flowscope_consumergroup"))
                    and "tracking" in line for line in lines)
+
+
+def test_artemis_queues_have_the_queue_series_with_their_address() -> None:
+    rows = [LagRow("DLQ.invoices", "DLA", None, 0, 3, 3, None, "STOP", 100.0, "activemq",
+                   ready=3, unacknowledged=0, consumers=0)]
+    groups = [GroupLag("DLQ.invoices", "ERR", "STOP", 3, None, None, None, None, 100.0,
+                       "activemq")]
+    lines = render_prometheus(rows, groups, {}).splitlines()
+    queue = 'system="activemq",queue="DLQ.invoices",address="DLA"'
+    assert f"flowscope_queue_messages_ready{{{queue}}} 3" in lines
+    assert f"flowscope_queue_consumers{{{queue}}} 0" in lines
+    assert 'flowscope_backlog_messages{system="activemq",group="DLQ.invoices"} 3' in lines
+    assert not any("exchange=" in line and "DLQ.invoices" in line for line in lines)

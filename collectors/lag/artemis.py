@@ -1,0 +1,227 @@
+"""Backlog of ActiveMQ Artemis queues, from the broker's management API over HTTP (Jolokia),
+in the figures a Kafka group has: lag in messages, lag in seconds, trend, time to drain and a
+Burrow-style status.
+
+- One bulk read per poll of every queue MBean: Name, Address, RoutingType, MessageCount,
+  DeliveringCount, ConsumerCount, MessagesAdded, MessagesAcknowledged, MessagesKilled,
+  MessagesExpired, FirstMessageTimestamp and FirstMessageAge.
+- A queue's lag is its MessageCount, which includes the messages being delivered (sent to a
+  consumer, not yet acknowledged), as a Kafka group's lag includes what its consumers are
+  processing: ready = MessageCount - DeliveringCount, unacknowledged = DeliveringCount.
+- Its row: group = the queue, topic = its address; committed = the messages gone from it
+  (acknowledged, killed after max-delivery-attempts, expired), end = committed + lag.
+- Lag in seconds is FirstMessageAge, the age of the message at the head of the queue; unknown
+  when the producer gave the message no creation time (the broker then says 0 for its
+  timestamp); 0 when the queue is empty.
+- The status reads a window of polls as Burrow reads commits, with `committed` as the
+  committed offset: WARN when the backlog has not gone down over the window; STALL when
+  consumers are attached but have taken nothing over it; STOP when there is a backlog and no
+  consumer at all.
+
+The broker's own queues ($sys.*, the management address's replies) and temporary queues are
+left out. One odd queue is counted and skipped, never the whole poll; a queue deleted between
+polls is forgotten; Jolokia's own failures (down, 403, timeouts, nonsense) are the caller's to
+log and retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from collectors.lag.status import Observation, PartitionWindow, group_lag, trend
+from store.records import GroupLag, LagRow
+from store.vocabulary import ACTIVEMQ, PartitionStatus
+
+log = logging.getLogger(__name__)
+QUEUES_MBEAN = ("org.apache.activemq.artemis:broker=*,component=addresses,address=*,"
+                "subcomponent=queues,routing-type=*,queue=*")
+ATTRIBUTES = ("Name", "Address", "RoutingType", "Temporary", "MessageCount", "DeliveringCount",
+              "ConsumerCount", "MessagesAdded", "MessagesAcknowledged", "MessagesKilled",
+              "MessagesExpired", "FirstMessageTimestamp", "FirstMessageAge")
+INTERNAL_PREFIXES = ("$sys.", "activemq.management", "activemq.notifications")
+
+
+class JolokiaError(Exception):
+    """Jolokia did not answer as it should (the reason says how)."""
+
+
+@dataclass(frozen=True)
+class ArtemisQueueSample:
+    """One queue at one poll, as the broker tells it."""
+
+    address: str
+    name: str
+    routing_type: str
+    messages: int  # MessageCount: in the queue, being delivered included
+    delivering: int
+    consumers: int
+    added: int
+    gone: int  # acknowledged, killed and expired, since the broker started
+    first_age_s: float | None  # the head message's age; None when the broker cannot tell
+
+    @property
+    def lag(self) -> int:
+        """Messages not yet acknowledged."""
+        return self.messages
+
+    @property
+    def ready(self) -> int:
+        """Messages waiting for a consumer."""
+        return max(0, self.messages - self.delivering)
+
+
+def _count(value: Any) -> int:
+    """A non-negative count the broker gave; anything else is a malformed queue."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"not a count: {value!r}"[:200])
+    return value
+
+
+def is_internal(name: str, address: str) -> bool:
+    """True for the broker's own queues, which no application reads."""
+    return name.startswith(INTERNAL_PREFIXES) or address.startswith(INTERNAL_PREFIXES)
+
+
+def queue_samples(answer: Any) -> tuple[list[ArtemisQueueSample], list[str]]:
+    """Samples from Jolokia's answer to the bulk read of every queue; and, for each queue
+    that could not be read, why (the others are kept)."""
+    if not isinstance(answer, Mapping):
+        raise JolokiaError("Jolokia answered something other than a JSON object")
+    if answer.get("status") != 200:
+        error = str(answer.get("error") or answer.get("status"))[:300]
+        raise JolokiaError(f"Jolokia refused the read of the queues: {error}")
+    queues = answer.get("value")
+    if queues is None:
+        return [], []
+    if not isinstance(queues, Mapping):
+        raise JolokiaError("Jolokia's value is not an object of queue MBeans")
+    samples, problems = [], []
+    for mbean, queue in queues.items():
+        try:
+            if not isinstance(queue, Mapping):
+                raise ValueError("not an object")
+            name, address = queue.get("Name"), queue.get("Address")
+            if not isinstance(name, str) or not isinstance(address, str):
+                raise ValueError("Name or Address is not text")
+            if queue.get("Temporary") is True or is_internal(name, address):
+                continue
+            messages = _count(queue["MessageCount"])
+            stamp, age = queue.get("FirstMessageTimestamp"), queue.get("FirstMessageAge")
+            known = isinstance(stamp, int) and not isinstance(stamp, bool) and stamp > 0 \
+                and isinstance(age, int) and not isinstance(age, bool) and age >= 0
+            samples.append(ArtemisQueueSample(
+                address, name, str(queue.get("RoutingType") or ""), messages,
+                _count(queue["DeliveringCount"]), _count(queue["ConsumerCount"]),
+                _count(queue["MessagesAdded"]),
+                sum(_count(queue[k]) for k in ("MessagesAcknowledged", "MessagesKilled",
+                                               "MessagesExpired")),
+                age / 1000 if known else None))
+        except (KeyError, ValueError, TypeError) as exc:
+            problems.append(f"queue MBean {str(mbean)[:300]!r}: {exc}")
+    return samples, problems
+
+
+class ArtemisLag:
+    """Keeps a window of polls per queue and turns samples into lag rows and groups."""
+
+    def __init__(self, window: int = 10) -> None:
+        self.window = window
+        self.windows: dict[tuple[str, str], PartitionWindow] = {}
+
+    def rows(self, samples: Sequence[ArtemisQueueSample], now_s: float
+             ) -> tuple[list[LagRow], list[GroupLag]]:
+        """The lag rows and group figures of one poll; queues gone since are forgotten."""
+        rows, groups = [], []
+        seen = set()
+        for sample in samples:
+            key = (sample.address, sample.name)
+            seen.add(key)
+            window = self.windows.get(key)
+            # A counter that went down: the queue was made again or the broker restarted.
+            if window is None or (window.entries and
+                                  sample.gone < window.entries[-1].committed):
+                window = self.windows[key] = PartitionWindow(self.window)
+            window.add(Observation(now_s, sample.gone, sample.gone + sample.lag))
+            row = LagRow(sample.name, sample.address, None, sample.gone,
+                         sample.gone + sample.lag, sample.lag, _lag_seconds(sample),
+                         _status(sample, window, now_s), now_s, ACTIVEMQ, sample.ready,
+                         sample.delivering, sample.consumers)
+            rows.append(row)
+            found = trend(list(window.entries))
+            groups.append(group_lag(sample.name, [row], [found] if found else [], now_s,
+                                    ACTIVEMQ))
+        for gone in set(self.windows) - seen:
+            del self.windows[gone]
+        return rows, groups
+
+
+def _lag_seconds(sample: ArtemisQueueSample) -> float | None:
+    return 0.0 if sample.lag == 0 else sample.first_age_s
+
+
+def _status(sample: ArtemisQueueSample, window: PartitionWindow, now_s: float
+            ) -> PartitionStatus:
+    if sample.lag == 0:
+        return PartitionStatus.OK
+    if sample.consumers == 0:
+        return PartitionStatus.STOP
+    return window.status(now_s)
+
+
+class ArtemisPoller:
+    """Polls an Artemis broker's Jolokia (URL with user and password)."""
+
+    def __init__(self, management_url: str, *, window: int = 10, timeout_s: float = 10.0
+                 ) -> None:
+        url = URL(management_url)
+        self.auth = aiohttp.BasicAuth(url.user or "", url.password or "") \
+            if url.user is not None else None
+        self.url = url.with_user(None).with_password(None)
+        # Jolokia refuses a POST whose Origin is not its own.
+        self.headers = {"Origin": str(self.url.origin()), "Accept": "application/json"}
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.lag = ArtemisLag(window)
+        self.session: aiohttp.ClientSession | None = None
+        self.skipped = 0  # queues left out of a poll: malformed in the answer
+
+    async def start(self) -> None:
+        """Open the HTTP session."""
+        self.session = aiohttp.ClientSession(auth=self.auth, timeout=self.timeout,
+                                             headers=self.headers)
+
+    async def stop(self) -> None:
+        """Close it."""
+        if self.session is not None:
+            await self.session.close()
+
+    async def poll(self, now_s: float | None = None) -> tuple[list[LagRow], list[GroupLag]]:
+        """One round over every queue."""
+        samples, problems = queue_samples(await self.read(QUEUES_MBEAN, ATTRIBUTES))
+        for problem in problems:
+            self.skipped += 1
+            log.warning("artemis lag: skipped %s (from %s)", problem, self.url)
+        return self.lag.rows(samples, time.time() if now_s is None else now_s)
+
+    async def read(self, mbean: str, attributes: Sequence[str]) -> Any:
+        """Jolokia's answer to one read (of every MBean a pattern matches)."""
+        assert self.session is not None, "start() first"
+        body = {"type": "read", "mbean": mbean, "attribute": list(attributes),
+                "config": {"ignoreErrors": True}}
+        async with self.session.post(self.url, json=body) as response:
+            if response.status in (401, 403):
+                raise JolokiaError(f"{self.url} refused the credentials (HTTP "
+                                   f"{response.status}); set them in the management URL")
+            if response.status != 200:
+                raise JolokiaError(f"{self.url} answered HTTP {response.status}")
+            try:
+                return await response.json(content_type=None)
+            except ValueError as exc:
+                raise JolokiaError(f"{self.url} answered something other than JSON: {exc}"
+                                   ) from None
