@@ -21,6 +21,8 @@ from base.settings import Settings, redact_url
 from collectors.flows.writer import FlowWriter
 from collectors.forward import JaegerForwarder
 from collectors.ingest import otlp_http
+from collectors.ingest.artemis_dead_letters import COMPONENT as ARTEMIS_DEAD_LETTERS
+from collectors.ingest.artemis_dead_letters import run_dead_letters
 from collectors.ingest.jetstream_advisories import COMPONENT as ADVISORIES
 from collectors.ingest.jetstream_advisories import run_advisories
 from collectors.ingest.kafka_spans import COMPONENT as kafka_spans_component
@@ -159,6 +161,8 @@ def _components(settings: Settings, pipeline: Pipeline, health: Health,
             failures=(MonitoringError,), where=f"NATS monitoring {redact_url(monitoring_url)}",
             interval_s=collector.lag_interval_s)
     if artemis is not None:
+        components[ARTEMIS_DEAD_LETTERS] = lambda: run_dead_letters(artemis, pipeline, health,
+                                                                    stopping)
         components[ARTEMIS_COMPONENT] = lambda: poll_backlog(
             ArtemisPoller(artemis, window=collector.lag_window), pipeline, health, stopping,
             component=ARTEMIS_COMPONENT, system=ACTIVEMQ, failures=(JolokiaError,),
