@@ -106,7 +106,7 @@ def plan_steps(options: DemoOptions) -> list[Step]:
         Step(0.0, f"phase 1/{phases} steady: {rate}",
              load_args(options, 3 * part, options.seed, pause=(part, part))),
         Step(part, f"phase 2/{phases} paused: consumer group {PAUSED_GROUP} stops for "
-             f"{part:g}s; lag builds on files.uploaded"),
+             f"{round(part, 1):g}s; lag builds on files.uploaded"),
         Step(2 * part, f"phase 3/{phases} drain: {PAUSED_GROUP} resumes; the lag drains"),
     ]
     paused = round(part * QUEUE_PAUSE_SHARE, 1)
