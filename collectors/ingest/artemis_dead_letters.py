@@ -57,7 +57,7 @@ from yarl import URL
 from base.settings import redact_url
 from collectors.ingest import headers as hdr
 from collectors.ingest.pipeline import Pipeline
-from collectors.lag.artemis import QUEUES_MBEAN, JolokiaError
+from collectors.lag.artemis import QUEUES_MBEAN, JolokiaError, count_of, queue_mbeans
 from collectors.normalize import as_count
 from collectors.supervise import Health
 from store.records import MessageRecord
@@ -97,12 +97,6 @@ class DeadLetterQueue:
     added: int  # MessagesAdded, since the broker started
 
 
-def _count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"not a count: {value!r}"[:200])
-    return value
-
-
 def queues_read() -> dict[str, object]:
     """The bulk read of every queue MBean (an attribute a queue lacks is left out)."""
     return {"type": "read", "mbean": QUEUES_MBEAN, "attribute": list(QUEUE_ATTRIBUTES),
@@ -112,20 +106,8 @@ def queues_read() -> dict[str, object]:
 def dead_letter_queues(answer: Any) -> tuple[list[DeadLetterQueue], list[str]]:
     """The dead-letter queues in Jolokia's answer to queues_read(); and, for each queue that
     could not be read, why (the others are kept). JolokiaError when the answer is no answer."""
-    if not isinstance(answer, Mapping):
-        raise JolokiaError("Jolokia answered something other than a JSON object")
-    if answer.get("status") == 404 and "InstanceNotFound" in str(answer.get("error_type")):
-        return [], []  # a broker without a single queue
-    if answer.get("status") != 200:
-        error = str(answer.get("error") or answer.get("status"))[:300]
-        raise JolokiaError(f"Jolokia refused the read of the queues: {error}")
-    found = answer.get("value")
-    if found is None:
-        return [], []
-    if not isinstance(found, Mapping):
-        raise JolokiaError("Jolokia's value is not an object of queue MBeans")
     queues, problems = [], []
-    for mbean, queue in found.items():
+    for mbean, queue in queue_mbeans(answer).items():
         try:
             if not isinstance(queue, Mapping):
                 raise ValueError("not an object")
@@ -137,7 +119,7 @@ def dead_letter_queues(answer: Any) -> tuple[list[DeadLetterQueue], list[str]]:
             address = queue.get("Address")
             queues.append(DeadLetterQueue(
                 str(mbean), name, address if isinstance(address, str) else "",
-                _count(queue.get("MessageCount")), _count(queue.get("MessagesAdded"))))
+                count_of(queue.get("MessageCount")), count_of(queue.get("MessagesAdded"))))
         except ValueError as exc:
             problems.append(f"queue MBean {str(mbean)[:300]!r}: {exc}")
     return queues, problems

@@ -77,7 +77,7 @@ class ArtemisQueueSample:
         return max(0, self.messages - self.delivering)
 
 
-def _count(value: Any) -> int:
+def count_of(value: Any) -> int:
     """A non-negative count the broker gave; anything else is a malformed queue."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"not a count: {value!r}"[:200])
@@ -89,21 +89,29 @@ def is_internal(name: str, address: str) -> bool:
     return name.startswith(INTERNAL_PREFIXES) or address.startswith(INTERNAL_PREFIXES)
 
 
-def queue_samples(answer: Any) -> tuple[list[ArtemisQueueSample], list[str]]:
-    """Samples from Jolokia's answer to the bulk read of every queue; and, for each queue
-    that could not be read, why (the others are kept)."""
+def queue_mbeans(answer: Any) -> Mapping[Any, Any]:
+    """MBean name -> attributes, from Jolokia's answer to a bulk read of every queue
+    (QUEUES_MBEAN); JolokiaError when the answer is no such read."""
     if not isinstance(answer, Mapping):
         raise JolokiaError("Jolokia answered something other than a JSON object")
+    if answer.get("status") == 404 and "InstanceNotFound" in str(answer.get("error_type")):
+        return {}  # a broker without a single queue
     if answer.get("status") != 200:
         error = str(answer.get("error") or answer.get("status"))[:300]
         raise JolokiaError(f"Jolokia refused the read of the queues: {error}")
     queues = answer.get("value")
     if queues is None:
-        return [], []
+        return {}
     if not isinstance(queues, Mapping):
         raise JolokiaError("Jolokia's value is not an object of queue MBeans")
+    return queues
+
+
+def queue_samples(answer: Any) -> tuple[list[ArtemisQueueSample], list[str]]:
+    """Samples from Jolokia's answer to the bulk read of every queue; and, for each queue
+    that could not be read, why (the others are kept)."""
     samples, problems = [], []
-    for mbean, queue in queues.items():
+    for mbean, queue in queue_mbeans(answer).items():
         try:
             if not isinstance(queue, Mapping):
                 raise ValueError("not an object")
@@ -112,15 +120,15 @@ def queue_samples(answer: Any) -> tuple[list[ArtemisQueueSample], list[str]]:
                 raise ValueError("Name or Address is not text")
             if queue.get("Temporary") is True or is_internal(name, address):
                 continue
-            messages = _count(queue["MessageCount"])
+            messages = count_of(queue["MessageCount"])
             stamp, age = queue.get("FirstMessageTimestamp"), queue.get("FirstMessageAge")
             known = isinstance(stamp, int) and not isinstance(stamp, bool) and stamp > 0 \
                 and isinstance(age, int) and not isinstance(age, bool) and age >= 0
             samples.append(ArtemisQueueSample(
                 address, name, str(queue.get("RoutingType") or ""), messages,
-                _count(queue["DeliveringCount"]), _count(queue["ConsumerCount"]),
-                _count(queue["MessagesAdded"]),
-                sum(_count(queue[k]) for k in ("MessagesAcknowledged", "MessagesKilled",
+                count_of(queue["DeliveringCount"]), count_of(queue["ConsumerCount"]),
+                count_of(queue["MessagesAdded"]),
+                sum(count_of(queue[k]) for k in ("MessagesAcknowledged", "MessagesKilled",
                                                "MessagesExpired")),
                 age / 1000 if known else None))
         except (KeyError, ValueError, TypeError) as exc:
