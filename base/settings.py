@@ -257,7 +257,7 @@ class CollectorSettings:
     limits: IngestLimits = field(default_factory=IngestLimits)
     spans_topic: str = "otlp_spans"
     completed_topics: tuple[str, ...] = ("*files.notified", "*orders.completed")
-    # "DLQ.*": ActiveMQ Artemis' dead-letter queues (DLQ.<queue>). The last two: the advisories
+    # "DLQ.*": ActiveMQ Artemis' dead-letter queues (DLQ.<address>). The last two: the advisories
     # a NATS server publishes when a JetStream consumer gives a message up (max deliveries
     # reached, or terminated by its subscriber).
     dead_letter_topics: tuple[str, ...] = ("*.dlq", "*.DLQ", "*.DLT", "DLQ", "DLQ.*",

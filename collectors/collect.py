@@ -161,8 +161,10 @@ def _components(settings: Settings, pipeline: Pipeline, health: Health,
             failures=(MonitoringError,), where=f"NATS monitoring {redact_url(monitoring_url)}",
             interval_s=collector.lag_interval_s)
     if artemis is not None:
-        components[ARTEMIS_DEAD_LETTERS] = lambda: run_dead_letters(artemis, pipeline, health,
-                                                                    stopping)
+        # The dead-letter queues are those the flow rules call dead letters (DLQ.* by default).
+        components[ARTEMIS_DEAD_LETTERS] = lambda: run_dead_letters(
+            artemis, pipeline, health, stopping,
+            is_dead_letter=lambda queue: rules.flag_of(queue) == FlowFlag.DEAD_LETTERED)
         components[ARTEMIS_COMPONENT] = lambda: poll_backlog(
             ArtemisPoller(artemis, window=collector.lag_window), pipeline, health, stopping,
             component=ARTEMIS_COMPONENT, system=ACTIVEMQ, failures=(JolokiaError,),

@@ -143,7 +143,11 @@ class Receivers:
         if state is not None:
             state.wait.reset()
             if state.on_attached is not None:
-                state.on_attached()
+                try:
+                    state.on_attached()
+                except Exception:  # a boundary: the AMQP thread must go on
+                    log.exception("%s: the attach callback of %s failed", self.name,
+                                  state.source)
 
     def closed_by_broker(self, link: Any, why: str, now: float) -> None:
         """The broker closed a receiver's link: attach it again after its backoff."""

@@ -129,7 +129,10 @@ class Service:
         before it subscribes); nothing when no supervisor asks."""
         path = os.environ.get(READY_FILE_VARIABLE)
         if path:
-            Path(path).touch()
+            try:
+                Path(path).touch()
+            except OSError as exc:  # the supervisor then says the service did not get ready
+                log.warning("%s: cannot mark itself ready in %s: %s", self.name, path, exc)
 
     async def start(self) -> None:
         """Connect the idempotent producer."""

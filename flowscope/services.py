@@ -149,7 +149,7 @@ class Supervisor:
 
     def wait_ready(self, timeout_s: float = 60.0, cancelled: threading.Event | None = None
                    ) -> bool:
-        """Wait until every HTTP service answers /health and every core NATS subscriber
+        """Wait until every HTTP service answers /health and every subscriber of SUBSCRIBERS
         listens (False when cancelled first); a clear error if one does not."""
         cancelled = cancelled or threading.Event()
         urls = {name: f"{self.config.url(name)}/health" for name in HTTP_SERVICES}

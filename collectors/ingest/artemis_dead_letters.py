@@ -39,7 +39,6 @@ doubling to 30 s).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
@@ -47,19 +46,26 @@ import math
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from yarl import URL
 
 from base.settings import redact_url
 from collectors.ingest import headers as hdr
 from collectors.ingest.pipeline import Pipeline
-from collectors.lag.artemis import QUEUES_MBEAN, JolokiaError, count_of, queue_mbeans
+from collectors.lag.artemis import (
+    QUEUES_MBEAN,
+    JolokiaClient,
+    JolokiaError,
+    count_of,
+    is_dead_letter_queue,
+    queue_mbeans,
+)
 from collectors.normalize import as_count
 from collectors.supervise import Health
+from store.contract import StoreUnavailable
 from store.records import MessageRecord
 
 log = logging.getLogger(__name__)
@@ -69,7 +75,7 @@ BROWSE = "browse(int,int)"  # browse(page, pageSize): page 1 is the head of the 
 PAGE = 200  # messages browsed per queue per poll
 MAX_WALK_PAGES = 50  # a walk looks at the newest 10,000 messages at most
 SEEN = 100_000  # (queue, message ID) remembered as recorded
-MAX_ANSWER = 32 * 2**20  # bytes of one Jolokia answer
+BROWSE_BATCH = 16  # queues browsed in one request
 MAX_BACKOFF_S = 30.0
 # Typed tables of a browsed message (CompositeData): property name -> value.
 PROPERTY_TABLES = ("StringProperties", "LongProperties", "IntProperties", "ShortProperties",
@@ -79,11 +85,6 @@ APPLICATION, BROKER = "applicationProperties.", "extraProperties."
 ANNOTATION, AMQP = "messageAnnotations.", "properties."
 BROKER_CUT = re.compile(r", \+ \d+ more\Z")  # how the broker ends a value it cut
 MAX_TIME_MS = 2**53
-
-
-def is_dead_letter_queue(name: str) -> bool:
-    """True for the name of a dead-letter queue: DLQ, DLQ.<queue>, <queue>.DLQ, <queue>.dlq."""
-    return name == "DLQ" or name.startswith("DLQ.") or name.endswith((".DLQ", ".dlq"))
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ def queues_read() -> dict[str, object]:
             "config": {"ignoreErrors": True}}
 
 
-def dead_letter_queues(answer: Any) -> tuple[list[DeadLetterQueue], list[str]]:
+def dead_letter_queues(answer: Any, is_dead_letter: Callable[[str], bool] = is_dead_letter_queue
+                       ) -> tuple[list[DeadLetterQueue], list[str]]:
     """The dead-letter queues in Jolokia's answer to queues_read(); and, for each queue that
     could not be read, why (the others are kept). JolokiaError when the answer is no answer."""
     queues, problems = [], []
@@ -114,7 +116,7 @@ def dead_letter_queues(answer: Any) -> tuple[list[DeadLetterQueue], list[str]]:
             name = queue.get("Name")
             if not isinstance(name, str):
                 raise ValueError("Name is not text")
-            if not is_dead_letter_queue(name):
+            if not is_dead_letter(name):
                 continue
             address = queue.get("Address")
             queues.append(DeadLetterQueue(
@@ -242,10 +244,10 @@ def dead_letter_record(queue: str, message: Any, now_ms: int) -> MessageRecord:
     correlation_id, cut_correlation = hdr.header_text(correlation, 128)
     cut_by_broker = any(isinstance(v, str) and BROKER_CUT.search(v)
                         for v in application.values())
-    size = message.get("persistentSize")
+    size = as_count(message.get("persistentSize"))
     return MessageRecord(
         topic=queue[:512], partition=0, offset=offset, timestamp_ms=at_ms, key=None,
-        size=size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else 0,
+        size=size or 0,
         correlation_id=correlation_id,
         trace_id=hdr.trace_id_of(hdr.first_header(pairs, "traceparent")),
         retry_attempt=None, headers=json.dumps(shown),
@@ -351,85 +353,62 @@ class DeadLetterPoller:
     """Polls an Artemis broker's Jolokia (URL with user and password) for dead letters."""
 
     def __init__(self, management_url: str, *, timeout_s: float = 10.0,
-                 scanner: DeadLetterScanner | None = None) -> None:
-        url = URL(management_url)
-        self.password = url.password or ""
-        self.url = url.with_user(None).with_password(None)
-        # Jolokia refuses a POST whose Origin is not its own.
-        self.headers = {"Origin": str(self.url.origin()), "Accept": "application/json"}
-        if url.user is not None:  # basic auth (aiohttp's BasicAuth is deprecated in 3.14)
-            token = f"{url.user}:{self.password}".encode()
-            self.headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+                 scanner: DeadLetterScanner | None = None,
+                 is_dead_letter: Callable[[str], bool] = is_dead_letter_queue) -> None:
+        self.client = JolokiaClient(management_url, timeout_s=timeout_s)
         self.scanner = scanner or DeadLetterScanner()
-        self.session: aiohttp.ClientSession | None = None
+        self.is_dead_letter = is_dead_letter
 
     async def start(self) -> None:
         """Open the HTTP session."""
-        self.session = aiohttp.ClientSession(timeout=self.timeout, headers=self.headers)
+        await self.client.start()
 
     async def stop(self) -> None:
         """Close it."""
-        if self.session is not None:
-            await self.session.close()
+        await self.client.stop()
 
     def without_password(self, text: str) -> str:
         """text with the password, should it be in it, replaced by '***'."""
-        return text.replace(self.password, "***") if self.password else text
+        return self.client.without_password(text)
 
     async def poll(self, now_ms: int | None = None) -> tuple[list[MessageRecord], list[str]]:
         """One round: the new dead letters, and why each malformed queue or message was
         skipped. JolokiaError (or aiohttp's, a timeout) when the API did not answer."""
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        queues, problems = dead_letter_queues(await self.post(queues_read()))
+        queues, problems = dead_letter_queues(await self.client.post(queues_read()),
+                                              self.is_dead_letter)
         wanted = self.scanner.pages(queues)
-        if not wanted:
-            return [], problems
-        answers = await self.post([browse_request(q, page, self.scanner.page_size)
-                                   for q, page in wanted])
-        if not isinstance(answers, list) or len(answers) != len(wanted):
-            raise JolokiaError("Jolokia did not answer every browse: "
-                               f"{str(answers)[:300] if isinstance(answers, dict) else ''}")
-        records = []
-        for (queue, page), answer in zip(wanted, answers, strict=True):
-            try:
-                messages = browsed_messages(answer)
-            except ValueError as exc:
-                problems.append(f"queue {queue.name[:300]!r}: {exc}")
-                continue
-            found, skipped = self.scanner.take(queue, page, messages, now_ms)
-            records.extend(found)
-            problems.extend(skipped)
+        records: list[MessageRecord] = []
+        # A page of BROWSE_BATCH queues per request keeps each answer well under its bound.
+        for first in range(0, len(wanted), BROWSE_BATCH):
+            batch = wanted[first:first + BROWSE_BATCH]
+            answers = await self.client.post([browse_request(q, page, self.scanner.page_size)
+                                              for q, page in batch])
+            if not isinstance(answers, list) or len(answers) != len(batch):
+                raise JolokiaError("Jolokia did not answer every browse: "
+                                   f"{str(answers)[:300] if isinstance(answers, dict) else ''}")
+            for (queue, page), answer in zip(batch, answers, strict=True):
+                try:
+                    messages = browsed_messages(answer)
+                except ValueError as exc:
+                    problems.append(f"queue {queue.name[:300]!r}: {exc}")
+                    continue
+                found, skipped = self.scanner.take(queue, page, messages, now_ms)
+                records.extend(found)
+                problems.extend(skipped)
         return records, problems
-
-    async def post(self, body: object) -> Any:
-        """Jolokia's JSON answer to one request (or a list of them)."""
-        assert self.session is not None, "start() first"
-        async with self.session.post(self.url, json=body) as response:
-            if response.status in (401, 403):
-                raise JolokiaError(f"{self.url} refused the credentials (HTTP "
-                                   f"{response.status}); set them in the management URL")
-            if response.status != 200:
-                raise JolokiaError(f"{self.url} answered HTTP {response.status}")
-            raw = bytearray()
-            async for chunk in response.content.iter_chunked(1 << 16):
-                raw += chunk
-                if len(raw) > MAX_ANSWER:
-                    raise JolokiaError(f"{self.url} answered more than {MAX_ANSWER} bytes")
-        try:
-            return json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            raise JolokiaError(f"{self.url} answered something other than JSON: {exc}"
-                               ) from None
 
 
 async def run_dead_letters(management_url: str, pipeline: Pipeline, health: Health,
-                           stopping: asyncio.Event, *, interval_s: float = 1.0) -> None:
-    """Record the dead letters of the broker's dead-letter queues every interval_s until
-    stopping; a management API that fails degrades the component and is tried again after a
-    backoff."""
+                           stopping: asyncio.Event, *, interval_s: float = 1.0,
+                           is_dead_letter: Callable[[str], bool] = is_dead_letter_queue
+                           ) -> None:
+    """Record the dead letters of the broker's dead-letter queues (the queues is_dead_letter
+    names) every interval_s until stopping; a management API that fails, or a store that
+    cannot take a poll's records, degrades the component and is tried again after a backoff
+    (the queues walked again: a record written twice is stored once)."""
     where = redact_url(management_url)
-    poller = DeadLetterPoller(management_url)
+    poller = DeadLetterPoller(management_url, is_dead_letter=is_dead_letter)
     await poller.start()
     delay = 1.0
     try:
@@ -449,11 +428,22 @@ async def run_dead_letters(management_url: str, pipeline: Pipeline, health: Heal
                                 poller.without_password(problem), where)
                 if problems:
                     pipeline.count(f"{COMPONENT}_malformed", len(problems))
-                if records:
-                    await pipeline.write_messages(records)
-                    pipeline.count(f"{COMPONENT}_dead_letters", len(records))
-                health.ok(COMPONENT)
-                wait, delay = interval_s, 1.0
+                try:
+                    if records:
+                        await pipeline.write_messages(records)
+                        pipeline.count(f"{COMPONENT}_dead_letters", len(records))
+                except StoreUnavailable as exc:
+                    pipeline.count(f"{COMPONENT}_store_unavailable")
+                    health.degraded(COMPONENT, f"store unavailable: {exc}")
+                    log.warning("%s: %d dead letters not stored (%s); the queues are walked "
+                                "again in %.0fs", COMPONENT, len(records), exc, delay)
+                    poller.scanner = DeadLetterScanner(poller.scanner.page_size,
+                                                       poller.scanner.max_walk_pages,
+                                                       poller.scanner.remember)
+                    wait, delay = delay, min(delay * 2, MAX_BACKOFF_S)
+                else:
+                    health.ok(COMPONENT)
+                    wait, delay = interval_s, 1.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), wait)
     finally:

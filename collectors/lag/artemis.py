@@ -10,13 +10,14 @@ Burrow-style status.
   processing: ready = MessageCount - DeliveringCount, unacknowledged = DeliveringCount.
 - Its row: group = the queue, topic = its address; committed = the messages gone from it
   (acknowledged, killed after max-delivery-attempts, expired), end = committed + lag.
-- Lag in seconds is FirstMessageAge, the age of the message at the head of the queue; unknown
-  when the producer gave the message no creation time (the broker then says 0 for its
-  timestamp); 0 when the queue is empty.
+- Lag in seconds is FirstMessageAge, the age of the oldest message waiting for a consumer
+  (the broker leaves out those being delivered); unknown when the producer gave the message no
+  creation time (the broker then says 0 for its timestamp); 0 when nothing waits.
 - The status reads a window of polls as Burrow reads commits, with `committed` as the
   committed offset: WARN when the backlog has not gone down over the window; STALL when
-  consumers are attached but have taken nothing over it; STOP when there is a backlog and no
-  consumer at all.
+  consumers are attached but have taken nothing over it (STOP once that lasts longer than the
+  window); STOP when there is a backlog and no consumer at all, but for a dead-letter or
+  expiry queue, where messages are meant to stay until someone looks at them: OK.
 
 The broker's own queues ($sys.*, the management address's replies) and temporary queues are
 left out. One odd queue is counted and skipped, never the whole poll; a queue deleted between
@@ -26,6 +27,8 @@ log and retry.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -35,8 +38,9 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from base.settings import redact_url
 from collectors.lag.status import Observation, PartitionWindow, group_lag, trend
-from store.records import GroupLag, LagRow
+from store.records import INT64_MAX, GroupLag, LagRow
 from store.vocabulary import ACTIVEMQ, PartitionStatus
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,8 @@ ATTRIBUTES = ("Name", "Address", "RoutingType", "Temporary", "MessageCount", "De
               "ConsumerCount", "MessagesAdded", "MessagesAcknowledged", "MessagesKilled",
               "MessagesExpired", "FirstMessageTimestamp", "FirstMessageAge")
 INTERNAL_PREFIXES = ("$sys.", "activemq.management", "activemq.notifications")
+EXPIRY_QUEUES = ("ExpiryQueue",)
+MAX_ANSWER = 32 * 2**20  # bytes of one Jolokia answer
 
 
 class JolokiaError(Exception):
@@ -79,9 +85,14 @@ class ArtemisQueueSample:
 
 def count_of(value: Any) -> int:
     """A non-negative count the broker gave; anything else is a malformed queue."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT64_MAX:
         raise ValueError(f"not a count: {value!r}"[:200])
     return value
+
+
+def is_dead_letter_queue(name: str) -> bool:
+    """True for the name of a dead-letter queue: DLQ, DLQ.<address>, <queue>.DLQ, <queue>.dlq."""
+    return name == "DLQ" or name.startswith("DLQ.") or name.endswith((".DLQ", ".dlq"))
 
 
 def is_internal(name: str, address: str) -> bool:
@@ -171,7 +182,7 @@ class ArtemisLag:
 
 
 def _lag_seconds(sample: ArtemisQueueSample) -> float | None:
-    return 0.0 if sample.lag == 0 else sample.first_age_s
+    return 0.0 if sample.ready == 0 else sample.first_age_s
 
 
 def _status(sample: ArtemisQueueSample, window: PartitionWindow, now_s: float
@@ -179,57 +190,85 @@ def _status(sample: ArtemisQueueSample, window: PartitionWindow, now_s: float
     if sample.lag == 0:
         return PartitionStatus.OK
     if sample.consumers == 0:
-        return PartitionStatus.STOP
+        parked = is_dead_letter_queue(sample.name) or sample.name in EXPIRY_QUEUES
+        return PartitionStatus.OK if parked else PartitionStatus.STOP
     return window.status(now_s)
 
 
-class ArtemisPoller:
-    """Polls an Artemis broker's Jolokia (URL with user and password)."""
+class JolokiaClient:
+    """POSTs requests to an Artemis broker's Jolokia (URL with user and password): basic auth
+    (UTF-8), the Origin header Jolokia checks, answers bounded to MAX_ANSWER bytes."""
 
-    def __init__(self, management_url: str, *, window: int = 10, timeout_s: float = 10.0
-                 ) -> None:
+    def __init__(self, management_url: str, *, timeout_s: float = 10.0) -> None:
         url = URL(management_url)
-        self.auth = aiohttp.BasicAuth(url.user or "", url.password or "") \
-            if url.user is not None else None
+        self.password = url.password or ""
         self.url = url.with_user(None).with_password(None)
-        # Jolokia refuses a POST whose Origin is not its own.
+        self.where = redact_url(management_url)
         self.headers = {"Origin": str(self.url.origin()), "Accept": "application/json"}
+        if url.user is not None:
+            token = f"{url.user}:{self.password}".encode()
+            self.headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self.lag = ArtemisLag(window)
         self.session: aiohttp.ClientSession | None = None
-        self.skipped = 0  # queues left out of a poll: malformed in the answer
 
     async def start(self) -> None:
         """Open the HTTP session."""
-        self.session = aiohttp.ClientSession(auth=self.auth, timeout=self.timeout,
-                                             headers=self.headers)
+        self.session = aiohttp.ClientSession(timeout=self.timeout, headers=self.headers)
 
     async def stop(self) -> None:
         """Close it."""
         if self.session is not None:
             await self.session.close()
 
-    async def poll(self, now_s: float | None = None) -> tuple[list[LagRow], list[GroupLag]]:
-        """One round over every queue."""
-        samples, problems = queue_samples(await self.read(QUEUES_MBEAN, ATTRIBUTES))
-        for problem in problems:
-            self.skipped += 1
-            log.warning("artemis lag: skipped %s (from %s)", problem, self.url)
-        return self.lag.rows(samples, time.time() if now_s is None else now_s)
+    def without_password(self, text: str) -> str:
+        """text with the password, should it be in it, replaced by '***'."""
+        return text.replace(self.password, "***") if self.password else text
 
-    async def read(self, mbean: str, attributes: Sequence[str]) -> Any:
-        """Jolokia's answer to one read (of every MBean a pattern matches)."""
+    async def post(self, body: object) -> Any:
+        """Jolokia's JSON answer to one request (or a list of them); JolokiaError when it
+        refuses the credentials or answers something else than JSON."""
         assert self.session is not None, "start() first"
-        body = {"type": "read", "mbean": mbean, "attribute": list(attributes),
-                "config": {"ignoreErrors": True}}
         async with self.session.post(self.url, json=body) as response:
             if response.status in (401, 403):
                 raise JolokiaError(f"{self.url} refused the credentials (HTTP "
                                    f"{response.status}); set them in the management URL")
             if response.status != 200:
                 raise JolokiaError(f"{self.url} answered HTTP {response.status}")
-            try:
-                return await response.json(content_type=None)
-            except ValueError as exc:
-                raise JolokiaError(f"{self.url} answered something other than JSON: {exc}"
-                                   ) from None
+            raw = bytearray()
+            async for chunk in response.content.iter_chunked(1 << 16):
+                raw += chunk
+                if len(raw) > MAX_ANSWER:
+                    raise JolokiaError(f"{self.url} answered more than {MAX_ANSWER} bytes")
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise JolokiaError(f"{self.url} answered something other than JSON: {exc}"
+                               ) from None
+
+
+class ArtemisPoller:
+    """Polls an Artemis broker's Jolokia (URL with user and password) for its queues."""
+
+    def __init__(self, management_url: str, *, window: int = 10, timeout_s: float = 10.0
+                 ) -> None:
+        self.client = JolokiaClient(management_url, timeout_s=timeout_s)
+        self.lag = ArtemisLag(window)
+        self.skipped = 0  # queues left out of a poll: malformed in the answer
+
+    async def start(self) -> None:
+        """Open the HTTP session."""
+        await self.client.start()
+
+    async def stop(self) -> None:
+        """Close it."""
+        await self.client.stop()
+
+    async def poll(self, now_s: float | None = None) -> tuple[list[LagRow], list[GroupLag]]:
+        """One round over every queue."""
+        samples, problems = queue_samples(await self.client.post(
+            {"type": "read", "mbean": QUEUES_MBEAN, "attribute": list(ATTRIBUTES),
+             "config": {"ignoreErrors": True}}))
+        for problem in problems:
+            self.skipped += 1
+            log.warning("artemis lag: skipped %s (from %s)", problem, self.client.where)
+        return self.lag.rows(samples, time.time() if now_s is None else now_s)

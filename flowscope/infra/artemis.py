@@ -158,7 +158,10 @@ def _unpack(paths: ArtemisPaths, progress: process.Progress) -> None:
     staging = Path(tempfile.mkdtemp(prefix=".apache-artemis-", dir=paths.home.parent))
     try:
         with tarfile.open(paths.archive) as archive:
-            archive.extractall(staging, filter="data")
+            if hasattr(tarfile, "data_filter"):
+                archive.extractall(staging, filter="data")
+            else:  # Python before 3.11.4 has no extraction filters: check each member
+                archive.extractall(staging, members=checked_members(archive, staging))
         unpacked = staging / paths.home.name
         if not (unpacked / "bin" / "artemis").exists():
             raise FlowscopeError(COMPONENT, f"{paths.archive} holds no {paths.home.name}/bin/"
@@ -173,6 +176,27 @@ def _unpack(paths: ArtemisPaths, progress: process.Progress) -> None:
                              hint=f"delete {paths.archive} to fetch it again") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def checked_members(archive: tarfile.TarFile, into: Path) -> list[tarfile.TarInfo]:
+    """The archive's members, each checked as the "data" extraction filter would: nothing
+    outside `into` (absolute names, '..', links pointing out), no device or FIFO, no set-id
+    bits; tarfile.TarError naming the first member that is not."""
+    root = into.resolve()
+    members = []
+    for member in archive.getmembers():
+        target = (root / member.name).resolve()
+        if not target.is_relative_to(root):
+            raise tarfile.TarError(f"{member.name!r} would be unpacked outside {into}")
+        if member.isdev() or member.isfifo():
+            raise tarfile.TarError(f"{member.name!r} is a device or FIFO")
+        if member.issym() or member.islnk():
+            base = target.parent if member.issym() else root
+            if not (base / member.linkname).resolve().is_relative_to(root):
+                raise tarfile.TarError(f"{member.name!r} links outside {into}")
+        member.mode &= 0o755  # no set-id or sticky bit, no write for group or others
+        members.append(member)
+    return members
 
 
 def _create_instance(artemis: ArtemisSettings, paths: ArtemisPaths, java: str,

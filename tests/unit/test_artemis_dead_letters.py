@@ -33,6 +33,7 @@ from collectors.ingest.headers import MAX_HEADERS, MAX_VALUE
 from collectors.ingest.pipeline import Pipeline
 from collectors.lag.artemis import JolokiaError
 from collectors.supervise import Health
+from store.contract import StoreUnavailable
 from store.factory import flow_rules
 from store.vocabulary import ComponentState, FlowFlag
 from tests.store_writer import open_writable
@@ -510,3 +511,34 @@ async def test_a_management_api_that_fails_degrades_health_without_the_password(
     assert "s3cret-pw" not in (component.reason or "")
     assert "trying again in 1s" in (component.reason or "")
     assert pipeline.counters[f"{COMPONENT}_failures"] == 1  # then backing off
+
+
+async def test_a_store_that_cannot_take_the_dead_letters_degrades_and_they_are_written_later(
+        jolokia: tuple[FakeJolokia, str], pipeline: Pipeline,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fake, url = jolokia
+    fake.answer = lambda body: web.json_response(
+        [BROWSE_ANSWER] if isinstance(body, list) else QUEUES_ANSWER)
+    write = pipeline.writer.write_messages
+    refusals = [2]
+
+    def refusing(records: list[Any]) -> int:
+        if refusals[0]:
+            refusals[0] -= 1
+            raise StoreUnavailable("database is locked")
+        return write(records)
+
+    monkeypatch.setattr(pipeline.writer, "write_messages", refusing)
+    health = Health()
+    states: list[str] = []
+
+    def written() -> bool:
+        if COMPONENT in health.components:
+            states.append(health.components[COMPONENT].state)
+        return pipeline.counters.get(f"{COMPONENT}_dead_letters", 0) == 2
+
+    await _running(url, pipeline, health, written)
+    assert ComponentState.DEGRADED in states
+    assert pipeline.counters[f"{COMPONENT}_store_unavailable"] == 2
+    assert health.components[COMPONENT].state == ComponentState.OK
+    assert len(pipeline.store.dead_letters(0)) == 2

@@ -112,3 +112,26 @@ def test_a_queue_made_again_starts_a_new_window() -> None:
     rows, _ = lag.rows(queue_samples(_answer(_queue(count=2, acked=0)))[0], now_s=1.0)
     assert rows[0].status != PartitionStatus.REWIND
     assert len(lag.windows[("invoices", "invoices")].entries) == 1
+
+
+def test_nothing_waits_when_every_message_is_being_delivered() -> None:
+    # The broker's FirstMessageAge leaves out what consumers hold: null when all are held.
+    samples, _ = queue_samples(_answer(_queue(count=4, delivering=4, stamp=None, age=None)))
+    rows, _ = ArtemisLag().rows(samples, now_s=1.0)
+    assert (rows[0].lag, rows[0].ready, rows[0].lag_seconds) == (4, 0, 0.0)
+
+
+@pytest.mark.parametrize("name", ["DLQ.invoices", "ExpiryQueue", "orders.dlq"])
+def test_a_dead_letter_or_expiry_queue_without_consumers_is_not_stopped(name: str) -> None:
+    lag = ArtemisLag(window=3)
+    for second in range(3):
+        rows, groups = lag.rows(queue_samples(_answer(_queue(name, count=3, consumers=0)))[0],
+                                now_s=float(second))
+    assert (rows[0].lag, rows[0].status, groups[0].status) == (3, PartitionStatus.OK,
+                                                               GroupStatus.OK)
+
+
+def test_a_count_beyond_int64_is_a_malformed_queue() -> None:
+    samples, problems = queue_samples(_answer(_queue("huge", count=2**63), _queue("fine")))
+    assert [s.name for s in samples] == ["fine"]
+    assert len(problems) == 1
