@@ -3,11 +3,12 @@ in the figures a Kafka group has: lag in messages, lag in seconds, trend, time t
 Burrow-style status.
 
 - One bulk read per poll of every queue MBean: Name, Address, RoutingType, MessageCount,
-  DeliveringCount, ConsumerCount, MessagesAdded, MessagesAcknowledged, MessagesKilled,
-  MessagesExpired, FirstMessageTimestamp and FirstMessageAge.
+  DeliveringCount, ScheduledCount, ConsumerCount, MessagesAdded, MessagesAcknowledged,
+  MessagesKilled, MessagesExpired, FirstMessageTimestamp and FirstMessageAge.
 - A queue's lag is its MessageCount, which includes the messages being delivered (sent to a
-  consumer, not yet acknowledged), as a Kafka group's lag includes what its consumers are
-  processing: ready = MessageCount - DeliveringCount, unacknowledged = DeliveringCount.
+  consumer, not yet acknowledged) and those waiting out a redelivery delay (scheduled), as a
+  Kafka group's lag includes what its consumers are processing: ready = MessageCount -
+  DeliveringCount - ScheduledCount, unacknowledged = DeliveringCount.
 - Its row: group = the queue, topic = its address; committed = the messages gone from it
   (acknowledged, killed after max-delivery-attempts, expired), end = committed + lag.
 - Lag in seconds is FirstMessageAge, the age of the oldest message waiting for a consumer
@@ -47,8 +48,8 @@ log = logging.getLogger(__name__)
 QUEUES_MBEAN = ("org.apache.activemq.artemis:broker=*,component=addresses,address=*,"
                 "subcomponent=queues,routing-type=*,queue=*")
 ATTRIBUTES = ("Name", "Address", "RoutingType", "Temporary", "MessageCount", "DeliveringCount",
-              "ConsumerCount", "MessagesAdded", "MessagesAcknowledged", "MessagesKilled",
-              "MessagesExpired", "FirstMessageTimestamp", "FirstMessageAge")
+              "ScheduledCount", "ConsumerCount", "MessagesAdded", "MessagesAcknowledged",
+              "MessagesKilled", "MessagesExpired", "FirstMessageTimestamp", "FirstMessageAge")
 INTERNAL_PREFIXES = ("$sys.", "activemq.management", "activemq.notifications")
 EXPIRY_QUEUES = ("ExpiryQueue",)
 MAX_ANSWER = 32 * 2**20  # bytes of one Jolokia answer
@@ -65,8 +66,9 @@ class ArtemisQueueSample:
     address: str
     name: str
     routing_type: str
-    messages: int  # MessageCount: in the queue, being delivered included
+    messages: int  # MessageCount: in the queue, being delivered and scheduled included
     delivering: int
+    scheduled: int  # waiting out a redelivery delay (or a scheduled delivery time)
     consumers: int
     added: int
     gone: int  # acknowledged, killed and expired, since the broker started
@@ -79,8 +81,8 @@ class ArtemisQueueSample:
 
     @property
     def ready(self) -> int:
-        """Messages waiting for a consumer."""
-        return max(0, self.messages - self.delivering)
+        """Messages waiting for a consumer now."""
+        return max(0, self.messages - self.delivering - self.scheduled)
 
 
 def count_of(value: Any) -> int:
@@ -137,7 +139,8 @@ def queue_samples(answer: Any) -> tuple[list[ArtemisQueueSample], list[str]]:
                 and isinstance(age, int) and not isinstance(age, bool) and age >= 0
             samples.append(ArtemisQueueSample(
                 address, name, str(queue.get("RoutingType") or ""), messages,
-                count_of(queue["DeliveringCount"]), count_of(queue["ConsumerCount"]),
+                count_of(queue["DeliveringCount"]), count_of(queue.get("ScheduledCount", 0)),
+                count_of(queue["ConsumerCount"]),
                 count_of(queue["MessagesAdded"]),
                 sum(count_of(queue[k]) for k in ("MessagesAcknowledged", "MessagesKilled",
                                                "MessagesExpired")),

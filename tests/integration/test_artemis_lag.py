@@ -24,7 +24,8 @@ from tests.integration.conftest import ArtemisBroker
 T = TypeVar("T")
 # queue -> lag, ready, delivering, consumers, committed, end
 Figures = dict[str, tuple[int, int, int, int, int, int]]
-STATISTICS = ("MessageCount", "DeliveringCount", "ConsumerCount", "MessagesAcknowledged",
+STATISTICS = ("MessageCount", "DeliveringCount", "ScheduledCount", "ConsumerCount",
+              "MessagesAcknowledged",
               "MessagesKilled", "MessagesExpired")
 
 
@@ -95,7 +96,8 @@ def broker_figures(management_url: str, queues: set[str]) -> Figures:
         (stats,) = answer["value"].values()
         gone = stats["MessagesAcknowledged"] + stats["MessagesKilled"] + \
             stats["MessagesExpired"]
-        found[queue] = (stats["MessageCount"], stats["MessageCount"] - stats["DeliveringCount"],
+        found[queue] = (stats["MessageCount"],
+                        stats["MessageCount"] - stats["DeliveringCount"] - stats["ScheduledCount"],
                         stats["DeliveringCount"], stats["ConsumerCount"], gone,
                         gone + stats["MessageCount"])
     return found

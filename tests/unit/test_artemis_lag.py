@@ -135,3 +135,11 @@ def test_a_count_beyond_int64_is_a_malformed_queue() -> None:
     samples, problems = queue_samples(_answer(_queue("huge", count=2**63), _queue("fine")))
     assert [s.name for s in samples] == ["fine"]
     assert len(problems) == 1
+
+
+def test_messages_waiting_out_a_redelivery_delay_are_lag_but_not_ready() -> None:
+    samples, _ = queue_samples(_answer(_queue(count=5, delivering=1, ScheduledCount=3,
+                                              stamp=1_700_000_000_000, age=2_000)))
+    rows, _ = ArtemisLag().rows(samples, now_s=1.0)
+    assert (rows[0].lag, rows[0].ready, rows[0].unacknowledged) == (5, 1, 1)
+    assert rows[0].lag_seconds == pytest.approx(2.0)
