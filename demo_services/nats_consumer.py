@@ -31,7 +31,7 @@ from opentelemetry.trace import Span
 
 from demo_services import instrumentation as inst
 from demo_services import nats_tracing as tracing
-from demo_services.nats_link import NatsLink, fail_span
+from demo_services.nats_link import NatsLink
 from demo_services.producer import SendFailed, describe
 from demo_services.retry import Backoff, RetryPolicy
 from demo_services.runtime import (
@@ -277,20 +277,20 @@ class PullConsumer:
             self.counts["acked" if acked else "ack-unconfirmed"] += 1
             return
         except TransientFailure as exc:
-            fail_span(span, exc, "TransientFailure")
+            inst.fail_span(span, exc, "TransientFailure")
             await self._retry(message, headers, correlation_id, str(exc))
             return
         except (BadMessage, PermanentFailure) as exc:
-            fail_span(span, exc)
+            inst.fail_span(span, exc)
             kind = "invalid message" if isinstance(exc, BadMessage) else "permanent failure"
             reason = f"{kind}: {exc}"
         except SendFailed as exc:  # an output failed before the ack: handle it again later
-            fail_span(span, exc)
+            inst.fail_span(span, exc)
             await self._redeliver(message, exc.reason)
             return
         except Exception as exc:  # a boundary: a message the handler chokes on is poison
             log.exception("%s: handling %s failed", self.service.name, where(message))
-            fail_span(span, exc)
+            inst.fail_span(span, exc)
             reason = f"handling failed: {describe(exc)}"
         await self._dead_letter(message, headers, correlation_id, reason)
 
@@ -420,7 +420,7 @@ class CoreSubscriber:
                                                span, message=message, headers=headers))
                 self.counts["handled"] += 1
             except (BadMessage, PermanentFailure) as exc:
-                fail_span(span, exc)
+                inst.fail_span(span, exc)
                 self.counts["dropped"] += 1
                 log.warning("%s: dropping %s (%s): %s", self.service.name, message.subject,
                             correlation_id, exc)

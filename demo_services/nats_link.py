@@ -253,14 +253,11 @@ class NatsLink:
 
 def _failed(span: Span, exc: BaseException, what: str) -> SendFailed:
     if isinstance(exc, SendFailed):  # not connected: said already
-        fail_span(span, exc, exc.error_type)
+        inst.fail_span(span, exc, exc.error_type)
         return exc
-    fail_span(span, exc)
+    inst.fail_span(span, exc)
     return SendFailed(f"{what}: {describe(exc)}", error_type=type(exc).__qualname__,
                       replaced=False)
-
-
-fail_span = inst.fail_span  # the consumers import it from here
 
 
 async def _close_quietly(client: Client, *, drain: bool = False) -> None:
