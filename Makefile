@@ -34,9 +34,23 @@ brokers: $(STAMP)
 	$(BIN)/flowscope nats install
 	$(BIN)/flowscope artemis install
 
-## Everything, Jaeger built from the Go module proxy included (once; cached under FLOWSCOPE_HOME).
+## Everything, Jaeger built from the Go module proxy included (once; cached under FLOWSCOPE_HOME),
+## and Debian's PostgreSQL server (the shared store), installed when it is missing (as root;
+## otherwise the command to run is named) unless FLOWSCOPE_POSTGRES_URL names a server to use.
 infra: brokers
 	$(BIN)/flowscope jaeger install
+	@if [ -z "$$FLOWSCOPE_POSTGRES_URL" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "infra: installing Debian's postgresql (apt-get)"; \
+	    apt-get update -qq \
+	      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else \
+	    echo "infra: postgres: Debian's PostgreSQL server is not installed" \
+	         "(no /usr/lib/postgresql/<version>/bin/initdb); run: sudo apt-get install -y postgresql" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+	$(BIN)/flowscope postgres install
 
 ## The whole stack with demo traffic, until Ctrl-C: Kafka, RabbitMQ, NATS, Jaeger, the collector, the
 ## demo services, the load generator and the dashboard; prints their URLs. On the first run

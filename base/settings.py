@@ -170,6 +170,34 @@ class NatsSettings:
 
 
 @dataclass(frozen=True)
+class PostgresSettings:
+    """Where the PostgreSQL server is, or how to run the native one (Debian's server binaries,
+    a cluster of its own under FLOWSCOPE_HOME).
+
+    The native server's port is the standard one plus 10 (5432), so that it runs beside a
+    system PostgreSQL. Its role and database are both `flowscope`; the role's password is made
+    at the cluster's creation and kept in a file only its owner reads.
+    """
+
+    external_url: str | None = field(default=None, repr=False)  # may hold a password
+    port: int = 5442
+    user: str = "flowscope"
+    database: str = "flowscope"
+    start_timeout_s: float = 60.0
+    stop_timeout_s: float = 60.0
+
+    @property
+    def external(self) -> bool:
+        """True when an existing server is used and nothing is started."""
+        return self.external_url is not None
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """Every port the native server binds, by role."""
+        return {"server": self.port}
+
+
+@dataclass(frozen=True)
 class ArtemisSettings:
     """Where the ActiveMQ Artemis broker is, or how to run the native one (the Apache
     distribution from Maven Central, a broker instance under FLOWSCOPE_HOME).
@@ -302,6 +330,7 @@ class Settings:
     rabbitmq: RabbitmqSettings = field(default_factory=RabbitmqSettings)
     nats: NatsSettings = field(default_factory=NatsSettings)
     artemis: ArtemisSettings = field(default_factory=ArtemisSettings)
+    postgres: PostgresSettings = field(default_factory=PostgresSettings)
     collector: CollectorSettings | None = None
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
 
@@ -347,6 +376,11 @@ class Settings:
         rabbitmq = _rabbitmq_settings(reader)
         nats = _nats_settings(reader)
         artemis = _artemis_settings(reader)
+        postgres = PostgresSettings(
+            external_url=reader.url("FLOWSCOPE_POSTGRES_URL", ("postgresql://", "postgres://")),
+            port=reader.port("FLOWSCOPE_POSTGRES_PORT", PostgresSettings.port),
+            start_timeout_s=reader.seconds("FLOWSCOPE_POSTGRES_START_TIMEOUT",
+                                           PostgresSettings.start_timeout_s))
         collector = _collector_settings(reader, home)
         dashboard = DashboardSettings(
             address=reader.text("FLOWSCOPE_DASHBOARD_ADDRESS") or DashboardSettings.address,
@@ -354,7 +388,7 @@ class Settings:
             refresh_s=reader.seconds("FLOWSCOPE_DASHBOARD_REFRESH", DashboardSettings.refresh_s),
             jaeger_ui_url=reader.url("FLOWSCOPE_JAEGER_UI_URL"),
         )
-        _check_distinct_ports(reader.problems, kafka, jaeger, rabbitmq, nats, artemis)
+        _check_distinct_ports(reader.problems, kafka, jaeger, rabbitmq, nats, artemis, postgres)
         if reader.problems:
             raise SettingsError(reader.problems)
         return cls(
@@ -365,6 +399,7 @@ class Settings:
             rabbitmq=rabbitmq,
             nats=nats,
             artemis=artemis,
+            postgres=postgres,
             collector=collector,
             dashboard=dashboard,
         )
@@ -388,6 +423,12 @@ class Settings:
     def nats_dir(self) -> Path:
         """Run state of the native NATS server: config, JetStream storage, log, pid file."""
         return self.home / "nats"
+
+    @property
+    def postgres_dir(self) -> Path:
+        """Run state of the native PostgreSQL server: the cluster (or, run as root, a link to
+        it), the password file, the log, the socket folder."""
+        return self.home / "postgres"
 
     @property
     def artemis_dir(self) -> Path:
@@ -510,7 +551,8 @@ def _collector_settings(reader: _EnvReader, home: Path) -> CollectorSettings:
 
 
 def _check_distinct_ports(problems: list[str], kafka: KafkaSettings, jaeger: JaegerSettings,
-                          *brokers: RabbitmqSettings | NatsSettings | ArtemisSettings) -> None:
+                          *brokers: RabbitmqSettings | NatsSettings | ArtemisSettings
+                          | PostgresSettings) -> None:
     ports: dict[int, str] = {}
     named = {"kafka": kafka.port, "kafka controller": kafka.controller_port}
     named |= {f"jaeger {role}": port for role, port in jaeger.ports.items()}

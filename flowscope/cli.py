@@ -13,7 +13,7 @@ from pathlib import Path
 from base.errors import FlowscopeError
 from base.settings import Settings, redact_url
 from flowscope import __version__, inspect
-from flowscope.infra import artemis, jaeger, kafka, nats, rabbitmq
+from flowscope.infra import artemis, jaeger, kafka, nats, postgres, rabbitmq
 from flowscope.infra.process import check_ports_free
 from flowscope.scenario import SCENARIOS
 from store.contract import StoreError
@@ -229,6 +229,40 @@ def _artemis_install(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
+def _postgres_external(settings: Settings) -> str | None:
+    if not settings.postgres.external:
+        return None
+    return (f"postgres: using the external server {redact_url(postgres.status(settings).url)} "
+            "(FLOWSCOPE_POSTGRES_URL)")
+
+
+def _postgres_start(settings: Settings, _: argparse.Namespace) -> int:
+    print(f"url {redact_url(postgres.start(settings).url)}")
+    return 0
+
+
+def _postgres_status(settings: Settings, args: argparse.Namespace) -> int:
+    current = postgres.status(settings)
+    if args.json:
+        print(json.dumps(current.as_json()))
+        return 0 if current.running else 3
+    state = "running" if current.running else "not running"
+    origin = "external" if current.external else f"pid {current.pid}" if current.pid else "native"
+    print(f"postgres: {state} ({origin})")
+    print(f"  url  {redact_url(current.url)}")
+    if current.log:
+        print(f"  log  {current.log}")
+    return 0 if current.running else 3
+
+
+def _postgres_install(settings: Settings, _: argparse.Namespace) -> int:
+    if settings.postgres.external:
+        print(f"{_postgres_external(settings)}; nothing to install")
+        return 0
+    print(postgres.install(settings))
+    return 0
+
+
 def _inspect(settings: Settings, args: argparse.Namespace) -> int:
     try:
         since = inspect.parse_duration(args.since)
@@ -421,6 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
                     {"start": _artemis_start,
                      "stop": _stopper("artemis", artemis.stop, _artemis_external),
                      "status": _artemis_status, "install": _artemis_install}),
+        "postgres": ("a native PostgreSQL server (Debian's server binaries, a cluster under "
+                     "FLOWSCOPE_HOME)",
+                     {"start": _postgres_start,
+                      "stop": _stopper("postgres", postgres.stop, _postgres_external),
+                      "status": _postgres_status, "install": _postgres_install}),
     }
     helps = {"start": "start it (or find it running) and wait until it is ready",
              "stop": "stop it cleanly", "status": "say whether it is up and where",

@@ -155,14 +155,17 @@ def log_tail(path: Path, lines: int = 25) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def spawn(cmd: Sequence[str], log: Path, *, cwd: Path, env: dict[str, str] | None = None
-          ) -> subprocess.Popen[bytes]:
-    """Start a detached background process whose output goes to log."""
+def spawn(cmd: Sequence[str], log: Path, *, cwd: Path, env: dict[str, str] | None = None,
+          account: tuple[int, int] | None = None) -> subprocess.Popen[bytes]:
+    """Start a detached background process whose output goes to log (as the account (uid,
+    gid) when given: only root can)."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    identity: dict[str, object] = {} if account is None else {
+        "user": account[0], "group": account[1], "extra_groups": []}
     with log.open("ab") as out:
         return subprocess.Popen(
             list(cmd), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            stderr=subprocess.STDOUT, start_new_session=True, **identity,  # type: ignore[call-overload]
         )
 
 
@@ -178,10 +181,10 @@ def wait_until(ready: Callable[[], bool], *, timeout_s: float, interval_s: float
         time.sleep(interval_s)
 
 
-def terminate(pid: int, *, timeout_s: float) -> bool:
-    """SIGTERM, wait up to timeout_s, then SIGKILL; True when it ended on SIGTERM."""
+def terminate(pid: int, *, timeout_s: float, sig: int = signal.SIGTERM) -> bool:
+    """sig (SIGTERM), wait up to timeout_s, then SIGKILL; True when it ended on sig."""
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, sig)
     if wait_until(lambda: not pid_alive(pid), timeout_s=timeout_s, interval_s=0.1):
         return True
     with contextlib.suppress(ProcessLookupError):

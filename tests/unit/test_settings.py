@@ -118,3 +118,27 @@ def test_settings_rejects_a_rabbitmq_port_another_component_has() -> None:
         Settings.from_env({"FLOWSCOPE_RABBITMQ_MANAGEMENT_PORT": "16686"})
     with pytest.raises(SettingsError, match="FLOWSCOPE_RABBITMQ_EPMD_PORT='70000'"):
         Settings.from_env({"FLOWSCOPE_RABBITMQ_EPMD_PORT": "70000"})
+
+
+def test_settings_postgres_defaults_keep_clear_of_a_system_postgres_and_read_overrides() -> None:
+    native = Settings.from_env({"FLOWSCOPE_HOME": "/data/fs"})
+    assert (native.postgres.port, native.postgres.user, native.postgres.database) == \
+        (5442, "flowscope", "flowscope")
+    assert not native.postgres.external
+    assert native.postgres_dir == Path("/data/fs/postgres")
+    moved = Settings.from_env({"FLOWSCOPE_POSTGRES_PORT": "6543",
+                               "FLOWSCOPE_POSTGRES_START_TIMEOUT": "5"})
+    assert (moved.postgres.port, moved.postgres.start_timeout_s) == (6543, 5.0)
+    external = Settings.from_env({"FLOWSCOPE_POSTGRES_URL": "postgresql://u:p@db:5432/fs"})
+    assert external.postgres.external
+    assert "p@" not in repr(external.postgres)
+
+
+def test_settings_postgres_bad_url_and_taken_port_are_named() -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"FLOWSCOPE_POSTGRES_URL": "mysql://u:s3cret@db/fs",
+                           "FLOWSCOPE_POSTGRES_PORT": "9092"})
+    problems = " ".join(caught.value.problems)
+    assert "FLOWSCOPE_POSTGRES_URL='mysql://***@db/fs'" in problems
+    assert "s3cret" not in problems
+    assert "port 9092 is given to both kafka and postgres server" in problems
