@@ -162,11 +162,14 @@ def _components(settings: Settings, pipeline: Pipeline, health: Health,
             interval_s=collector.lag_interval_s)
     if artemis is not None:
         # The dead-letter queues are those the flow rules call dead letters (DLQ.* by default).
+        def dead_letter(queue: str) -> bool:
+            return rules.flag_of(queue) == FlowFlag.DEAD_LETTERED
+
         components[ARTEMIS_DEAD_LETTERS] = lambda: run_dead_letters(
-            artemis, pipeline, health, stopping,
-            is_dead_letter=lambda queue: rules.flag_of(queue) == FlowFlag.DEAD_LETTERED)
+            artemis, pipeline, health, stopping, is_dead_letter=dead_letter)
         components[ARTEMIS_COMPONENT] = lambda: poll_backlog(
-            ArtemisPoller(artemis, window=collector.lag_window), pipeline, health, stopping,
+            ArtemisPoller(artemis, window=collector.lag_window, dead_letter=dead_letter),
+            pipeline, health, stopping,
             component=ARTEMIS_COMPONENT, system=ACTIVEMQ, failures=(JolokiaError,),
             where=f"Artemis management API {redact_url(artemis)}",
             interval_s=collector.lag_interval_s)

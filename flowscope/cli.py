@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from base.errors import FlowscopeError
 from base.settings import Settings, redact_url
@@ -37,6 +38,23 @@ def _stopper(name: str, stop: Callable[[Settings], int | None],
         return 0
 
     return handler
+
+
+def _report(name: str, current: Any, args: argparse.Namespace,
+            rows: list[tuple[str, object]]) -> int:
+    """`flowscope <name> status`: the status as JSON (--json), else a line of state and
+    origin, then each (label, value) row and the log; exit 0 when running, else 3."""
+    if args.json:
+        print(json.dumps(current.as_json()))
+        return 0 if current.running else 3
+    state = "running" if current.running else "not running"
+    origin = "external" if current.external else f"pid {current.pid}" if current.pid else "native"
+    print(f"{name}: {state} ({origin})")
+    rows = rows + ([("log", current.log)] if current.log else [])
+    width = max(len(label) for label, _ in rows) + 2
+    for label, value in rows:
+        print(f"  {label:<{width}}{value}")
+    return 0 if current.running else 3
 
 
 def _kafka_external(settings: Settings) -> str | None:
@@ -131,20 +149,12 @@ def _rabbitmq_start(settings: Settings, _: argparse.Namespace) -> int:
 
 def _rabbitmq_status(settings: Settings, args: argparse.Namespace) -> int:
     current = rabbitmq.status(settings)
-    if args.json:
-        print(json.dumps(current.as_json()))
-        return 0 if current.running else 3
-    state = "running" if current.running else "not running"
-    origin = "external" if current.external else f"pid {current.pid}" if current.pid else "native"
-    print(f"rabbitmq: {state} ({origin})")
-    print(f"  amqp        {redact_url(current.amqp_url)}")
-    print(f"  management  {redact_url(current.management_url)}")
+    rows: list[tuple[str, object]] = [("amqp", redact_url(current.amqp_url)),
+                                      ("management", redact_url(current.management_url))]
     if not current.external:
-        print(f"  node        {current.node} (dist port {settings.rabbitmq.dist_port}, "
-              f"epmd port {settings.rabbitmq.epmd_port})")
-    if current.log:
-        print(f"  log         {current.log}")
-    return 0 if current.running else 3
+        rows.append(("node", f"{current.node} (dist port {settings.rabbitmq.dist_port}, "
+                             f"epmd port {settings.rabbitmq.epmd_port})"))
+    return _report("rabbitmq", current, args, rows)
 
 
 def _rabbitmq_install(settings: Settings, _: argparse.Namespace) -> int:
@@ -169,19 +179,11 @@ def _nats_start(settings: Settings, _: argparse.Namespace) -> int:
 
 def _nats_status(settings: Settings, args: argparse.Namespace) -> int:
     current = nats.status(settings)
-    if args.json:
-        print(json.dumps(current.as_json()))
-        return 0 if current.running else 3
-    state = "running" if current.running else "not running"
-    origin = "external" if current.external else f"pid {current.pid}" if current.pid else "native"
-    print(f"nats: {state} ({origin})")
-    print(f"  url         {redact_url(current.url)}")
-    print(f"  monitoring  {redact_url(current.monitoring_url)}")
+    rows: list[tuple[str, object]] = [("url", redact_url(current.url)),
+                                      ("monitoring", redact_url(current.monitoring_url))]
     if current.pid and not current.jetstream:
-        print("  JetStream   not enabled")
-    if current.log:
-        print(f"  log         {current.log}")
-    return 0 if current.running else 3
+        rows.append(("JetStream", "not enabled"))
+    return _report("nats", current, args, rows)
 
 
 def _nats_install(settings: Settings, _: argparse.Namespace) -> int:
@@ -208,17 +210,8 @@ def _artemis_start(settings: Settings, _: argparse.Namespace) -> int:
 
 def _artemis_status(settings: Settings, args: argparse.Namespace) -> int:
     current = artemis.status(settings)
-    if args.json:
-        print(json.dumps(current.as_json()))
-        return 0 if current.running else 3
-    state = "running" if current.running else "not running"
-    origin = "external" if current.external else f"pid {current.pid}" if current.pid else "native"
-    print(f"artemis: {state} ({origin})")
-    print(f"  amqp        {redact_url(current.amqp_url)}")
-    print(f"  management  {redact_url(current.management_url)}")
-    if current.log:
-        print(f"  log         {current.log}")
-    return 0 if current.running else 3
+    return _report("artemis", current, args, [("amqp", redact_url(current.amqp_url)),
+                                              ("management", redact_url(current.management_url))])
 
 
 def _artemis_install(settings: Settings, _: argparse.Namespace) -> int:
@@ -243,16 +236,7 @@ def _postgres_start(settings: Settings, _: argparse.Namespace) -> int:
 
 def _postgres_status(settings: Settings, args: argparse.Namespace) -> int:
     current = postgres.status(settings)
-    if args.json:
-        print(json.dumps(current.as_json()))
-        return 0 if current.running else 3
-    state = "running" if current.running else "not running"
-    origin = "external" if current.external else f"pid {current.pid}" if current.pid else "native"
-    print(f"postgres: {state} ({origin})")
-    print(f"  url  {redact_url(current.url)}")
-    if current.log:
-        print(f"  log  {current.log}")
-    return 0 if current.running else 3
+    return _report("postgres", current, args, [("url", redact_url(current.url))])
 
 
 def _postgres_install(settings: Settings, _: argparse.Namespace) -> int:

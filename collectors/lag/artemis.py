@@ -32,7 +32,7 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +40,7 @@ import aiohttp
 from yarl import URL
 
 from base.settings import redact_url
-from collectors.lag.status import Observation, PartitionWindow, group_lag, trend
+from collectors.lag.status import BacklogWindows, PartitionWindow, single_group
 from store.records import INT64_MAX, GroupLag, LagRow
 from store.vocabulary import ACTIVEMQ, PartitionStatus
 
@@ -150,52 +150,42 @@ def queue_samples(answer: Any) -> tuple[list[ArtemisQueueSample], list[str]]:
     return samples, problems
 
 
-class ArtemisLag:
-    """Keeps a window of polls per queue and turns samples into lag rows and groups."""
+class ArtemisLag(BacklogWindows):
+    """Keeps a window of polls per queue and turns samples into lag rows and groups; parked
+    names the queues where messages are meant to stay (dead-letter and expiry queues)."""
 
-    def __init__(self, window: int = 10) -> None:
-        self.window = window
-        self.windows: dict[tuple[str, str], PartitionWindow] = {}
+    def __init__(self, window: int = 10,
+                 parked: Callable[[str], bool] = lambda name: is_dead_letter_queue(name)
+                 or name in EXPIRY_QUEUES) -> None:
+        super().__init__(window)
+        self.parked = parked
 
     def rows(self, samples: Sequence[ArtemisQueueSample], now_s: float
              ) -> tuple[list[LagRow], list[GroupLag]]:
         """The lag rows and group figures of one poll; queues gone since are forgotten."""
         rows, groups = [], []
-        seen = set()
         for sample in samples:
-            key = (sample.address, sample.name)
-            seen.add(key)
-            window = self.windows.get(key)
-            # A counter that went down: the queue was made again or the broker restarted.
-            if window is None or (window.entries and
-                                  sample.gone < window.entries[-1].committed):
-                window = self.windows[key] = PartitionWindow(self.window)
-            window.add(Observation(now_s, sample.gone, sample.gone + sample.lag))
+            window = self.observe((sample.address, sample.name), now_s, sample.gone, sample.lag)
             row = LagRow(sample.name, sample.address, None, sample.gone,
                          sample.gone + sample.lag, sample.lag, _lag_seconds(sample),
-                         _status(sample, window, now_s), now_s, ACTIVEMQ, sample.ready,
+                         self._status(sample, window, now_s), now_s, ACTIVEMQ, sample.ready,
                          sample.delivering, sample.consumers)
             rows.append(row)
-            found = trend(list(window.entries))
-            groups.append(group_lag(sample.name, [row], [found] if found else [], now_s,
-                                    ACTIVEMQ))
-        for gone in set(self.windows) - seen:
-            del self.windows[gone]
+            groups.append(single_group(row, window, now_s))
+        self.end_poll()
         return rows, groups
+
+    def _status(self, sample: ArtemisQueueSample, window: PartitionWindow, now_s: float
+                ) -> PartitionStatus:
+        if sample.lag == 0:
+            return PartitionStatus.OK
+        if sample.consumers == 0:
+            return PartitionStatus.OK if self.parked(sample.name) else PartitionStatus.STOP
+        return window.status(now_s)
 
 
 def _lag_seconds(sample: ArtemisQueueSample) -> float | None:
     return 0.0 if sample.ready == 0 else sample.first_age_s
-
-
-def _status(sample: ArtemisQueueSample, window: PartitionWindow, now_s: float
-            ) -> PartitionStatus:
-    if sample.lag == 0:
-        return PartitionStatus.OK
-    if sample.consumers == 0:
-        parked = is_dead_letter_queue(sample.name) or sample.name in EXPIRY_QUEUES
-        return PartitionStatus.OK if parked else PartitionStatus.STOP
-    return window.status(now_s)
 
 
 class JolokiaClient:
@@ -252,10 +242,10 @@ class JolokiaClient:
 class ArtemisPoller:
     """Polls an Artemis broker's Jolokia (URL with user and password) for its queues."""
 
-    def __init__(self, management_url: str, *, window: int = 10, timeout_s: float = 10.0
-                 ) -> None:
+    def __init__(self, management_url: str, *, window: int = 10, timeout_s: float = 10.0,
+                 dead_letter: Callable[[str], bool] = is_dead_letter_queue) -> None:
         self.client = JolokiaClient(management_url, timeout_s=timeout_s)
-        self.lag = ArtemisLag(window)
+        self.lag = ArtemisLag(window, lambda name: dead_letter(name) or name in EXPIRY_QUEUES)
         self.skipped = 0  # queues left out of a poll: malformed in the answer
 
     async def start(self) -> None:

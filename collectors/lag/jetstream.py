@@ -37,7 +37,7 @@ import aiohttp
 import nats
 from yarl import URL
 
-from collectors.lag.status import Observation, PartitionWindow, group_lag, trend
+from collectors.lag.status import BacklogWindows, single_group
 from store.records import GroupLag, LagRow
 from store.vocabulary import NATS, PartitionStatus
 
@@ -159,38 +159,25 @@ def _stream_samples(account: str, stream: Any, samples: list[ConsumerSample],
             problems.append(f"consumer {str(where)[:200]!r} of stream {stream_name!r}: {exc}")
 
 
-class ConsumerLag:
+class ConsumerLag(BacklogWindows):
     """Keeps a window of polls per consumer and turns samples into lag rows and groups."""
-
-    def __init__(self, window: int = 10) -> None:
-        self.window = window
-        self.windows: dict[tuple[str, str, str], PartitionWindow] = {}
 
     def rows(self, samples: Sequence[ConsumerSample], ages_s: Mapping[tuple[str, str, str],
              float | None], now_s: float) -> tuple[list[LagRow], list[GroupLag]]:
         """The lag rows and group figures of one poll (ages_s: the age of each lagging
         consumer's first unacknowledged message, where known); consumers gone are forgotten."""
         rows, groups = [], []
-        seen = set()
         for sample in samples:
-            seen.add(sample.key)
-            window = self.windows.get(sample.key)
-            # A sequence that went down: the consumer or stream was made again.
-            if window is None or (window.entries and
-                                  sample.ack_floor_consumer < window.entries[-1].committed):
-                window = self.windows[sample.key] = PartitionWindow(self.window)
-            window.add(Observation(now_s, sample.ack_floor_consumer,
-                                   sample.ack_floor_consumer + sample.lag))
+            # A sequence that went down (the consumer or stream made again): a new window.
+            window = self.observe(sample.key, now_s, sample.ack_floor_consumer, sample.lag)
             status = PartitionStatus.OK if sample.lag == 0 else window.status(now_s)
             row = LagRow(sample.name, sample.stream, None, sample.ack_floor_stream,
                          sample.last_seq, sample.lag,
                          0.0 if sample.lag == 0 else ages_s.get(sample.key), status, now_s,
                          NATS, sample.pending, sample.ack_pending, None)
             rows.append(row)
-            found = trend(list(window.entries))
-            groups.append(group_lag(sample.name, [row], [found] if found else [], now_s, NATS))
-        for gone in set(self.windows) - seen:
-            del self.windows[gone]
+            groups.append(single_group(row, window, now_s))
+        self.end_poll()
         return rows, groups
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from collectors.lag.status import Observation, PartitionWindow, group_lag, trend
+from collectors.lag.status import BacklogWindows, PartitionWindow, single_group
 from store.records import GroupLag, LagRow
 from store.vocabulary import RABBITMQ, PartitionStatus
 
@@ -129,37 +129,22 @@ def queue_samples(queues: Any, bindings: Any) -> tuple[list[QueueSample], list[s
     return samples, problems
 
 
-class QueueLag:
+class QueueLag(BacklogWindows):
     """Keeps a window of polls per queue and turns samples into lag rows and groups."""
-
-    def __init__(self, window: int = 10) -> None:
-        self.window = window
-        self.windows: dict[tuple[str, str], PartitionWindow] = {}
 
     def rows(self, samples: Sequence[QueueSample], now_s: float
              ) -> tuple[list[LagRow], list[GroupLag]]:
         """The lag rows and group figures of one poll; queues gone since are forgotten."""
         rows, groups = [], []
-        seen = set()
         for sample in samples:
-            key = (sample.vhost, sample.name)
-            seen.add(key)
-            window = self.windows.get(key)
-            # A counter that went down: the queue was made again or the broker restarted.
-            if window is None or (window.entries and
-                                  sample.acknowledged < window.entries[-1].committed):
-                window = self.windows[key] = PartitionWindow(self.window)
-            window.add(Observation(now_s, sample.acknowledged,
-                                   sample.acknowledged + sample.lag))
+            window = self.observe((sample.vhost, sample.name), now_s, sample.acknowledged,
+                                  sample.lag)
             row = LagRow(sample.group, sample.exchange, None, None, None, sample.lag,
                          _lag_seconds(sample, now_s), _status(sample, window, now_s), now_s,
                          RABBITMQ, sample.ready, sample.unacknowledged, sample.consumers)
             rows.append(row)
-            found = trend(list(window.entries))
-            groups.append(group_lag(sample.group, [row], [found] if found else [], now_s,
-                                    RABBITMQ))
-        for gone in set(self.windows) - seen:
-            del self.windows[gone]
+            groups.append(single_group(row, window, now_s))
+        self.end_poll()
         return rows, groups
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
 from store.records import GroupLag, LagRow
@@ -113,6 +113,40 @@ def group_lag(group: str, members: Sequence[LagRow], trends: Sequence[Trend], no
         catch_up = None
     return GroupLag(group, status, worst, total_lag, max(seconds) if seconds else None,
                     consume, lag_rate, catch_up, now_s, system)
+
+
+class BacklogWindows:
+    """A window of polls per queue or consumer, for a backlog without partitions (a RabbitMQ
+    or Artemis queue, a JetStream consumer): one poll observes each it has, then end_poll
+    forgets those it no longer had (deleted). A committed count that went down (the queue
+    made again, the broker restarted) starts a new window."""
+
+    def __init__(self, window: int = DEFAULT_WINDOW) -> None:
+        self.window = window
+        self.windows: dict[Hashable, PartitionWindow] = {}
+        self._seen: set[Hashable] = set()
+
+    def observe(self, key: Hashable, now_s: float, committed: int, lag: int
+                ) -> PartitionWindow:
+        """Add one poll of key; its window."""
+        self._seen.add(key)
+        window = self.windows.get(key)
+        if window is None or (window.entries and committed < window.entries[-1].committed):
+            window = self.windows[key] = PartitionWindow(self.window)
+        window.add(Observation(now_s, committed, committed + lag))
+        return window
+
+    def end_poll(self) -> None:
+        """Forget what this poll did not observe."""
+        for gone in set(self.windows) - self._seen:
+            del self.windows[gone]
+        self._seen = set()
+
+
+def single_group(row: LagRow, window: PartitionWindow, now_s: float) -> GroupLag:
+    """The group figures of a backlog that is one row (a queue, a JetStream consumer)."""
+    found = trend(list(window.entries))
+    return group_lag(row.group, [row], [found] if found else [], now_s, row.system)
 
 
 @dataclass(frozen=True)

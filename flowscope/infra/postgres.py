@@ -140,10 +140,13 @@ def _password(paths: PostgresPaths) -> str:
         return ""
 
 
-def accepting(bin_dir: Path, port: int) -> bool:
-    """True when a server on 127.0.0.1:port accepts connections (pg_isready)."""
-    done = subprocess.run([str(bin_dir / "pg_isready"), "-q", "-h", LOOPBACK, "-p", str(port),
-                           "-t", "2"], capture_output=True, check=False, timeout=10)
+def accepting(bin_dir: Path | None, *where: str) -> bool:
+    """True when the server pg_isready finds at where (-h host -p port, or -d URL) accepts
+    connections; False without the client binaries."""
+    if bin_dir is None:
+        return False
+    done = subprocess.run([str(bin_dir / "pg_isready"), "-q", *where, "-t", "2"],
+                          capture_output=True, check=False, timeout=10)
     return done.returncode == 0
 
 
@@ -152,7 +155,7 @@ def status(settings: Settings) -> PostgresStatus:
     postgres = settings.postgres
     if postgres.external:
         assert postgres.external_url is not None
-        return PostgresStatus(_external_accepting(postgres.external_url), None,
+        return PostgresStatus(accepting(binaries(), "-d", postgres.external_url), None,
                               postgres.external_url, True, None)
     paths = PostgresPaths.of(settings, server_account())
     record = process.running_record(paths.pid_file)
@@ -160,17 +163,8 @@ def status(settings: Settings) -> PostgresStatus:
     if record is None or bin_dir is None:
         return PostgresStatus(False, None, url_of(settings, _password(paths)), False, paths.log)
     port = int(str(record.endpoints["server"]))
-    return PostgresStatus(accepting(bin_dir, port), record.pid,
+    return PostgresStatus(accepting(bin_dir, "-h", LOOPBACK, "-p", str(port)), record.pid,
                           url_of(settings, _password(paths), port), False, paths.log)
-
-
-def _external_accepting(url: str) -> bool:
-    bin_dir = binaries()
-    if bin_dir is None:
-        return False
-    done = subprocess.run([str(bin_dir / "pg_isready"), "-q", "-d", url, "-t", "2"],
-                          capture_output=True, check=False, timeout=10)
-    return done.returncode == 0
 
 
 def start(settings: Settings, progress: process.Progress | None = None) -> PostgresStatus:
@@ -238,8 +232,6 @@ def _init_cluster(settings: Settings, paths: PostgresPaths, bin_dir: Path,
         raise FlowscopeError(COMPONENT, f"cannot prepare the cluster's folders: "
                              f"{exc.strerror or exc} ({exc.filename})",
                              hint="check that FLOWSCOPE_HOME is writable") from None
-    identity: dict[str, object] = {} if account is None else {
-        "user": account[0], "group": account[1], "extra_groups": []}
     try:
         with paths.init_log.open("ab") as log:
             done = subprocess.run(
@@ -247,7 +239,7 @@ def _init_cluster(settings: Settings, paths: PostgresPaths, bin_dir: Path,
                  "--auth=scram-sha-256", f"--pwfile={given}", "-E", "UTF8", "--locale=C",
                  "--no-instructions"],
                 stdout=log, stderr=subprocess.STDOUT, cwd=paths.server_root, check=False,
-                timeout=STEP_TIMEOUT_S, **identity)  # type: ignore[call-overload]
+                timeout=STEP_TIMEOUT_S, **process.run_as(account))
     finally:
         given.unlink(missing_ok=True)
     if done.returncode != 0:
@@ -259,7 +251,8 @@ def _await_ready(settings: Settings, paths: PostgresPaths, bin_dir: Path,
                  record: process.ProcessRecord, progress: process.Progress) -> PostgresStatus:
     postgres = settings.postgres
     port = int(str(record.endpoints["server"]))
-    if process.wait_until(lambda: accepting(bin_dir, port), timeout_s=postgres.start_timeout_s,
+    if process.wait_until(lambda: accepting(bin_dir, "-h", LOOPBACK, "-p", str(port)),
+                          timeout_s=postgres.start_timeout_s,
                           interval_s=0.2, alive=lambda: process.pid_alive(record.pid)):
         _ensure_database(settings, paths, bin_dir, port)
         current = status(settings)

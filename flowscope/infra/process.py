@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from base.errors import FlowscopeError
 
@@ -155,17 +155,22 @@ def log_tail(path: Path, lines: int = 25) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def run_as(account: tuple[int, int] | None) -> dict[str, Any]:
+    """subprocess keyword arguments that run a child as account (uid, gid; only root can), or
+    none."""
+    return {} if account is None else {"user": account[0], "group": account[1],
+                                       "extra_groups": []}
+
+
 def spawn(cmd: Sequence[str], log: Path, *, cwd: Path, env: dict[str, str] | None = None,
           account: tuple[int, int] | None = None) -> subprocess.Popen[bytes]:
     """Start a detached background process whose output goes to log (as the account (uid,
     gid) when given: only root can)."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    identity: dict[str, object] = {} if account is None else {
-        "user": account[0], "group": account[1], "extra_groups": []}
     with log.open("ab") as out:
         return subprocess.Popen(
             list(cmd), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True, **identity,  # type: ignore[call-overload]
+            stderr=subprocess.STDOUT, start_new_session=True, **run_as(account),
         )
 
 
