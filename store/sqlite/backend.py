@@ -28,6 +28,7 @@ from store.contract import (
     Topology,
 )
 from store.records import GROUP_LAG_COLUMNS, LAG_COLUMNS, GroupLag, Hop, LagRow
+from store.rows import window_edges
 from store.sqlite import readers, summaries
 from store.sqlite.schema import (
     ADDED_COLUMNS,
@@ -366,7 +367,7 @@ class SqliteStore:
 
     def _window(self, since_ns: int) -> list[object]:
         """The parameters of readers.WINDOW_EDGES for the window from since_ns on."""
-        return readers.window_edges(self.rollup, self._bucket(since_ns))
+        return window_edges(self.rollup, self._bucket(since_ns))
 
     def flows(self, since_ns: int, now_ns: int, limit: int = 100) -> list[FlowRow]:
         """Flows active since since_ns, newest first."""

@@ -3,17 +3,20 @@ indexed rows only, never a scan of raw spans."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from collections.abc import Callable
 
 from store.contract import EdgeRow, FlowRow, Topology
 from store.histogram import Histogram
 from store.records import Hop
-from store.sqlite.schema import FLOW_FIELDS
-from store.vocabulary import SENDS, FlowStatus, sql_list
-
-StatusOf = Callable[[int, int, int], FlowStatus]  # (flags, errors, last_ns) -> status
+from store.rows import (
+    FLOW_FIELDS,
+    StatusOf,
+    edge_rank,
+    flow_row,
+    hop_order,
+    ms_to_ns,
+)
+from store.vocabulary import SENDS, sql_list
 
 
 def read_topology(db: sqlite3.Connection, window: list[object], limit: int | None = None,
@@ -29,7 +32,7 @@ def read_topology(db: sqlite3.Connection, window: list[object], limit: int | Non
         "GROUP BY source, target", window).fetchall()
     first = min((row[7] for row in totals), default=None)
     kept = totals if limit is None or len(totals) <= limit else \
-        sorted(totals, key=_rank(by, touching))[:limit]
+        sorted(totals, key=edge_rank(by, touching))[:limit]
     histograms = _edge_histograms(db, window, None if len(kept) == len(totals)
                                   else [(r[0], r[1]) for r in kept])
     nodes: dict[str, str] = {}
@@ -54,31 +57,12 @@ WINDOW_EDGES = (
     "WHERE bucket_start >= ?)")
 
 
-def window_edges(rollup: tuple[int, int], since_bucket: int) -> list[object]:
-    """The parameters of WINDOW_EDGES for a window from since_bucket on (rollup: the store's
-    rollup_meta)."""
-    width, since = rollup
-    head_end = max(-(-since_bucket // width) * width, since)
-    return [since_bucket, head_end, head_end]
-
-
 def rollup_meta(db: sqlite3.Connection) -> tuple[int, int]:
     """The edge rollups' width in seconds, and the bucket they are complete from: fixed when
     the writer first opens the store (before that, none: every window reads the buckets)."""
     meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN "
                            "('rollup_s', 'rollups_since')").fetchall())
     return int(meta.get("rollup_s", 300)), int(meta.get("rollups_since", 2**62))
-
-
-def _rank(by: str, touching: str | None) -> Callable[[tuple], tuple]:  # type: ignore[type-arg]
-    """The sort key of read_topology's edge totals, busiest first."""
-
-    def key(row: tuple) -> tuple:  # type: ignore[type-arg]
-        source, target, _, _, count, _, retries, _ = row
-        elsewhere = touching is not None and touching not in (source, target)
-        return (elsewhere, -retries if by == "retries" else 0, -count, source, target)
-
-    return key
 
 
 def _edge_histograms(db: sqlite3.Connection, window: list[object],
@@ -103,18 +87,12 @@ def _edge_histograms(db: sqlite3.Connection, window: list[object],
 
 
 
-def _flow_row(row: tuple, status_of: StatusOf) -> FlowRow:  # type: ignore[type-arg]
-    flow_id, started, last, hops, retries, errors, flags, services, topics, traces = row
-    return FlowRow(flow_id, status_of(flags, errors, last), started, last, hops, retries,
-                   errors, json.loads(services), json.loads(topics), json.loads(traces))
-
-
 def read_flows(db: sqlite3.Connection, since_ns: int, limit: int, status_of: StatusOf
                ) -> list[FlowRow]:
     """Flows active since since_ns, newest first."""
     rows = db.execute(f"SELECT {FLOW_FIELDS} FROM flows WHERE last_ns >= ? "
                       "ORDER BY last_ns DESC LIMIT ?", (since_ns, limit)).fetchall()
-    return [_flow_row(row, status_of) for row in rows]
+    return [flow_row(row, status_of) for row in rows]
 
 
 HOP_SELECT = (
@@ -143,8 +121,6 @@ TAPPED_WHERE = (
 TAPPED_SELECT = (
     "SELECT topic, partition, \"offset\", timestamp_ms, retry_attempt, trace_id "
     f"{TAPPED_WHERE} ORDER BY timestamp_ms LIMIT ?")
-# The milliseconds whose nanoseconds an int64 holds, as every other time of the store.
-MS_RANGE = (-(2**63 // 1_000_000), (2**63 - 1) // 1_000_000)
 
 
 def read_flow(db: sqlite3.Connection, flow_or_trace_id: str, status_of: StatusOf,
@@ -163,7 +139,7 @@ def read_flow(db: sqlite3.Connection, flow_or_trace_id: str, status_of: StatusOf
                          (owner[0],)).fetchone()
         if row is None:
             return None
-    flow = _flow_row(row, status_of)
+    flow = flow_row(row, status_of)
     bound = -1 if limit is None else limit  # SQLite: a negative LIMIT is none
     hops = [Hop(*r[:11], bool(r[11]), r[12], flow_id=flow.id, system=r[13], queue=r[14],
                 routing_key=r[15]) for r in db.execute(HOP_SELECT, (flow.id, bound))]
@@ -175,22 +151,15 @@ def read_flow(db: sqlite3.Connection, flow_or_trace_id: str, status_of: StatusOf
                for (topic, partition, offset, service, start, end, attempt, error, trace_id,
                     system, queue, routing_key) in db.execute(PENDING_SELECT, (flow.id, bound))]
     tapped = [Hop(topic, partition, offset, producer_service=None, consumer_service=None,
-                  consumer_group=None, produce_start_ns=_ms_to_ns(at_ms),
-                  produce_end_ns=_ms_to_ns(at_ms), consume_start_ns=None, consume_end_ns=None,
+                  consumer_group=None, produce_start_ns=ms_to_ns(at_ms),
+                  produce_end_ns=ms_to_ns(at_ms), consume_start_ns=None, consume_end_ns=None,
                   retry_attempt=attempt, error=False, trace_id=trace_id or "", flow_id=flow.id)
               for topic, partition, offset, at_ms, attempt, trace_id
               in db.execute(TAPPED_SELECT, (flow.id, bound))]
-    ordered = sorted(hops + pending + tapped, key=_hop_order)[:limit]
+    ordered = sorted(hops + pending + tapped, key=hop_order)[:limit]
     total = sum(_count(db, rows, limit, query, flow.id) for rows, query in (
         (hops, "FROM hops WHERE flow_id = ?"), (pending, PENDING_WHERE), (tapped, TAPPED_WHERE)))
     return flow, ordered, total - len(ordered)
-
-
-def _hop_order(hop: Hop) -> tuple[int, int]:
-    """Time order, as the queries above sort: a hop by when it was produced (else consumed)."""
-    start = hop.produce_start_ns if hop.produce_start_ns is not None else hop.consume_start_ns
-    return (0 if start is None else start,
-            0 if hop.consume_start_ns is None else hop.consume_start_ns)
 
 
 def _count(db: sqlite3.Connection, rows: list[Hop], limit: int | None, where: str,
@@ -199,8 +168,3 @@ def _count(db: sqlite3.Connection, rows: list[Hop], limit: int | None, where: st
     if limit is None or len(rows) < limit:
         return len(rows)
     return int(db.execute(f"SELECT COUNT(*) {where}", (flow_id,)).fetchone()[0])
-
-
-def _ms_to_ns(ms: int) -> int:
-    """Milliseconds as nanoseconds, held to int64 as the store's other times are."""
-    return min(max(ms, MS_RANGE[0]), MS_RANGE[1]) * 1_000_000

@@ -30,10 +30,6 @@ def rollup_width(bucket_s: int) -> int:
     return max(bucket_s, ROLLUP_S // bucket_s * bucket_s)
 
 
-# The columns of the flows table, in its order: how writes and readers select a flow.
-FLOW_FIELDS = ("flow_id, started_ns, last_ns, hops, retries, errors, flags, services, topics, "
-               "trace_ids")
-
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 

@@ -4,13 +4,13 @@ range, never a scan of raw spans."""
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 from collections.abc import Sequence
 
 from store.contract import DeadLetter, EdgeBucket, FlowCounts, LatencyBucket
 from store.histogram import Histogram
+from store.rows import header_pairs
 from store.vocabulary import NS_PER_S, SENDS, FlowRules, FlowStatus, sql_list
 
 MESSAGE_ID = re.compile(r"^(?P<topic>.+)\.(?P<partition>\d+)\.(?P<offset>\d+)$")
@@ -145,15 +145,5 @@ def read_dead_letters(db: sqlite3.Connection, topics: list[str], since_ms: int,
         f"headers, truncated FROM messages WHERE topic IN ({marks}) AND timestamp_ms >= ? "
         f"{of_flow} ORDER BY timestamp_ms DESC LIMIT ?", (*topics, since_ms, *params, limit))
     return [DeadLetter(topic, partition, offset, ts, key, correlation, flow,
-                       _header_pairs(headers), bool(truncated))
+                       header_pairs(headers), bool(truncated))
             for topic, partition, offset, ts, key, correlation, flow, headers, truncated in rows]
-
-
-def _header_pairs(text: str | None) -> tuple[tuple[str, str], ...]:
-    """Stored headers ([[name, value], ...]) as text pairs; anything else is kept whole, as
-    one pair with no name, rather than lost or an error."""
-    try:
-        decoded = json.loads(text or "[]")
-        return tuple((str(k), str(v)) for k, v in decoded)
-    except (ValueError, TypeError):
-        return (("", str(text)),)

@@ -22,7 +22,15 @@ from store.records import (
     SpanKey,
     SpanRecord,
 )
-from store.sqlite.schema import FLOW_FIELDS
+from store.rows import (
+    FLOW_FIELDS,
+    HOP_COLUMNS,
+    encode_links,
+    flow_totals,
+    hop_values,
+    names_json,
+    span_record,
+)
 from store.vocabulary import CONSUMES, SENDS, sql_list
 
 SPAN_FIELDS = ", ".join(f'"{c}"' for c in SPAN_COLUMNS)
@@ -33,11 +41,6 @@ LINKS_AT = SPAN_COLUMNS.index("links")
 MESSAGE_VALUES = operator.attrgetter(*MESSAGE_COLUMNS)
 MESSAGE_INSERT = (f"INSERT OR IGNORE INTO messages VALUES "
                   f"({','.join('?' * (len(MESSAGE_COLUMNS) + 2))})")
-HOP_COLUMNS = ("hop_key", "producer_trace_id", "producer_span_id", "consumer_trace_id",
-               "consumer_span_id", "consumer_is_batch", "flow_id", "topic", "partition",
-               "offset", "message_id", "producer_service", "consumer_service", "consumer_group",
-               "produce_start_ns", "produce_end_ns", "consume_start_ns", "consume_end_ns",
-               "retry_attempt", "error", "system", "queue", "routing_key")
 HOP_FIELDS = ", ".join(f'"{c}"' for c in HOP_COLUMNS)
 HOP_INSERT = f"INSERT INTO hops ({HOP_FIELDS}) VALUES ({', '.join('?' * len(HOP_COLUMNS))})"
 CHUNK = 400  # rows per statement: 2 parameters each stays under SQLite's 32,766
@@ -222,7 +225,7 @@ class SqliteWrites:
                 merged.merge(before[flow_id])
             rows.append((flow_id, merged.started_ns, merged.last_ns, merged.hops,
                          merged.retries, merged.errors, int(merged.flags),
-                         _names_json(merged.services), _names_json(merged.topics),
+                         names_json(merged.services), names_json(merged.topics),
                          json.dumps(merged.kept_trace_ids())))
         self.db.executemany("INSERT OR REPLACE INTO flows VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
         return before
@@ -288,23 +291,6 @@ class SqliteWrites:
         return new
 
 
-_NAMES_JSON: dict[tuple[str, ...], str] = {}
-NAMES_JSON_CACHE = 4096
-
-
-def _names_json(names: set[str]) -> str:
-    """A set of service or topic names as a sorted JSON list. Flows of one system reach the
-    same few sets again and again: their text is kept (a bounded cache) instead of encoded
-    for every flow of every batch."""
-    key = tuple(sorted(names))
-    text = _NAMES_JSON.get(key)
-    if text is None:
-        if len(_NAMES_JSON) >= NAMES_JSON_CACHE:
-            _NAMES_JSON.clear()
-        text = _NAMES_JSON[key] = json.dumps(key)
-    return text
-
-
 def consumes_of_sql(parents: int) -> str:
     """The consume spans of `parents` (trace, span) pairs, by the partial index of consumes
     (without it, SQLite reads every span of the trace)."""
@@ -312,42 +298,6 @@ def consumes_of_sql(parents: int) -> str:
             f"{','.join(['(?,?)'] * parents)}) v JOIN spans s INDEXED BY consumes_by_parent "
             "ON s.trace_id = v.column1 AND s.parent_span_id = v.column2 "
             f"WHERE s.parent_span_id IS NOT NULL AND s.operation IN {sql_list(CONSUMES)}")
-
-
-def flow_totals(row: Sequence) -> FlowTotals:  # type: ignore[type-arg]
-    """A stored flow row (FLOW_FIELDS) as totals."""
-    return FlowTotals(row[1], row[2], row[3], row[4], row[5], row[6], set(json.loads(row[7])),
-                      set(json.loads(row[8])), set(json.loads(row[9])))
-
-
-def hop_values(hop: Hop) -> tuple[object, ...]:
-    """A hop as a row of HOP_COLUMNS."""
-    producer = hop.producer or (None, None)
-    return (hop.key, producer[0], producer[1], hop.trace_id, hop.consumer_span_id,
-            int(hop.consumer_is_batch), hop.flow_id, hop.topic, hop.partition, hop.offset,
-            hop.message_id, hop.producer_service, hop.consumer_service, hop.consumer_group,
-            hop.produce_start_ns, hop.produce_end_ns, hop.consume_start_ns, hop.consume_end_ns,
-            hop.retry_attempt, int(hop.error), hop.system, hop.queue, hop.routing_key)
-
-
-def encode_links(links: tuple[tuple[str, str], ...]) -> str | None:
-    """Links as stored: 'trace:span' pairs separated by commas."""
-    return ",".join(f"{t}:{s}" for t, s in links) if links else None
-
-
-def decode_links(text: str | None) -> tuple[tuple[str, str], ...]:
-    """The links stored by encode_links."""
-    if not text:
-        return ()
-    return tuple((part[:32], part[33:]) for part in text.split(","))
-
-
-def span_record(row: Sequence[object]) -> SpanRecord:
-    """A stored spans row (SPAN_COLUMNS) as a record."""
-    values = dict(zip(SPAN_COLUMNS, row, strict=True))
-    values["links"] = decode_links(values["links"])  # type: ignore[arg-type]
-    values["error"] = bool(values["error"])
-    return SpanRecord(**values)  # type: ignore[arg-type]
 
 
 def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
