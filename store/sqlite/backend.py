@@ -28,8 +28,8 @@ from store.contract import (
     Topology,
 )
 from store.records import GROUP_LAG_COLUMNS, LAG_COLUMNS, GroupLag, Hop, LagRow
-from store.rows import window_edges
-from store.sqlite import readers, summaries
+from store.sql import readers, summaries
+from store.sql.rows import window_edges
 from store.sqlite.schema import (
     ADDED_COLUMNS,
     MIGRATES_FROM,

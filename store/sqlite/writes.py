@@ -22,7 +22,7 @@ from store.records import (
     SpanKey,
     SpanRecord,
 )
-from store.rows import (
+from store.sql.rows import (
     FLOW_FIELDS,
     HOP_COLUMNS,
     encode_links,

@@ -1,25 +1,26 @@
-"""Read queries of the SQLite store: topology, flows, one flow. They read aggregates and
-indexed rows only, never a scan of raw spans."""
+"""Read queries of the SQL stores: topology, flows, one flow. They read aggregates and indexed
+rows only, never a scan of raw spans; their SQL is what SQLite and PostgreSQL both speak (qmark
+parameters: the PostgreSQL store passes them on as its own)."""
 
 from __future__ import annotations
-
-import sqlite3
 
 from store.contract import EdgeRow, FlowRow, Topology
 from store.histogram import Histogram
 from store.records import Hop
-from store.rows import (
+from store.sql.rows import (
     FLOW_FIELDS,
+    Db,
     StatusOf,
     edge_rank,
+    flow_hops,
     flow_row,
-    hop_order,
-    ms_to_ns,
 )
 from store.vocabulary import SENDS, sql_list
 
+NO_LIMIT = 2**62  # a LIMIT both databases read as none
 
-def read_topology(db: sqlite3.Connection, window: list[object], limit: int | None = None,
+
+def read_topology(db: Db, window: list[object], limit: int | None = None,
                   by: str = "count", touching: str | None = None) -> tuple[Topology, int]:
     """Merge a window's edge rows (window: window_edges' parameters) into one graph of the
     `limit` busiest edges (by messages, or with by="retries" by retries, then messages; the
@@ -27,8 +28,8 @@ def read_topology(db: sqlite3.Connection, window: list[object], limit: int | Non
     in all. Edges are ranked by sums SQL takes, so that only the kept edges' histograms are
     decoded: decoding is what a window of thousands of edges costs."""
     totals = db.execute(
-        "SELECT source, target, MIN(source_kind), MIN(target_kind), TOTAL(count), "
-        f"TOTAL(errors), TOTAL(retries), MIN(first_bucket) FROM {WINDOW_EDGES} "
+        "SELECT source, target, MIN(source_kind), MIN(target_kind), SUM(count * 1.0), "
+        f"SUM(errors * 1.0), SUM(retries * 1.0), MIN(first_bucket) FROM {WINDOW_EDGES} "
         "GROUP BY source, target", window).fetchall()
     first = min((row[7] for row in totals), default=None)
     kept = totals if limit is None or len(totals) <= limit else \
@@ -57,7 +58,7 @@ WINDOW_EDGES = (
     "WHERE bucket_start >= ?)")
 
 
-def rollup_meta(db: sqlite3.Connection) -> tuple[int, int]:
+def rollup_meta(db: Db) -> tuple[int, int]:
     """The edge rollups' width in seconds, and the bucket they are complete from: fixed when
     the writer first opens the store (before that, none: every window reads the buckets)."""
     meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN "
@@ -65,7 +66,7 @@ def rollup_meta(db: sqlite3.Connection) -> tuple[int, int]:
     return int(meta.get("rollup_s", 300)), int(meta.get("rollups_since", 2**62))
 
 
-def _edge_histograms(db: sqlite3.Connection, window: list[object],
+def _edge_histograms(db: Db, window: list[object],
                      only: list[tuple[str, str]] | None
                      ) -> dict[tuple[str, str], tuple[Histogram, Histogram]]:
     """The merged latency and processing histograms of these edges (None: of every edge)."""
@@ -87,7 +88,7 @@ def _edge_histograms(db: sqlite3.Connection, window: list[object],
 
 
 
-def read_flows(db: sqlite3.Connection, since_ns: int, limit: int, status_of: StatusOf
+def read_flows(db: Db, since_ns: int, limit: int, status_of: StatusOf
                ) -> list[FlowRow]:
     """Flows active since since_ns, newest first."""
     rows = db.execute(f"SELECT {FLOW_FIELDS} FROM flows WHERE last_ns >= ? "
@@ -101,12 +102,13 @@ HOP_SELECT = (
     "consumer_trace_id, system, queue, routing_key FROM hops WHERE flow_id = ? "
     "ORDER BY COALESCE(produce_start_ns, consume_start_ns), consume_start_ns LIMIT ?")
 # Sends no consumer took (yet): no hop is keyed by their span (hop keys are
-# 'trace:span|consumer service'; '}' is the character after '|'). A unary + keeps SQLite
-# from looking hops up by flow, which reads every hop of the flow for every send.
+# 'trace:span|consumer service'; '}' is the character after '|'). Comparing flow_id || ''
+# keeps the database from looking hops up by flow, which reads every hop of the flow for every
+# send.
 PENDING_WHERE = (
     f"FROM spans s WHERE s.flow_id = ? AND s.operation IN {sql_list(SENDS)} AND NOT EXISTS ("
     "SELECT 1 FROM hops h WHERE h.hop_key >= s.trace_id || ':' || s.span_id || '|' "
-    "AND h.hop_key < s.trace_id || ':' || s.span_id || '}' AND +h.flow_id = s.flow_id)")
+    "AND h.hop_key < s.trace_id || ':' || s.span_id || '}' AND h.flow_id || '' = s.flow_id)")
 PENDING_SELECT = (
     "SELECT s.topic, s.partition, s.\"offset\", s.service, s.start_ns, s.end_ns, "
     "s.retry_attempt, s.error, s.trace_id, s.system, s.queue, s.routing_key "
@@ -116,14 +118,14 @@ PENDING_SELECT = (
 TAPPED_WHERE = (
     "FROM messages m WHERE m.flow_id = ? AND NOT EXISTS (SELECT 1 FROM spans s WHERE "
     f"s.message_id = m.message_id AND s.operation IN {sql_list(SENDS)} AND "
-    "+s.flow_id = m.flow_id) AND NOT EXISTS (SELECT 1 FROM hops h WHERE h.message_id = "
-    "m.message_id AND h.producer_span_id IS NULL AND +h.flow_id = m.flow_id)")
+    "s.flow_id || '' = m.flow_id) AND NOT EXISTS (SELECT 1 FROM hops h WHERE h.message_id = "
+    "m.message_id AND h.producer_span_id IS NULL AND h.flow_id || '' = m.flow_id)")
 TAPPED_SELECT = (
     "SELECT topic, partition, \"offset\", timestamp_ms, retry_attempt, trace_id "
     f"{TAPPED_WHERE} ORDER BY timestamp_ms LIMIT ?")
 
 
-def read_flow(db: sqlite3.Connection, flow_or_trace_id: str, status_of: StatusOf,
+def read_flow(db: Db, flow_or_trace_id: str, status_of: StatusOf,
               limit: int | None = None) -> tuple[FlowRow, list[Hop], int] | None:
     """One flow by correlation ID, or by a trace ID of one of its spans, with its first
     `limit` hops in time order (its consumed messages, its sends no consumer took yet and
@@ -140,31 +142,12 @@ def read_flow(db: sqlite3.Connection, flow_or_trace_id: str, status_of: StatusOf
         if row is None:
             return None
     flow = flow_row(row, status_of)
-    bound = -1 if limit is None else limit  # SQLite: a negative LIMIT is none
-    hops = [Hop(*r[:11], bool(r[11]), r[12], flow_id=flow.id, system=r[13], queue=r[14],
-                routing_key=r[15]) for r in db.execute(HOP_SELECT, (flow.id, bound))]
-    pending = [Hop(topic, partition, offset, producer_service=service, consumer_service=None,
-                   consumer_group=None, produce_start_ns=start, produce_end_ns=end,
-                   consume_start_ns=None, consume_end_ns=None, retry_attempt=attempt,
-                   error=bool(error), trace_id=trace_id, flow_id=flow.id, system=system,
-                   queue=queue, routing_key=routing_key)
-               for (topic, partition, offset, service, start, end, attempt, error, trace_id,
-                    system, queue, routing_key) in db.execute(PENDING_SELECT, (flow.id, bound))]
-    tapped = [Hop(topic, partition, offset, producer_service=None, consumer_service=None,
-                  consumer_group=None, produce_start_ns=ms_to_ns(at_ms),
-                  produce_end_ns=ms_to_ns(at_ms), consume_start_ns=None, consume_end_ns=None,
-                  retry_attempt=attempt, error=False, trace_id=trace_id or "", flow_id=flow.id)
-              for topic, partition, offset, at_ms, attempt, trace_id
-              in db.execute(TAPPED_SELECT, (flow.id, bound))]
-    ordered = sorted(hops + pending + tapped, key=hop_order)[:limit]
-    total = sum(_count(db, rows, limit, query, flow.id) for rows, query in (
-        (hops, "FROM hops WHERE flow_id = ?"), (pending, PENDING_WHERE), (tapped, TAPPED_WHERE)))
-    return flow, ordered, total - len(ordered)
-
-
-def _count(db: sqlite3.Connection, rows: list[Hop], limit: int | None, where: str,
-           flow_id: str) -> int:
-    """How many rows a query of the flow has: those read, unless the limit cut them."""
-    if limit is None or len(rows) < limit:
-        return len(rows)
-    return int(db.execute(f"SELECT COUNT(*) {where}", (flow_id,)).fetchone()[0])
+    bound = NO_LIMIT if limit is None else limit
+    parts = [(db.execute(select, (flow.id, bound)).fetchall(),
+              lambda where=where: int(db.execute(f"SELECT COUNT(*) {where}",
+                                                 (flow.id,)).fetchone()[0]))
+             for select, where in ((HOP_SELECT, "FROM hops WHERE flow_id = ?"),
+                                   (PENDING_SELECT, PENDING_WHERE),
+                                   (TAPPED_SELECT, TAPPED_WHERE))]
+    ordered, more = flow_hops(flow.id, parts, limit)
+    return flow, ordered, more

@@ -4,11 +4,21 @@ dialect. No query lives here."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
-from store.contract import FlowRow
+from store.contract import FlowCounts, FlowRow
 from store.records import SPAN_COLUMNS, FlowTotals, Hop, SpanRecord
-from store.vocabulary import FlowStatus
+from store.vocabulary import FlowRules, FlowStatus
+
+
+class Db(Protocol):
+    """A connection the shared read queries run on (qmark or :name parameters)."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any:
+        """Run one statement; a cursor over its rows."""
+        ...
+
 
 StatusOf = Callable[[int, int, int], FlowStatus]  # (flags, errors, last_ns) -> status
 
@@ -126,3 +136,67 @@ def window_edges(rollup: tuple[int, int], since_bucket: int) -> list[object]:
     width, since = rollup
     head_end = max(-(-since_bucket // width) * width, since)
     return [since_bucket, head_end, head_end]
+
+
+def consumed_hop(row: Sequence, flow_id: str) -> Hop:  # type: ignore[type-arg]
+    """A stored hop (topic, partition, offset, producer, consumer, group, produce start and
+    end, consume start and end, attempt, error, consumer trace, system, queue, routing key)."""
+    return Hop(*row[:11], bool(row[11]), row[12], flow_id=flow_id, system=row[13],
+               queue=row[14], routing_key=row[15])
+
+
+def pending_hop(row: Sequence, flow_id: str) -> Hop:  # type: ignore[type-arg]
+    """A send no consumer took yet (topic, partition, offset, service, start, end, attempt,
+    error, trace, system, queue, routing key)."""
+    (topic, partition, offset, service, start, end, attempt, error, trace_id, system, queue,
+     routing_key) = row
+    return Hop(topic, partition, offset, producer_service=service, consumer_service=None,
+               consumer_group=None, produce_start_ns=start, produce_end_ns=end,
+               consume_start_ns=None, consume_end_ns=None, retry_attempt=attempt,
+               error=bool(error), trace_id=trace_id, flow_id=flow_id, system=system,
+               queue=queue, routing_key=routing_key)
+
+
+def tapped_hop(row: Sequence, flow_id: str) -> Hop:  # type: ignore[type-arg]
+    """A message only the tap saw (topic, partition, offset, timestamp ms, attempt, trace)."""
+    topic, partition, offset, at_ms, attempt, trace_id = row
+    return Hop(topic, partition, offset, producer_service=None, consumer_service=None,
+               consumer_group=None, produce_start_ns=ms_to_ns(at_ms),
+               produce_end_ns=ms_to_ns(at_ms), consume_start_ns=None, consume_end_ns=None,
+               retry_attempt=attempt, error=False, trace_id=trace_id or "", flow_id=flow_id)
+
+
+def flow_hops(flow_id: str, parts: Sequence[tuple[Sequence[Sequence], Callable[[], int]]],  # type: ignore[type-arg]
+              limit: int | None) -> tuple[list[Hop], int]:
+    """A flow's first `limit` hops in time order from its three kinds of rows (consumed,
+    pending, tapped: each the rows its query read, at most `limit`, with how to count all of
+    them), and how many more it has."""
+    hops: list[Hop] = []
+    total = 0
+    for (rows, count), make in zip(parts, (consumed_hop, pending_hop, tapped_hop),
+                                   strict=True):
+        hops += [make(row, flow_id) for row in rows]
+        total += len(rows) if limit is None or len(rows) < limit else count()
+    ordered = sorted(hops, key=hop_order)[:limit]
+    return ordered, total - len(ordered)
+
+
+def tally_flows(rows: Iterable[Sequence], now_ns: int, rules: FlowRules  # type: ignore[type-arg]
+                ) -> FlowCounts:
+    """The overview's counts from a window's flows grouped by (flags, failed, moved in this
+    window, quiet past the stuck limit, started in this window (1), the one before (0) or
+    earlier (-1), how many)."""
+    counts = FlowCounts()
+    for flags, failed, recent, is_quiet, started, count in rows:
+        status = rules.status(flags, failed, 0 if is_quiet else now_ns, now_ns)
+        if status == FlowStatus.IN_FLIGHT:
+            counts.in_flight += count
+        elif status == FlowStatus.STUCK:
+            counts.stuck += count
+        else:
+            (counts.now if recent else counts.before)[status] += count
+        if started == 1:
+            counts.started_now += count
+        elif started == 0:
+            counts.started_before += count
+    return counts

@@ -1,23 +1,22 @@
 """Read queries behind the dashboard's summaries: flow counts, edge series, completed-flow
 latencies, search, retry attempts and dead letters. Each reads an aggregate or an indexed
-range, never a scan of raw spans."""
+range, never a scan of raw spans, in SQL that SQLite and PostgreSQL both speak."""
 
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import Sequence
 
 from store.contract import DeadLetter, EdgeBucket, FlowCounts, LatencyBucket
 from store.histogram import Histogram
-from store.rows import header_pairs
-from store.vocabulary import NS_PER_S, SENDS, FlowRules, FlowStatus, sql_list
+from store.sql.rows import Db, header_pairs, tally_flows
+from store.vocabulary import NS_PER_S, SENDS, FlowRules, sql_list
 
 MESSAGE_ID = re.compile(r"^(?P<topic>.+)\.(?P<partition>\d+)\.(?P<offset>\d+)$")
 TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-def count_flows(db: sqlite3.Connection, window_ns: int, now_ns: int, rules: FlowRules
+def count_flows(db: Db, window_ns: int, now_ns: int, rules: FlowRules
                 ) -> FlowCounts:
     """Outcomes (by the time a flow last moved) and starts in this window and the one before,
     and the flows in flight or stuck now; one range scan of a covering index.
@@ -26,28 +25,15 @@ def count_flows(db: sqlite3.Connection, window_ns: int, now_ns: int, rules: Flow
     how many were in flight at the end of the previous window is not known."""
     since, before = now_ns - window_ns, now_ns - 2 * window_ns
     quiet = now_ns - int(rules.stuck_after_s * NS_PER_S)
-    counts = FlowCounts()
-    for flags, failed, recent, is_quiet, started, count in db.execute(
-            "SELECT flags, errors > 0, last_ns >= :since, last_ns < :quiet, "
-            "CASE WHEN started_ns >= :since THEN 1 WHEN started_ns >= :before THEN 0 "
-            "ELSE -1 END, COUNT(*) FROM flows WHERE last_ns >= :before "
-            "GROUP BY 1, 2, 3, 4, 5",
-            {"since": since, "before": before, "quiet": quiet}):
-        status = rules.status(flags, failed, 0 if is_quiet else now_ns, now_ns)
-        if status == FlowStatus.IN_FLIGHT:
-            counts.in_flight += count
-        elif status == FlowStatus.STUCK:
-            counts.stuck += count
-        else:
-            (counts.now if recent else counts.before)[status] += count
-        if started == 1:
-            counts.started_now += count
-        elif started == 0:
-            counts.started_before += count
-    return counts
+    return tally_flows(db.execute(
+        "SELECT flags, errors > 0, last_ns >= :since, last_ns < :quiet, "
+        "CASE WHEN started_ns >= :since THEN 1 WHEN started_ns >= :before THEN 0 "
+        "ELSE -1 END, COUNT(*) FROM flows WHERE last_ns >= :before "
+        "GROUP BY 1, 2, 3, 4, 5",
+        {"since": since, "before": before, "quiet": quiet}), now_ns, rules)
 
 
-def read_edge_buckets(db: sqlite3.Connection, since_bucket: int,
+def read_edge_buckets(db: Db, since_bucket: int,
                       edges: Sequence[tuple[str, str]] | None = None) -> list[EdgeBucket]:
     """Every edge's (or these (source, target) edges') counts per time bucket since
     since_bucket, oldest first."""
@@ -61,7 +47,7 @@ def read_edge_buckets(db: sqlite3.Connection, since_bucket: int,
         f"WHERE bucket_start >= ?{among} ORDER BY bucket_start", params)]
 
 
-def read_flow_latency(db: sqlite3.Connection, since_bucket: int) -> list[LatencyBucket]:
+def read_flow_latency(db: Db, since_bucket: int) -> list[LatencyBucket]:
     """Completed flows' latency histograms per bucket and flow type, oldest first."""
     return [LatencyBucket(bucket, flow_type, count, Histogram.from_json(latency))
             for bucket, flow_type, count, latency in db.execute(
@@ -69,7 +55,7 @@ def read_flow_latency(db: sqlite3.Connection, since_bucket: int) -> list[Latency
                 "WHERE bucket_start >= ? ORDER BY bucket_start", (since_bucket,))]
 
 
-def find_flow_ids(db: sqlite3.Connection, text: str, limit: int = 20) -> list[str]:
+def find_flow_ids(db: Db, text: str, limit: int = 20) -> list[str]:
     """Flows that a correlation ID, trace ID, message id (topic.partition.offset) or message
     key names, in that order of precedence."""
     text = text.strip()
@@ -113,7 +99,7 @@ def _storable(text: str) -> bool:
     return True
 
 
-def read_retry_attempts(db: sqlite3.Connection, since_ms: int, sample: int | None
+def read_retry_attempts(db: Db, since_ms: int, sample: int | None
                         ) -> list[tuple[str, int, int]]:
     """(topic, attempt, messages) of tapped messages since since_ms, the newest `sample` of
     them when given (attempt 1: first try)."""
@@ -124,7 +110,7 @@ def read_retry_attempts(db: sqlite3.Connection, since_ms: int, sample: int | Non
         (since_ms, sample) if sample else (since_ms,)).fetchall()
 
 
-def tapped_topics(db: sqlite3.Connection) -> list[str]:
+def tapped_topics(db: Db) -> list[str]:
     """The topics the tap has seen, one index seek each (the table is keyed by topic first)."""
     return [topic for (topic,) in db.execute(
         "WITH RECURSIVE seen(topic) AS (SELECT MIN(topic) FROM messages UNION ALL "
@@ -132,7 +118,7 @@ def tapped_topics(db: sqlite3.Connection) -> list[str]:
         "WHERE seen.topic IS NOT NULL) SELECT topic FROM seen WHERE topic IS NOT NULL")]
 
 
-def read_dead_letters(db: sqlite3.Connection, topics: list[str], since_ms: int,
+def read_dead_letters(db: Db, topics: list[str], since_ms: int,
                       limit: int, flow_id: str | None = None) -> list[DeadLetter]:
     """Messages on the dead-letter topics since since_ms (of one flow, when given), newest
     first, with their headers."""
