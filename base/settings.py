@@ -278,7 +278,7 @@ LIMIT_VARIABLES = {
 class CollectorSettings:
     """The collector: where spans come in, where they are stored, and how flows are judged."""
 
-    store: Path
+    store: Path | str  # a SQLite file, or a PostgreSQL URL (postgresql://...)
     otlp_host: str = LOOPBACK
     otlp_port: int = 4318
     max_body_bytes: int = 16 * 1024 * 1024
@@ -526,7 +526,8 @@ def _collector_settings(reader: _EnvReader, home: Path) -> CollectorSettings:
         port = int(port_text)
     store = reader.text("FLOWSCOPE_STORE")
     return CollectorSettings(
-        store=Path(store).expanduser() if store else defaults.store,
+        store=(store if store.startswith(POSTGRES_SCHEMES) else Path(store).expanduser())
+        if store else defaults.store,
         otlp_host=host, otlp_port=port,
         max_body_bytes=reader.count("FLOWSCOPE_MAX_BODY_BYTES", defaults.max_body_bytes),
         limits=IngestLimits(
@@ -563,6 +564,14 @@ def _check_distinct_ports(problems: list[str], kafka: KafkaSettings, jaeger: Jae
         if port in ports:
             problems.append(f"port {port} is given to both {ports[port]} and {role}")
         ports[port] = role
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def store_label(store: Path | str) -> str:
+    """Where the store is, fit to show: a file's path, a URL without its credentials."""
+    return redact_url(store) if isinstance(store, str) else str(store)
 
 
 def redact_url(url: str) -> str:

@@ -11,6 +11,7 @@ from urllib.parse import quote, urlsplit
 
 import streamlit as st
 
+from base.settings import store_label
 from dashboard import queries, transforms
 from dashboard.collector_health import collector_notes
 
@@ -39,7 +40,7 @@ def render_sidebar() -> None:
         st.selectbox("Refresh every (s)", choices, index=choices.index(int(default)),
                      key="refresh_s")
         st.toggle("Pause live refresh", key="paused")
-        st.caption(f"Store: {settings.collect.store}")
+        st.caption(f"Store: {store_label(settings.collect.store)}")
 
 
 def _nodes() -> list[str]:
@@ -119,8 +120,8 @@ def show_failure(exc: Exception) -> None:
     """A query that failed, as an error box (logged with its traceback), not a stack trace."""
     log.exception("dashboard query failed")
     st.error("Reading the store failed; the page retries on its next refresh.")
-    st.code(f"{type(exc).__name__}: {exc}\nstore: {queries.settings().collect.store}",
-            language=None)
+    where = store_label(queries.settings().collect.store)
+    st.code(f"{type(exc).__name__}: {exc}\nstore: {where}", language=None)
 
 
 def flow_link(flow_id: str) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from base.errors import FlowscopeError
-from base.settings import Settings, redact_url
+from base.settings import Settings, redact_url, store_label
 from flowscope import __version__, inspect
 from flowscope.infra import artemis, jaeger, kafka, nats, postgres, rabbitmq
 from flowscope.infra.process import check_ports_free
@@ -271,8 +271,8 @@ def _inspect(settings: Settings, args: argparse.Namespace) -> int:
                 raise FlowscopeError("inspect", "`inspect flow` needs a correlation or trace id")
             shown = inspect.inspect_flow(store, args.id, args.json)
             if shown is None:
-                raise FlowscopeError("inspect",
-                                     f"no flow {args.id!r} in {settings.collect.store}")
+                where = store_label(settings.collect.store)
+                raise FlowscopeError("inspect", f"no flow {args.id!r} in {where}")
             print(shown)
     finally:
         store.close()
@@ -290,7 +290,8 @@ def _dashboard(settings: Settings, args: argparse.Namespace) -> int:
                              hint="reinstall flowscope from its source tree (pip install -e .)")
     env = dict(os.environ, FLOWSCOPE_DASHBOARD_ADDRESS=address,
                FLOWSCOPE_DASHBOARD_PORT=str(port))
-    print(f"dashboard: http://{address}:{port} (store {settings.collect.store})", flush=True)
+    print(f"dashboard: http://{address}:{port} (store {store_label(settings.collect.store)})",
+          flush=True)
     # Become the Streamlit server: one process, so SIGTERM and Ctrl-C stop it directly.
     os.execve(sys.executable, [
         sys.executable, "-m", "streamlit", "run", str(app),

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 
 from base.errors import FlowscopeError
-from base.settings import LOOPBACK, Settings, redact_url
+from base.settings import LOOPBACK, Settings, redact_url, store_label
 from demo_services.config import DemoConfig
 from demo_services.topics import ensure_topics
 from flowscope.infra import artemis, jaeger, kafka, nats, process, rabbitmq
@@ -474,7 +474,7 @@ class Demo:
         lines = [f"flowscope demo: ready in {self.progress.elapsed:.1f}s; scenario "
                  f"{options.scenario}, {options.rate:g} flows/s, seed {options.seed}, {length}"]
         lines += [f"  {name:<10} {url}" for name, url in self.urls.items()]
-        lines += [f"  {'store':<10} {self.settings.collect.store}  (flowscope inspect "
+        lines += [f"  {'store':<10} {store_label(self.settings.collect.store)}  (flowscope inspect "
                   "topology | flows | lag)", f"  {'logs':<10} {self.dir}",
                   "Ctrl-C stops everything the demo started."]
         self._write_record()

@@ -16,7 +16,7 @@ import random
 from dataclasses import replace
 
 from base.errors import FlowscopeError
-from base.settings import Settings, redact_url
+from base.settings import Settings, redact_url, store_label
 from collectors.collect import run_collector
 from demo_services.loadgen import LoadPlan, run_load
 from flowscope.demo import run_demo
@@ -103,7 +103,8 @@ def collect(settings: Settings, args: argparse.Namespace) -> int:
         consumers = redact_url(jetstream[0]) if jetstream else "off (no NATS running)"
         artemis_queues = redact_url(artemis_url) if artemis_url else "off (no Artemis running)"
         print(f"collect: ready; OTLP/HTTP on {url}/v1/traces, spans topic "
-              f"{collector.spans_topic} on {settings.kafka.bootstrap}, store {collector.store}, "
+              f"{collector.spans_topic} on {settings.kafka.bootstrap}, "
+              f"store {store_label(collector.store)}, "
               f"forwarding to Jaeger: {forward}, RabbitMQ queues: {queues}, JetStream "
               f"consumers: {consumers}, Artemis queues: {artemis_queues}", flush=True)
 

@@ -55,7 +55,7 @@ WINDOW_EDGES = (
     "processing, bucket_start AS first_bucket FROM edge_buckets WHERE bucket_start >= ? "
     "AND bucket_start < ? UNION ALL SELECT source, source_kind, target, target_kind, count, "
     "errors, retries, latency, processing, first_bucket FROM edge_rollups "
-    "WHERE bucket_start >= ?)")
+    "WHERE bucket_start >= ?) w")
 
 
 def rollup_meta(db: Db) -> tuple[int, int]:

@@ -22,6 +22,15 @@ class Db(Protocol):
 
 StatusOf = Callable[[int, int, int], FlowStatus]  # (flags, errors, last_ns) -> status
 
+ROLLUP_S = 300  # an edge rollup's width (a multiple of the bucket width: rollup_width)
+
+
+def rollup_width(bucket_s: int) -> int:
+    """The rollup width for edge buckets of bucket_s seconds: ROLLUP_S, rounded down to a
+    multiple of bucket_s (and at least one bucket)."""
+    return max(bucket_s, ROLLUP_S // bucket_s * bucket_s)
+
+
 # The columns of a flow, in the tables' order: how writes and readers select a flow.
 FLOW_FIELDS = ("flow_id, started_ns, last_ns, hops, retries, errors, flags, services, topics, "
                "trace_ids")

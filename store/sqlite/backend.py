@@ -29,14 +29,13 @@ from store.contract import (
 )
 from store.records import GROUP_LAG_COLUMNS, LAG_COLUMNS, GroupLag, Hop, LagRow
 from store.sql import readers, summaries
-from store.sql.rows import window_edges
+from store.sql.rows import rollup_width, window_edges
 from store.sqlite.schema import (
     ADDED_COLUMNS,
     MIGRATES_FROM,
     REKEYED,
     SCHEMA,
     SCHEMA_VERSION,
-    rollup_width,
 )
 from store.sqlite.writes import SqliteWrites
 from store.vocabulary import (

@@ -21,15 +21,6 @@ ADDED_COLUMNS = (("spans", "queue", "TEXT"), ("spans", "routing_key", "TEXT"),
 # them was Kafka's).
 REKEYED = ("lag_current", "lag_samples", "lag_groups")
 
-ROLLUP_S = 300  # the width of an edge rollup (a multiple of the bucket width; see rollup_width)
-
-
-def rollup_width(bucket_s: int) -> int:
-    """The rollup width for edge buckets of bucket_s seconds: ROLLUP_S, rounded down to a
-    multiple of bucket_s (and at least one bucket)."""
-    return max(bucket_s, ROLLUP_S // bucket_s * bucket_s)
-
-
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 

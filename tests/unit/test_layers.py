@@ -56,8 +56,9 @@ def test_only_the_factory_opens_a_backend() -> None:
     wrong = [f"{path.relative_to(ROOT)}:{line}"
              for package in PROJECT for path in _sources(package)
              for module, line, _ in _imports(path)
-             if module.startswith("store.sqlite")
-             and not str(path.relative_to(ROOT)).startswith("store/sqlite/")
+             for backend in ("sqlite", "postgres")
+             if module.startswith(f"store.{backend}")
+             and not str(path.relative_to(ROOT)).startswith(f"store/{backend}/")
              and str(path.relative_to(ROOT)) not in BACKEND_USERS]
     assert not wrong, "\n".join(wrong)
 

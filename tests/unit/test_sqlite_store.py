@@ -10,9 +10,9 @@ import pytest
 
 from store.contract import StoreError
 from store.records import GroupLag, LagRow
-from store.sqlite import readers
+from store.sql import readers
+from store.sql.readers import PENDING_WHERE
 from store.sqlite.backend import SqliteStore
-from store.sqlite.readers import PENDING_WHERE
 from store.sqlite.schema import ADDED_COLUMNS, SCHEMA_VERSION
 from store.sqlite.writes import consumes_of_sql
 from store.vocabulary import KAFKA, FlowRules, GroupStatus, PartitionStatus

@@ -1,6 +1,7 @@
 """The store contract: every backend must pass these, with the collector's write path (flow
 derivation) on top. A backend is one line of BACKENDS: where its store is, for a test's own
-directory. Tests of one backend alone are in a file of their own (test_sqlite_store.py)."""
+directory (PostgreSQL: a schema of its own on the real server). Tests of one backend alone are
+in files of their own (test_sqlite_store.py, test_postgres_store.py)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ RULES = FlowRules(completed=("*done",), dead_letter=("*.dlq",), compensated=("*c
 NOW = BASE_NS + 10_000_000_000  # 10 s after the spans
 
 
-BACKENDS: dict[str, Callable[[Path], Path | str]] = {
-    "sqlite": lambda directory: directory / "store.db",
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Path | str]] = {
+    "sqlite": lambda request, directory: directory / "store.db",
+    # a schema of the test's own on the real server (tests/conftest.py)
+    "postgresql": lambda request, directory: request.getfixturevalue("postgres_schema"),
 }
 Opener = Callable[..., WritableStore]
 
@@ -31,7 +34,7 @@ Opener = Callable[..., WritableStore]
 @pytest.fixture(params=sorted(BACKENDS))
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Opens this test's store of the backend (options: retention, readonly, ...)."""
-    location = BACKENDS[request.param](tmp_path)
+    location = BACKENDS[request.param](request, tmp_path)
     opened: list[WritableStore] = []
 
     def open_(**options: object) -> WritableStore:

@@ -1,0 +1,1 @@
+"""The PostgreSQL store: shared by several collectors and dashboards."""

@@ -1,0 +1,509 @@
+"""The shared store: PostgreSQL, written by several collectors and read by any dashboard.
+
+It persists and queries only, as the SQLite store does: flow derivation (collectors/flows)
+writes through write_batch() (store/postgres/writes.py); most reads are the shared SQL of
+store/sql. Writes are idempotent (by trace and span ID, hop key, message coordinates), so
+replays from Kafka create no duplicates, and aggregates are merged by the database.
+
+Flow derivation transactions take one advisory lock, so that the two sides of a hop (or a
+link and its span) reaching two collectors at once always meet: the second transaction sees
+what the first wrote. Decoding and normalising, the bulk of a collector's work, run in
+parallel; docs/scaling.md says where this limit lies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import psycopg
+from psycopg.abc import Buffer
+from psycopg.types.string import StrDumper, StrDumperUnknown
+
+from base.settings import POSTGRES_SCHEMES, redact_url
+from store.contract import (
+    SEND_SPAN_SETTLE_NS,
+    ComponentRow,
+    DeadLetter,
+    EdgeBucket,
+    FailedStep,
+    FlowCounts,
+    FlowRow,
+    LatencyBucket,
+    PropagationRow,
+    StoreError,
+    StoreUnavailable,
+    Topology,
+)
+from store.postgres.partitions import Partitions
+from store.postgres.schema import (
+    MIGRATIONS,
+    PARTITIONED,
+    SCHEMA,
+    SCHEMA_VERSION,
+    partition_width,
+)
+from store.postgres.writes import PostgresWrites, arrays, bulk_insert
+from store.records import GROUP_LAG_COLUMNS, LAG_COLUMNS, GroupLag, Hop, LagRow
+from store.sql import readers, summaries
+from store.sql.rows import rollup_width, window_edges
+from store.vocabulary import (
+    NS_PER_MS,
+    NS_PER_S,
+    SENDS,
+    FlowFlag,
+    FlowRules,
+    bucket_start,
+    sql_list,
+)
+
+# Advisory lock keys (with the schema's own class, so that stores in two schemas of one
+# database do not wait for each other).
+MIGRATE_LOCK, DERIVE_LOCK, PARTITION_LOCK = 1, 2, 3
+LAG_SELECT = ", ".join("NULLIF(partition, -1)" if c == "partition" else f'"{c}"'
+                       for c in LAG_COLUMNS)
+GROUP_SELECT = ", ".join(f'"{c}"' for c in GROUP_LAG_COLUMNS)
+LAG_UPSERT = (bulk_insert("lag_current", LAG_COLUMNS)
+              + ' ON CONFLICT (system, "group", topic, partition) DO UPDATE SET '
+              + ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in LAG_COLUMNS))
+GROUP_UPSERT = (bulk_insert("lag_groups", GROUP_LAG_COLUMNS)
+                + ' ON CONFLICT (system, "group") DO UPDATE SET '
+                + ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in GROUP_LAG_COLUMNS))
+CONNECT_TIMEOUT_S = 10
+QMARK = re.compile(r"\?|:([a-z_]+)\b")
+
+
+def is_postgres_url(location: str) -> bool:
+    """True for a location that names a PostgreSQL database."""
+    return location.startswith(POSTGRES_SCHEMES)
+
+
+def unavailable(exc: psycopg.Error, url: str) -> StoreUnavailable | None:
+    """The StoreUnavailable a psycopg error stands for (the server gone, shutting down, out of
+    space, read-only, a transaction to retry), or None when it is about the data."""
+    state = getattr(exc, "sqlstate", None) or ""
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) or \
+            state[:2] in ("08", "53", "57", "58", "40") or state == "25006":
+        return StoreUnavailable(f"store {redact_url(url)}: {str(exc).strip()} "
+                                f"({state or type(exc).__name__})")
+    return None
+
+
+class NulFreeText(StrDumperUnknown):
+    """Text as PostgreSQL holds it: a NUL character, which its text cannot hold, becomes
+    U+FFFD (a header value or a name with one is stored, not refused)."""
+
+    def dump(self, obj: str) -> Buffer | None:
+        """The text's bytes."""
+        return super().dump(obj.replace("\x00", "\ufffd") if "\x00" in obj else obj)
+
+
+class NulFreeTextArrays(StrDumper):
+    """NulFreeText for the elements of text arrays."""
+
+    def dump(self, obj: str) -> Buffer | None:
+        """The text's bytes."""
+        return super().dump(obj.replace("\x00", "\ufffd") if "\x00" in obj else obj)
+
+
+def connect(url: str) -> psycopg.Connection:
+    """A connection in autocommit (each read its own snapshot; writes in transactions)."""
+    db = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
+                         application_name="flowscope")
+    db.adapters.register_dumper(str, NulFreeTextArrays)
+    db.adapters.register_dumper(str, NulFreeText)
+    return db
+
+
+class QmarkCursor:
+    """The shared read queries' parameters (? and :name) as psycopg's, on one cursor."""
+
+    def __init__(self, cursor: psycopg.Cursor) -> None:
+        self.cursor = cursor
+
+    def execute(self, sql: str, parameters: Any = ()) -> psycopg.Cursor:
+        """Run one shared query."""
+        named = isinstance(parameters, Mapping)
+        text = QMARK.sub(lambda m: f"%({m[1]})s" if named and m[1] else
+                         ("%s" if m[0] == "?" else m[0]), sql.replace("%", "%%"))
+        return self.cursor.execute(text, parameters)
+
+
+class PostgresStore:
+    """Store backed by one PostgreSQL database (its current schema)."""
+
+    def __init__(self, url: str, rules: FlowRules, *, bucket_s: int = 10,
+                 raw_retention_s: float = 86400, aggregate_retention_s: float = 7 * 86400,
+                 readonly: bool = False) -> None:
+        self.url = url
+        self.rules = rules
+        self.bucket_s = bucket_s
+        self.raw_retention_s = raw_retention_s
+        self.aggregate_retention_s = aggregate_retention_s
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        self.db = self._connect()
+        try:
+            schema = self.db.execute("SELECT current_schema()").fetchone()[0]  # type: ignore[index]
+            self.lock_class = zlib.crc32(str(schema).encode()) - 2**31
+            if readonly:
+                self._check_version()
+            else:
+                self._migrate()
+            meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+        except psycopg.Error as exc:
+            self.db.close()
+            raise StoreError(f"{redact_url(url)} cannot be opened as a Flowscope store: "
+                             f"{str(exc).strip()}") from None
+        self.rollup = (int(meta.get("rollup_s", rollup_width(bucket_s))),
+                       int(meta.get("rollups_since", 0)))
+        self.partitions = Partitions(int(meta.get("partition_s",
+                                                  partition_width(raw_retention_s))),
+                                     raw_retention_s, (self.lock_class, PARTITION_LOCK))
+        if not readonly:
+            with self._transaction() as cursor:
+                self.partitions.load(cursor)
+
+    def _connect(self) -> psycopg.Connection:
+        try:
+            return connect(self.url)
+        except psycopg.Error as exc:
+            raise StoreError(f"{redact_url(self.url)} cannot be opened as a Flowscope store: "
+                             f"{str(exc).strip()}") from None
+
+    def _migrate(self) -> None:
+        with self.db.transaction():
+            self.db.execute("SELECT pg_advisory_xact_lock(%s, %s)",
+                            (self.lock_class, MIGRATE_LOCK))
+            self._check_is_ours()
+            version = self._stored_version()
+            if version is not None and version > SCHEMA_VERSION:
+                raise StoreError(f"{redact_url(self.url)} has schema version {version}; this "
+                                 f"Flowscope reads version {SCHEMA_VERSION} (PostgreSQL)")
+            if version is None:
+                self.db.execute(SCHEMA)
+                self.db.execute(
+                    "INSERT INTO meta VALUES ('schema_version', %s), ('rollup_s', %s), "
+                    "('rollups_since', '0'), ('partition_s', %s)",
+                    (str(SCHEMA_VERSION), str(rollup_width(self.bucket_s)),
+                     str(partition_width(self.raw_retention_s))))
+                return
+            for target, statements in MIGRATIONS:
+                if target > version:
+                    self.db.execute(statements)
+            self.db.execute("UPDATE meta SET value = %s WHERE key = 'schema_version'",
+                            (str(SCHEMA_VERSION),))
+
+    def _stored_version(self) -> int | None:
+        if self.db.execute("SELECT to_regclass('meta')").fetchone()[0] is None:  # type: ignore[index]
+            return None
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return None if row is None else int(row[0])
+
+    def _check_is_ours(self) -> None:
+        """Refuse a schema that holds another program's tables."""
+        tables = [r[0] for r in self.db.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
+            "ORDER BY tablename")]
+        if tables and "meta" not in tables:
+            raise StoreError(f"{redact_url(self.url)} is not a Flowscope store: its schema holds "
+                             f"other tables ({', '.join(tables[:5])}); name a database or "
+                             "schema of its own in FLOWSCOPE_STORE")
+
+    def _check_version(self) -> None:
+        version = self._stored_version()
+        if version is None:
+            raise StoreError(f"no store at {redact_url(self.url)}: run `flowscope collect` to "
+                             "create one")
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"{redact_url(self.url)} has schema version {version}; this "
+                             f"Flowscope reads version {SCHEMA_VERSION} (PostgreSQL)"
+                             + ("; start its collector once to migrate it"
+                                if version < SCHEMA_VERSION else ""))
+
+    # -- connection ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self, *locks: int) -> Iterator[psycopg.Cursor]:
+        """One transaction (holding these advisory locks); a store-side failure comes out as
+        StoreUnavailable, and the connection is opened again on the next call."""
+        with self._lock:
+            try:
+                db = self._connection()
+                with db.transaction(), db.cursor() as cursor:
+                    for lock in locks:
+                        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)",
+                                       (self.lock_class, lock))
+                    yield cursor
+            except psycopg.Error as exc:
+                down = unavailable(exc, self.url)
+                if down is None:
+                    raise
+                raise down from exc
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[QmarkCursor]:
+        """A cursor for reads (each statement its own snapshot), as _transaction fails."""
+        with self._lock:
+            try:
+                with self._connection().cursor() as cursor:
+                    yield QmarkCursor(cursor)
+            except psycopg.Error as exc:
+                down = unavailable(exc, self.url)
+                if down is None:
+                    raise
+                raise down from exc
+
+    def _connection(self) -> psycopg.Connection:
+        if self.db.closed or self.db.broken:
+            self.db.close()
+            try:
+                self.db = connect(self.url)
+            except psycopg.Error as exc:
+                raise StoreUnavailable(f"store {redact_url(self.url)}: {str(exc).strip()}"
+                                       ) from None
+        return self.db
+
+    # -- writing ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def write_batch(self) -> Iterator[PostgresWrites]:
+        """One write transaction for flow derivation (all or nothing), under the derivation
+        lock; StoreUnavailable when the store, not the records, made it fail."""
+        with self._transaction(DERIVE_LOCK) as cursor:
+            yield PostgresWrites(cursor, self.rollup[0], self.partitions)
+
+    def write_lag(self, rows: Sequence[LagRow], groups: Sequence[GroupLag], *,
+                  complete: str | None = None) -> None:
+        """Record one lag poll: the current figures and the history (see Store.write_lag)."""
+        values = [tuple(-1 if c == "partition" and r.partition is None else getattr(r, c)
+                        for c in LAG_COLUMNS) for r in rows]
+        with self._transaction() as cursor:
+            if complete is not None:
+                cursor.execute("DELETE FROM lag_current WHERE system = %s", (complete,))
+                cursor.execute("DELETE FROM lag_groups WHERE system = %s", (complete,))
+            if values:
+                # One row per key: the last of a poll that names a partition twice.
+                current = list({(r[9], r[0], r[1], r[2]): r for r in values}.values())
+                cursor.execute(LAG_UPSERT, arrays(current, len(LAG_COLUMNS)))
+                self.partitions.ensure(cursor, PARTITIONED[3], (r.at_s for r in rows),
+                                       time.time())
+                cursor.execute(bulk_insert("lag_samples", LAG_COLUMNS)
+                               + " ON CONFLICT DO NOTHING", arrays(values, len(LAG_COLUMNS)))
+            if groups:
+                latest = list({(g.system, g.group): g for g in groups}.values())
+                cursor.execute(GROUP_UPSERT, arrays(
+                    (tuple(getattr(g, c) for c in GROUP_LAG_COLUMNS) for g in latest),
+                    len(GROUP_LAG_COLUMNS)))
+
+    def add_counters(self, counts: Mapping[str, int]) -> None:
+        """Add to named counters (merged by the database)."""
+        kept = sorted((k, v) for k, v in counts.items() if v)
+        if not kept:
+            return
+        with self._transaction() as cursor:
+            cursor.execute(bulk_insert("counters", ("name", "value")) + " ON CONFLICT (name) "
+                           "DO UPDATE SET value = counters.value + EXCLUDED.value",
+                arrays(kept, 2))
+
+    def write_health(self, snapshot: Mapping[str, object], at_ns: int) -> None:
+        """Replace the collector's component health with this report (Health.snapshot())."""
+        components = snapshot.get("components") or {}
+        assert isinstance(components, Mapping)
+        with self._transaction() as cursor:
+            cursor.execute("DELETE FROM collector_health")
+            for name, c in components.items():
+                cursor.execute("INSERT INTO collector_health VALUES (%s, %s, %s, %s, %s, %s)",
+                               (name, c["state"], c["reason"], c["since_s"], c["restarts"],
+                                at_ns / NS_PER_S))
+
+    def apply_retention(self, now_ns: int) -> int:
+        """Drop the raw partitions wholly past raw_retention_s, delete older raw rows left in
+        the others (the default partitions, the one the cut falls in) and aggregates older
+        than theirs."""
+        raw_cut = now_ns - int(self.raw_retention_s * 1e9)
+        agg_cut = int(now_ns / 1e9 - self.aggregate_retention_s)
+        cuts = {"spans": raw_cut, "hops": raw_cut, "messages": raw_cut // 1_000_000,
+                "lag_samples": raw_cut / 1e9}
+        with self._transaction(PARTITION_LOCK) as cursor:
+            deleted = 0
+            for part in PARTITIONED:
+                deleted += self.partitions.drop_before(cursor, part, cuts[part.table])
+                deleted += cursor.execute(f"DELETE FROM {part.table} WHERE {part.column} < %s",
+                                          (cuts[part.table],)).rowcount
+            deleted += cursor.execute(
+                "DELETE FROM span_links l WHERE NOT EXISTS (SELECT 1 FROM spans s WHERE "
+                "s.trace_id = l.trace_id AND s.span_id = l.span_id)").rowcount
+            deleted += cursor.execute("DELETE FROM flows WHERE last_ns < %s",
+                                      (raw_cut,)).rowcount
+            for table in ("edge_buckets", "edge_rollups", "flow_latency_buckets"):
+                deleted += cursor.execute(f"DELETE FROM {table} WHERE bucket_start < %s",
+                                          (agg_cut,)).rowcount
+        return deleted
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        """All counters."""
+        with self._reading() as db:
+            return dict(db.execute("SELECT name, value FROM counters").fetchall())
+
+    def collector_health(self) -> list[ComponentRow]:
+        """The collector's components as last reported, by name."""
+        with self._reading() as db:
+            return [ComponentRow(*row) for row in db.execute(
+                "SELECT component, state, reason, since_s, restarts, at_s FROM "
+                "collector_health ORDER BY component")]
+
+    def lag(self, group: str | None = None) -> tuple[list[LagRow], list[GroupLag]]:
+        """The latest lag of every partition and group (or of one group)."""
+        where, params = ('WHERE "group" = ?', (group,)) if group else ("", ())
+        with self._reading() as db:
+            rows = [LagRow(*r) for r in db.execute(
+                f"SELECT {LAG_SELECT} FROM lag_current {where} "
+                'ORDER BY system, "group", topic, partition', params)]
+            groups = [GroupLag(*g) for g in db.execute(
+                f"SELECT {GROUP_SELECT} FROM lag_groups {where} "
+                'ORDER BY system, "group"', params)]
+        return rows, groups
+
+    def lag_history(self, since_ns: int, group: str | None = None) -> list[LagRow]:
+        """Partition lag over time since since_ns, oldest first."""
+        since_s = since_ns / NS_PER_S
+        extra, params = ('AND "group" = ?', (since_s, group)) if group else ("", (since_s,))
+        with self._reading() as db:
+            return [LagRow(*r) for r in db.execute(
+                f"SELECT {LAG_SELECT} FROM lag_samples WHERE at_s >= ? {extra} ORDER BY at_s",
+                params)]
+
+    def lag_trend(self, since_ns: int) -> list[tuple[str, float, int, float | None]]:
+        """Per group and poll since since_ns: (group, at_s, total lag, largest lag seconds)."""
+        with self._reading() as db:
+            return [(group, at_s, int(total), largest) for group, at_s, total, largest in
+                    db.execute('SELECT "group", at_s, LEAST(SUM(lag), 9223372036854775807), '
+                               'MAX(lag_seconds) FROM lag_samples WHERE at_s >= ? '
+                               'GROUP BY system, "group", at_s ORDER BY at_s',
+                               (since_ns / NS_PER_S,))]
+
+    def propagation(self, since_ns: int, sample: int | None = None,
+                    now_ns: int | None = None) -> list[PropagationRow]:
+        """Per topic and producer, the messages since since_ns (the newest `sample` of them,
+        when given) and those with trace context; with now_ns, unattributed messages younger
+        than SEND_SPAN_SETTLE_NS are left out."""
+        newest = "ORDER BY timestamp_ms DESC LIMIT ?" if sample else ""
+        settled = 2**62 if now_ns is None else (now_ns - SEND_SPAN_SETTLE_NS) // NS_PER_MS
+        with self._reading() as db:
+            return [PropagationRow(topic, producer, int(count), int(context))
+                    for topic, producer, count, context in db.execute(
+                "SELECT topic, producer, COUNT(*), COUNT(trace_id) FROM (SELECT m.topic, "
+                "m.trace_id, COALESCE((SELECT s.service FROM spans s WHERE s.message_id = "
+                f"m.message_id AND s.operation IN {sql_list(SENDS)} LIMIT 1), CASE WHEN "
+                "m.timestamp_ms >= ? THEN NULL ELSE 'unknown' END) AS producer FROM (SELECT "
+                "topic, message_id, trace_id, timestamp_ms FROM messages WHERE timestamp_ms "
+                f">= ? {newest}) m) p WHERE producer IS NOT NULL GROUP BY topic, producer "
+                "ORDER BY topic, producer",
+                (settled, since_ns // NS_PER_MS, sample) if sample
+                else (settled, since_ns // NS_PER_MS))]
+
+    def topology(self, since_ns: int) -> Topology:
+        """The service/topic graph from the edge aggregates since since_ns."""
+        with self._reading() as db:
+            return readers.read_topology(db, self._window(since_ns))[0]
+
+    def busiest_topology(self, since_ns: int, limit: int, by: str = "count",
+                         touching: str | None = None) -> tuple[Topology, int]:
+        """The graph of the `limit` busiest edges since since_ns, and how many edges there
+        are in all."""
+        with self._reading() as db:
+            return readers.read_topology(db, self._window(since_ns), limit, by, touching)
+
+    def _window(self, since_ns: int) -> list[object]:
+        return window_edges(self.rollup, bucket_start(since_ns, self.bucket_s))
+
+    def flows(self, since_ns: int, now_ns: int, limit: int = 100) -> list[FlowRow]:
+        """Flows active since since_ns, newest first."""
+        with self._reading() as db:
+            return readers.read_flows(db, since_ns, limit, lambda flags, errors, last:
+                                      self.rules.status(flags, errors, last, now_ns))
+
+    def flow(self, flow_or_trace_id: str, now_ns: int) -> tuple[FlowRow, list[Hop]] | None:
+        """One flow with its hops in time order."""
+        found = self.flow_head(flow_or_trace_id, now_ns, None)
+        return None if found is None else found[:2]
+
+    def flow_head(self, flow_or_trace_id: str, now_ns: int, limit: int | None
+                  ) -> tuple[FlowRow, list[Hop], int] | None:
+        """One flow with its first `limit` hops in time order, and how many more it has."""
+        with self._reading() as db:
+            return readers.read_flow(db, flow_or_trace_id, lambda flags, errors, last:
+                                     self.rules.status(flags, errors, last, now_ns), limit)
+
+    def failed_steps(self, flow_id: str, limit: int = 50) -> list[FailedStep]:
+        """The spans of a flow that ended in error, oldest first."""
+        with self._reading() as db:
+            return [FailedStep(*row) for row in db.execute(
+                "SELECT start_ns, service, name, kind, error_type, trace_id FROM spans "
+                "WHERE flow_id = ? AND error = 1 ORDER BY start_ns LIMIT ?", (flow_id, limit))]
+
+    def flow_counts(self, window_ns: int, now_ns: int) -> FlowCounts:
+        """Outcomes and starts in this window and the one before; in flight and stuck now."""
+        with self._reading() as db:
+            return summaries.count_flows(db, window_ns, now_ns, self.rules)
+
+    def topology_nodes(self, since_ns: int) -> dict[str, str]:
+        """The nodes of the topology since since_ns (name -> kind)."""
+        nodes: dict[str, str] = {}
+        with self._reading() as db:
+            for source, source_kind, target, target_kind in db.execute(
+                    "SELECT DISTINCT source, source_kind, target, target_kind FROM "
+                    f"{readers.WINDOW_EDGES}", self._window(since_ns)):
+                nodes[source], nodes[target] = source_kind, target_kind
+        return dict(sorted(nodes.items()))
+
+    def edge_buckets(self, since_ns: int, edges: Sequence[tuple[str, str]] | None = None
+                     ) -> list[EdgeBucket]:
+        """Every edge (or these edges) per time bucket since since_ns, oldest first."""
+        with self._reading() as db:
+            return summaries.read_edge_buckets(db, bucket_start(since_ns, self.bucket_s),
+                                               edges)
+
+    def flow_latency(self, since_ns: int) -> list[LatencyBucket]:
+        """End-to-end latency histograms of completed flows per bucket and type."""
+        with self._reading() as db:
+            return summaries.read_flow_latency(db, bucket_start(since_ns, self.bucket_s))
+
+    def find_flows(self, text: str) -> list[str]:
+        """Flow ids named by a correlation ID, trace ID, message id or message key."""
+        with self._reading() as db:
+            return summaries.find_flow_ids(db, text)
+
+    def retry_attempts(self, since_ns: int, sample: int | None = None
+                       ) -> list[tuple[str, int, int]]:
+        """(topic, attempt, messages) of tapped messages since since_ns."""
+        with self._reading() as db:
+            return summaries.read_retry_attempts(db, since_ns // NS_PER_MS, sample)
+
+    def dead_letters(self, since_ns: int, limit: int = 200, flow_id: str | None = None
+                     ) -> list[DeadLetter]:
+        """Messages on dead-letter topics since since_ns (of one flow), newest first."""
+        with self._reading() as db:
+            if flow_id:
+                row = db.execute("SELECT topics FROM flows WHERE flow_id = ?",
+                                 (flow_id,)).fetchone()
+                topics = json.loads(row[0] if row else "[]")
+            else:
+                topics = summaries.tapped_topics(db)
+            topics = [t for t in topics if self.rules.flag_of(t) == FlowFlag.DEAD_LETTERED]
+            return summaries.read_dead_letters(db, topics, since_ns // NS_PER_MS, limit,
+                                               flow_id)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.db.close()
+
