@@ -302,6 +302,9 @@ class CollectorSettings:
     bucket_s: int = 10
     raw_retention_s: float = 24 * 3600.0
     aggregate_retention_s: float = 7 * 24 * 3600.0
+    # The OTLP/HTTP receiver publishes what it receives to the spans topic (keyed by trace ID)
+    # instead of storing it: any collector of the group then takes any request.
+    otlp_to_kafka: bool = False
 
 
 @dataclass(frozen=True)
@@ -548,6 +551,7 @@ def _collector_settings(reader: _EnvReader, home: Path) -> CollectorSettings:
         raw_retention_s=reader.seconds("FLOWSCOPE_RETENTION_RAW", defaults.raw_retention_s),
         aggregate_retention_s=reader.seconds("FLOWSCOPE_RETENTION_AGGREGATES",
                                              defaults.aggregate_retention_s),
+        otlp_to_kafka=reader.choice("FLOWSCOPE_OTLP_TO_KAFKA", ("on", "off"), "off") == "on",
     )
 
 

@@ -27,6 +27,7 @@ from collectors.ingest.jetstream_advisories import COMPONENT as ADVISORIES
 from collectors.ingest.jetstream_advisories import run_advisories
 from collectors.ingest.kafka_spans import COMPONENT as kafka_spans_component
 from collectors.ingest.kafka_spans import consume_spans_topic
+from collectors.ingest.otlp_publish import SpanPublisher
 from collectors.ingest.pipeline import Pipeline
 from collectors.ingest.tap import COMPONENT as tap_component
 from collectors.ingest.tap import run_tap, topic_pattern
@@ -48,6 +49,12 @@ JETSTREAM_COMPONENT = "jetstream_poller"
 ARTEMIS_COMPONENT = "artemis_poller"
 MAINTENANCE = "maintenance"
 FORWARDER = "forwarder"
+# Work done once for every collector writing one store, by the collector that leads it (the
+# store elects it: Store.lead); the spans topic and the tap are shared by Kafka consumer groups.
+ONCE_PER_CLUSTER = (LAG_COMPONENT, QUEUES_COMPONENT, JETSTREAM_COMPONENT, ARTEMIS_COMPONENT,
+                    ARTEMIS_DEAD_LETTERS, ADVISORIES)
+RETENTION_ROLE = "retention"
+LEAD_CHECK_S = 2.0  # how often a leader checks it still leads, and a standby whether to take over
 
 
 async def ensure_spans_topic(bootstrap: str, topic: str) -> None:
@@ -89,8 +96,11 @@ async def run_collector(settings: Settings, *, kafka_spans: bool = True,
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping.set)
-    runner = web.AppRunner(otlp_http.build_app(pipeline, health, collector.max_body_bytes),
-                           access_log=None)
+    publisher = None
+    if collector.otlp_to_kafka and kafka_spans:
+        publisher = SpanPublisher(settings.kafka.bootstrap, collector.spans_topic)
+    runner = web.AppRunner(otlp_http.build_app(pipeline, health, collector.max_body_bytes,
+                                               publisher), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, collector.otlp_host, collector.otlp_port)
     tasks = []
@@ -110,6 +120,8 @@ async def run_collector(settings: Settings, *, kafka_spans: bool = True,
     finally:
         stopping.set()
         await runner.cleanup()
+        if publisher is not None:
+            await publisher.stop()
         if tasks:
             await asyncio.wait(tasks, timeout=15)
         for task in tasks:
@@ -174,7 +186,41 @@ def _components(settings: Settings, pipeline: Pipeline, health: Health,
             where=f"Artemis management API {redact_url(artemis)}",
             interval_s=collector.lag_interval_s)
     components[MAINTENANCE] = lambda: _maintain(pipeline, health, stopping)
+    for name in ONCE_PER_CLUSTER:
+        if name in components:
+            components[name] = partial(lead_then_run, name, components[name], pipeline,
+                                       health, stopping)
     return components
+
+
+async def lead_then_run(name: str, run: Callable[[], Awaitable[None]], pipeline: Pipeline,
+                        health: Health, stopping: asyncio.Event, *,
+                        check_s: float = LEAD_CHECK_S) -> None:
+    """Run a component that must run once per cluster while this collector leads it, and
+    stand by while another does: a standby takes over within check_s of the leader's death,
+    and a leader that loses the role stops the component. A failure of the component comes
+    out to its supervisor."""
+    store = pipeline.store
+    while not stopping.is_set():
+        if not await asyncio.to_thread(store.lead, name):
+            health.standby(name, "another collector of this store runs it")
+            await _pause(stopping, check_s)
+            continue
+        log.info("%s: this collector leads it", name)
+        task = asyncio.ensure_future(run())
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=check_s)
+                if not task.done() and not await asyncio.to_thread(store.lead, name):
+                    log.warning("%s: another collector leads it now; standing by", name)
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        finally:
+            task.cancel()
+        if not task.cancelled():
+            task.result()  # its failure, for the supervisor
+            return
 
 
 async def poll_lag(bootstrap: str, pipeline: Pipeline, health: Health, stopping: asyncio.Event,
@@ -285,7 +331,8 @@ async def _maintain(pipeline: Pipeline, health: Health, stopping: asyncio.Event)
         try:
             await pipeline.flush_counters()
             await pipeline.exclusive(store.write_health, health.snapshot(), time.time_ns())
-            if time.monotonic() >= next_retention:
+            if time.monotonic() >= next_retention and \
+                    await asyncio.to_thread(store.lead, RETENTION_ROLE):
                 deleted = await pipeline.exclusive(store.apply_retention, time.time_ns())
                 if deleted:
                     log.info("retention removed %d rows", deleted)

@@ -26,7 +26,8 @@ GROUP_STATUS_CODE = {GroupStatus.OK: 0, GroupStatus.WARN: 1, GroupStatus.ERR: 2}
 PARTITION_STATUS_CODE = {PartitionStatus.OK: 0, PartitionStatus.WARN: 1, PartitionStatus.STOP: 2,
                          PartitionStatus.STALL: 3, PartitionStatus.REWIND: 4}
 COMPONENT_STATE_CODE = {ComponentState.OK: 0, ComponentState.STARTING: 1,
-                        ComponentState.DEGRADED: 2, ComponentState.DOWN: 3}
+                        ComponentState.DEGRADED: 2, ComponentState.DOWN: 3,
+                        ComponentState.STANDBY: 4}
 
 
 def _escape(value: str) -> str:

@@ -64,6 +64,10 @@ class Health:
         """The component runs but cannot do all of its work."""
         self.set(name, ComponentState.DEGRADED, reason)
 
+    def standby(self, name: str, reason: str) -> None:
+        """The component waits while another collector of the cluster does its work."""
+        self.set(name, ComponentState.STANDBY, reason)
+
     def down(self, name: str, reason: str) -> None:
         """The component is not running."""
         self.set(name, ComponentState.DOWN, reason)

@@ -92,6 +92,10 @@ def collect(settings: Settings, args: argparse.Namespace) -> int:
                                  f"--otlp-address {args.otlp_address!r} is not host:port")
         collector = replace(collector, otlp_host=host, otlp_port=int(port))
     settings = replace(settings, collector=collector)
+    if collector.otlp_to_kafka and args.no_kafka:
+        raise FlowscopeError("collect", "FLOWSCOPE_OTLP_TO_KAFKA=on publishes what the OTLP "
+                             "receiver takes to the spans topic, which --no-kafka turns off",
+                             hint="drop one of the two")
 
     queues_url = None if args.no_rabbitmq else _rabbitmq_to_poll(settings)
     jetstream = None if args.no_nats else _nats_to_poll(settings)
@@ -102,7 +106,8 @@ def collect(settings: Settings, args: argparse.Namespace) -> int:
         queues = redact_url(queues_url) if queues_url else "off (no RabbitMQ running)"
         consumers = redact_url(jetstream[0]) if jetstream else "off (no NATS running)"
         artemis_queues = redact_url(artemis_url) if artemis_url else "off (no Artemis running)"
-        print(f"collect: ready; OTLP/HTTP on {url}/v1/traces, spans topic "
+        otlp = " (to the spans topic)" if collector.otlp_to_kafka else ""
+        print(f"collect: ready; OTLP/HTTP on {url}/v1/traces{otlp}, spans topic "
               f"{collector.spans_topic} on {settings.kafka.bootstrap}, "
               f"store {store_label(collector.store)}, "
               f"forwarding to Jaeger: {forward}, RabbitMQ queues: {queues}, JetStream "

@@ -384,6 +384,12 @@ class Store(Protocol):
         """The collector's components as last reported, by name."""
         ...
 
+    def lead(self, role: str) -> bool:
+        """Whether this process does the work `role` names, which must run once for every
+        collector writing the store (lag polling, retention): True while it holds the role,
+        taken when free; a holder that dies (or loses the store) frees it for another."""
+        ...
+
     def close(self) -> None:
         """Release the store."""
         ...

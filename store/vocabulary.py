@@ -82,6 +82,7 @@ class ComponentState(StrEnum):
     STARTING = "starting"
     DEGRADED = "degraded"  # running, but not doing all of its work (broker away, store full)
     DOWN = "down"  # not running: it failed and waits to be started again
+    STANDBY = "standby"  # work done once per cluster, which another collector does now
 
 
 class NodeKind(StrEnum):

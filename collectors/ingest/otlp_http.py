@@ -16,12 +16,14 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiokafka.errors import KafkaError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 
 from collectors.ingest.decode import BadPayload, decode_request, decompress, is_json
+from collectors.ingest.otlp_publish import SpanPublisher
 from collectors.ingest.pipeline import Pipeline
 from collectors.metrics import render_prometheus
 from collectors.normalize import NormalizeReport, count_spans
@@ -31,14 +33,17 @@ from store.vocabulary import ComponentState
 
 log = logging.getLogger(__name__)
 COMPONENT = "otlp_http"
+PUBLISH_TIMEOUT_S = 30.0  # Kafka taking a request, in the spans-topic mode
 REJECTED = {413: "rejected_bodies_oversized", 400: "rejected_bodies_malformed",
             408: "rejected_bodies_timed_out", 503: "rejected_bodies_unavailable",
             500: "rejected_bodies_failed"}
 
 
-def build_app(pipeline: Pipeline, health: Health, max_body_bytes: int) -> web.Application:
-    """The receiver's aiohttp application."""
-    receiver = Receiver(pipeline, health, max_body_bytes)
+def build_app(pipeline: Pipeline, health: Health, max_body_bytes: int,
+              publisher: SpanPublisher | None = None) -> web.Application:
+    """The receiver's aiohttp application (with a publisher: it publishes to the spans topic
+    instead of storing)."""
+    receiver = Receiver(pipeline, health, max_body_bytes, publisher)
     # auto_decompress off: gzip is inflated here, with the size limit applied to the result.
     app = web.Application(client_max_size=max_body_bytes + 1024,
                           handler_args={"auto_decompress": False})
@@ -51,8 +56,10 @@ def build_app(pipeline: Pipeline, health: Health, max_body_bytes: int) -> web.Ap
 class Receiver:
     """The handlers of /v1/traces, /health and /metrics."""
 
-    def __init__(self, pipeline: Pipeline, health: Health, max_body_bytes: int) -> None:
+    def __init__(self, pipeline: Pipeline, health: Health, max_body_bytes: int,
+                 publisher: SpanPublisher | None = None) -> None:
         self.pipeline, self.health, self.max_body_bytes = pipeline, health, max_body_bytes
+        self.publisher = publisher
         self.limits = pipeline.limits
         self.budget = ByteBudget(max(self.limits.max_inflight_bytes, max_body_bytes))
 
@@ -74,6 +81,10 @@ class Receiver:
                     raise Rejection(413, f"{spans} spans in one request; the limit is "
                                     f"{self.limits.max_spans_per_request} "
                                     "(FLOWSCOPE_MAX_SPANS_PER_REQUEST): send smaller batches")
+                if self.publisher is not None:
+                    await self._publish(self.publisher, export, spans)
+                    self.health.ok(COMPONENT)
+                    return _answer(content_type, 0, {})
                 result, report = await self._store(export,
                                                    None if is_json(content_type) else body)
         except Rejection as rejection:
@@ -100,6 +111,19 @@ class Receiver:
             raise Rejection(413, str(exc)) from None
         except BadPayload as exc:
             raise Rejection(400, str(exc)) from None
+
+    async def _publish(self, publisher: SpanPublisher, export: ExportTraceServiceRequest,
+                       spans: int) -> None:
+        """Hand the request to the spans topic; 503 (the sender retries) when Kafka does not
+        take all of it."""
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                await publisher.publish(export)
+        except (KafkaError, TimeoutError, OSError) as exc:
+            reason = f"Kafka {publisher.bootstrap} did not take the spans: {type(exc).__name__}"
+            self.health.degraded(COMPONENT, f"{reason}: {exc}")
+            raise Rejection(503, reason) from None
+        self.pipeline.count("spans_published", spans)
 
     async def _store(self, export: ExportTraceServiceRequest, body: bytes | None
                      ) -> tuple[WriteResult, NormalizeReport]:

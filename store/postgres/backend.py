@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import threading
 import time
@@ -76,6 +77,7 @@ GROUP_UPSERT = (bulk_insert("lag_groups", GROUP_LAG_COLUMNS)
                 + ' ON CONFLICT (system, "group") DO UPDATE SET '
                 + ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in GROUP_LAG_COLUMNS))
 CONNECT_TIMEOUT_S = 10
+log = logging.getLogger(__name__)
 QMARK = re.compile(r"\?|:([a-z_]+)\b")
 
 
@@ -93,6 +95,11 @@ def unavailable(exc: psycopg.Error, url: str) -> StoreUnavailable | None:
         return StoreUnavailable(f"store {redact_url(url)}: {str(exc).strip()} "
                                 f"({state or type(exc).__name__})")
     return None
+
+
+def role_key(role: str) -> int:
+    """The advisory lock key of a role (clear of the store's own locks' keys)."""
+    return 1000 + zlib.crc32(role.encode()) % 1_000_000
 
 
 class NulFreeText(StrDumperUnknown):
@@ -148,6 +155,9 @@ class PostgresStore:
         self.aggregate_retention_s = aggregate_retention_s
         self.readonly = readonly
         self._lock = threading.RLock()
+        self._lead_lock = threading.Lock()
+        self._leader: psycopg.Connection | None = None  # holds the roles' advisory locks
+        self._roles: set[str] = set()
         self.db = self._connect()
         try:
             schema = self.db.execute("SELECT current_schema()").fetchone()[0]  # type: ignore[index]
@@ -503,7 +513,37 @@ class PostgresStore:
             return summaries.read_dead_letters(db, topics, since_ns // NS_PER_MS, limit,
                                                flow_id)
 
+    def lead(self, role: str) -> bool:
+        """Whether this store's process holds the role: a session advisory lock on a
+        connection of its own, taken when free. The server frees it when that connection
+        ends (the process died, or the server restarted), and another collector takes it
+        on its next call; a connection found broken here loses every role."""
+        with self._lead_lock:
+            try:
+                if self._leader is None or self._leader.closed or self._leader.broken:
+                    self._roles.clear()
+                    if self._leader is not None:
+                        self._leader.close()
+                    self._leader = connect(self.url)
+                if role in self._roles:
+                    self._leader.execute("SELECT 1")  # the session, and so the lock, lives
+                    return True
+                row = self._leader.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                                           (self.lock_class, role_key(role))).fetchone()
+            except psycopg.Error as exc:
+                log.warning("store %s: leadership of %s lost: %s", redact_url(self.url), role,
+                            str(exc).strip())
+                self._roles.clear()
+                return False
+            if row is not None and row[0]:
+                self._roles.add(role)
+                return True
+            return False
+
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connections (freeing every role held)."""
+        with self._lead_lock:
+            if self._leader is not None:
+                self._leader.close()
         self.db.close()
 

@@ -440,6 +440,10 @@ class SqliteStore:
         return summaries.read_dead_letters(self.db, topics, since_ns // NS_PER_MS, limit,
                                            flow_id)
 
+    def lead(self, role: str) -> bool:
+        """Always: an SQLite store has one writer, the collector."""
+        return True
+
     def close(self) -> None:
         """Close the connection."""
         self.db.close()

@@ -6,18 +6,23 @@ that is not a Flowscope store."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 
 import psycopg
 import pytest
 
+from collectors.collect import lead_then_run
 from collectors.normalize import NormalizeReport, normalize_request
+from collectors.supervise import Health
 from store.contract import StoreError, StoreUnavailable
 from store.factory import open_store_at
 from store.postgres.backend import PostgresStore
 from store.records import SpanRecord
-from store.vocabulary import FlowRules
+from store.vocabulary import ComponentState, FlowRules
 from tests.otlp_factory import BASE_NS, new_span_id, new_trace_id, request, span
 from tests.store_writer import WritableStore, open_writable
 
@@ -194,3 +199,61 @@ def test_a_schema_of_another_program_or_none_yet_is_a_clear_error(postgres_schem
         PostgresStore(postgres_schema, RULES)
     with pytest.raises(StoreError, match="cannot be opened"):
         PostgresStore("postgresql://flowscope:wrong@127.0.0.1:1/flowscope", RULES)
+
+
+def test_one_store_leads_a_role_until_it_closes_and_another_takes_it(postgres_schema: str
+                                                                     ) -> None:
+    first, second = (PostgresStore(postgres_schema, RULES) for _ in range(2))
+    assert first.lead("lag_poller")
+    assert not second.lead("lag_poller")
+    assert second.lead("retention")  # roles are apart
+    assert first.lead("lag_poller")  # still held
+    first.close()  # as a collector that dies: its session ends
+    assert second.lead("lag_poller")
+    second.close()
+
+
+def test_a_leader_whose_session_the_server_ends_loses_the_role(postgres_schema: str) -> None:
+    first, second = (PostgresStore(postgres_schema, RULES) for _ in range(2))
+    assert first.lead("tap")
+    assert first._leader is not None
+    with psycopg.connect(postgres_schema, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (first._leader.info.backend_pid,))
+    assert second.lead("tap")
+    assert not first.lead("tap")
+    first.close()
+    second.close()
+
+
+async def test_a_standby_component_takes_over_within_seconds_of_the_leaders_end(
+        postgres_schema: str) -> None:
+    stores = [PostgresStore(postgres_schema, RULES) for _ in range(2)]
+    healths = [Health(), Health()]
+    runs: list[int] = []
+    stopping = asyncio.Event()
+
+    def component(index: int) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            runs.append(index)
+            await stopping.wait()
+        return run
+
+    tasks = [asyncio.ensure_future(lead_then_run(
+        "lag_poller", component(i), SimpleNamespace(store=stores[i]),  # type: ignore[arg-type]
+        healths[i], stopping, check_s=0.2)) for i in range(2)]
+    async with asyncio.timeout(20):
+        while len(runs) < 1 or not any(h.components.get("lag_poller") for h in healths):
+            await asyncio.sleep(0.05)
+        leader = runs[0]
+        standby = 1 - leader
+        while "lag_poller" not in healths[standby].components:
+            await asyncio.sleep(0.05)
+        assert healths[standby].components["lag_poller"].state == ComponentState.STANDBY
+        tasks[leader].cancel()
+        await asyncio.to_thread(stores[leader].close)  # the leader's process is gone
+        while runs[-1] != standby:
+            await asyncio.sleep(0.05)
+    assert runs == [leader, standby]
+    stopping.set()
+    await asyncio.wait_for(tasks[standby], 10)
+    stores[standby].close()
