@@ -1,12 +1,15 @@
-"""Time of each dashboard page's data queries on a store of about 1,000,000 spans.
+"""Time of each dashboard page's data queries on a store of about 1,000,000 spans (SQLite, and
+PostgreSQL side by side with --stores sqlite,postgresql).
 
 Fills a fresh store with demo-like flows spread over the last hour (file uploads with
 retries and dead letters, order sagas with fan-out), one tapped message per send, and an
 hour of lag polls of seven groups; then runs each page's loader (dashboard/queries.py, the
 functions the cached page queries call) for the 15-minute and the 1-hour window, several
 times, and prints the median and the worst time of each. Target: every page under 300 ms.
+PostgreSQL is the native server (`flowscope postgres start`), in a schema of the run's own.
 
     .venv/bin/python bench/dashboard_queries.py [--spans 1000000] [--repeat 5]
+        [--stores sqlite,postgresql]
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import psycopg
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from base.settings import Settings
 from dashboard import queries
+from flowscope.infra import postgres
 from store.factory import open_store
 from store.records import GroupLag, LagRow, MessageRecord, SpanRecord
 from tests.store_writer import open_settings_store
@@ -164,29 +170,62 @@ def time_pages(store, repeat: int) -> list[tuple[str, str, float, float]]:  # ty
     return results
 
 
+def postgres_store(schema: str) -> str:
+    """A store URL on the native PostgreSQL server (started when it is not running), in a
+    schema of its own."""
+    url = postgres.start(Settings.from_env()).url
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    return f"{url}?options=-csearch_path%3D{schema}"
+
+
+def size_of(settings: Settings) -> float:
+    """The store's size on disk in MB."""
+    store = settings.collect.store
+    if isinstance(store, str):
+        with psycopg.connect(store, autocommit=True) as db:
+            return float(db.execute(
+                "SELECT SUM(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND "
+                "c.relkind = 'r'").fetchone()[0] or 0) / 1e6  # type: ignore[index]
+    return sum(p.stat().st_size for p in store.parent.glob(f"{store.name}*")) / 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spans", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--home", help="keep the store in this directory and reuse it when "
-                        "it is already there (default: a temporary one)")
+    parser.add_argument("--home", help="keep the SQLite store in this directory and reuse it "
+                        "when it is already there (default: a temporary one)")
+    parser.add_argument("--stores", default="sqlite", help="sqlite, postgresql or both "
+                        "(comma-separated), timed one after the other in this run")
+    parser.add_argument("--schema", default="bench_pages", help="the PostgreSQL store's "
+                        "schema, reused when it holds a store")
     args = parser.parse_args()
+    results = {}
     with tempfile.TemporaryDirectory() as scratch:
         home = args.home or scratch
-        settings = Settings.from_env({"FLOWSCOPE_HOME": home})
-        writer = open_settings_store(settings)
-        written = writer.db.execute("SELECT COUNT(*) FROM spans").fetchone()[0]
-        if not written:
-            written = fill(writer, args.spans)
-        writer.close()
-        store = open_store(settings, readonly=True)
-        size_mb = sum(p.stat().st_size for p in Path(home).glob("flowscope.db*")) / 1e6
-        print(f"store: {written:,} spans, {size_mb:,.0f} MB")
-        print(f"{'page':28} {'window':>6} {'median ms':>10} {'max ms':>8}")
-        for page, window, median, worst in time_pages(store, args.repeat):
-            flag = "" if worst < 300 else "  over 300 ms"
-            print(f"{page:28} {window:>6} {median:10.1f} {worst:8.1f}{flag}")
-        store.close()
+        for kind in args.stores.split(","):
+            env = {"FLOWSCOPE_HOME": home}
+            if kind == "postgresql":
+                env["FLOWSCOPE_STORE"] = postgres_store(args.schema)
+            settings = Settings.from_env(env)
+            writer = open_settings_store(settings)
+            written = writer.db.execute("SELECT COUNT(*) FROM spans").fetchone()[0]
+            if not written:
+                written = fill(writer, args.spans)
+            writer.close()
+            store = open_store(settings, readonly=True)
+            print(f"{kind} store: {written:,} spans, {size_of(settings):,.0f} MB", flush=True)
+            results[kind] = time_pages(store, args.repeat)
+            store.close()
+    kinds = list(results)
+    print(f"{'page':28} {'window':>6} " + " ".join(f"{k + ' median':>18} {'max':>7}"
+                                                  for k in kinds))
+    for i, (page, window, _, _) in enumerate(results[kinds[0]]):
+        cells = " ".join(f"{results[k][i][2]:18.1f} {results[k][i][3]:7.1f}" for k in kinds)
+        flag = "" if all(results[k][i][3] < 300 for k in kinds) else "  over 300 ms"
+        print(f"{page:28} {window:>6} {cells}{flag}")
 
 
 if __name__ == "__main__":

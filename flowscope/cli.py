@@ -396,6 +396,12 @@ def _add_demo_stack_command(groups: argparse._SubParsersAction[argparse.Argument
     demo.add_argument("--no-artemis", action="store_true",
                       help="no ActiveMQ Artemis: completed orders are not invoiced")
     demo.add_argument("--no-dashboard", action="store_true", help="no dashboard")
+    demo.add_argument("--store", default="sqlite", metavar="KIND",
+                      help="sqlite (default: the file under FLOWSCOPE_HOME) or postgresql (a "
+                      "native server, or FLOWSCOPE_POSTGRES_URL's)")
+    demo.add_argument("--collectors", type=int, default=1, metavar="N",
+                      help="collectors in one consumer group on the spans topic (default 1; "
+                      "more than one needs --store postgresql)")
     demo.add_argument("--dashboard-port", type=int, metavar="P",
                       help="dashboard port (default FLOWSCOPE_DASHBOARD_PORT or 8501)")
     demo.set_defaults(handler=_runner("demo"))

@@ -32,7 +32,7 @@ from base.errors import FlowscopeError
 from base.settings import LOOPBACK, Settings, redact_url, store_label
 from demo_services.config import DemoConfig
 from demo_services.topics import ensure_topics
-from flowscope.infra import artemis, jaeger, kafka, nats, process, rabbitmq
+from flowscope.infra import artemis, jaeger, kafka, nats, postgres, process, rabbitmq
 from flowscope.scenario import (
     DemoOptions,
     Step,
@@ -263,6 +263,10 @@ class Demo:
             old.unlink()
         config = demo_config(self.settings)
         self._check_ports(config)
+        if self.options.store == "postgresql":
+            url = self._start_postgres()
+            self.settings = replace(self.settings,
+                                    collector=replace(self.settings.collect, store=url))
         bootstrap = self._start_kafka()
         jaeger_status = None
         if self.options.jaeger and not jaeger.installed(self.settings):
@@ -280,10 +284,17 @@ class Demo:
                                      artemis_url=artemis_status.amqp_url if artemis_status
                                      else "")
         self.service_state = Supervisor(self.settings, config).state_file
-        self._start("collect", ["collect"] + ([] if rabbitmq_status else ["--no-rabbitmq"])
-                    + ([] if nats_status else ["--no-nats"])
-                    + ([] if artemis_status else ["--no-artemis"]),
-                    lambda log: log_has(log, "collect: ready"))
+        brokers = (([] if rabbitmq_status else ["--no-rabbitmq"])
+                   + ([] if nats_status else ["--no-nats"])
+                   + ([] if artemis_status else ["--no-artemis"]))
+        collectors = self.options.collectors
+        if collectors > 1:  # the services' receiver publishes to the spans topic for all
+            self.env["FLOWSCOPE_OTLP_TO_KAFKA"] = "on"
+        self._start("collect", ["collect", *brokers], lambda log: log_has(log, "collect: ready"))
+        for index in range(2, collectors + 1):
+            address = f"{LOOPBACK}:{self.settings.collect.otlp_port + index - 1}"
+            self._start(f"collect-{index}", ["collect", "--otlp-address", address, *brokers],
+                        lambda log: log_has(log, "collect: ready"))
         self._start("services", ["services"], lambda log: log_has(log, "] ready: "))
         collector = self.settings.collect
         self.urls["collector"] = f"http://{collector.otlp_host}:{collector.otlp_port}/v1/traces"
@@ -305,6 +316,10 @@ class Demo:
         collector = self.settings.collect
         process.check_ports_free("collect", {"otlp": collector.otlp_port},
                                  {"otlp": "FLOWSCOPE_OTLP_ADDRESS"})
+        for index in range(2, self.options.collectors + 1):
+            process.check_ports_free(f"collect-{index}",
+                                     {"otlp": collector.otlp_port + index - 1},
+                                     {"otlp": "FLOWSCOPE_OTLP_ADDRESS (the next ports)"})
         names = ("uploads", "orders", "webhook")
         process.check_ports_free("services", {n: getattr(config, f"{n}_port") for n in names},
                                  {n: f"FLOWSCOPE_DEMO_{n.upper()}_PORT" for n in names})
@@ -327,6 +342,18 @@ class Demo:
             self.started_infra.append("kafka")
         with self._interruptible():
             return kafka.start(self.settings, process.Progress("kafka")).bootstrap
+
+    def _start_postgres(self) -> str:
+        """The shared store's server: FLOWSCOPE_POSTGRES_URL's, the native one running, or
+        a native one started (and stopped at the end); its URL."""
+        if self.settings.postgres.external:
+            self.progress.say("postgres: the server of FLOWSCOPE_POSTGRES_URL")
+        elif postgres.status(self.settings).pid is not None:
+            self.progress.say("postgres: the server already running; it stays running")
+        else:
+            self.started_infra.append("postgres")
+        with self._interruptible():
+            return postgres.start(self.settings, process.Progress("postgres")).url
 
     def _start_jaeger(self) -> jaeger.JaegerStatus:
         if self.settings.jaeger.external:
@@ -446,7 +473,7 @@ class Demo:
         progress = process.Progress(name)
         child = self._spawn(name, args)
         progress.say(f"starting `flowscope {' '.join(args)}` (log: {child.log})")
-        timeout_s, next_note = READY_TIMEOUT_S[name], 10.0
+        timeout_s, next_note = READY_TIMEOUT_S[name.partition("-")[0]], 10.0
         while not ready(child.log):
             if self.stopping.is_set():
                 raise KeyboardInterrupt
@@ -475,7 +502,11 @@ class Demo:
                  f"{options.scenario}, {options.rate:g} flows/s, seed {options.seed}, {length}"]
         lines += [f"  {name:<10} {url}" for name, url in self.urls.items()]
         lines += [f"  {'store':<10} {store_label(self.settings.collect.store)}  (flowscope inspect "
-                  "topology | flows | lag)", f"  {'logs':<10} {self.dir}",
+                  "topology | flows | lag)"]
+        if options.collectors > 1:
+            lines.append(f"  {'collectors':<10} {options.collectors} in one consumer group; "
+                         "the first's receiver publishes to the spans topic")
+        lines += [f"  {'logs':<10} {self.dir}",
                   "Ctrl-C stops everything the demo started."]
         self._write_record()
         print("\n".join(lines), flush=True)
@@ -543,7 +574,7 @@ class Demo:
                 [c.name for c in running] + self.started_infra[::-1]))
         for child in running:
             before = self._service_pids() if child.name == "services" else set()
-            stop_child(child, STOP_TIMEOUT_S[child.name], self.progress)
+            stop_child(child, STOP_TIMEOUT_S[child.name.partition("-")[0]], self.progress)
             after = self._service_pids() if child.name == "services" else set()
             for pid in before | after:  # what a killed supervisor could not stop itself
                 if any("demo_services" in part for part in process.cmdline(pid)):
@@ -552,7 +583,7 @@ class Demo:
         if self.jaeger_builder is not None:
             self.jaeger_builder.join(timeout=30)
         stoppers = {"kafka": kafka.stop, "jaeger": jaeger.stop, "rabbitmq": rabbitmq.stop,
-                    "nats": nats.stop, "artemis": artemis.stop}
+                    "nats": nats.stop, "artemis": artemis.stop, "postgres": postgres.stop}
         for name in reversed(self.started_infra):
             stopped = stoppers[name](self.settings)
             if stopped:

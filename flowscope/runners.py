@@ -142,5 +142,6 @@ def demo(settings: Settings, args: argparse.Namespace) -> int:
                           seed=seed, failures=failures, jaeger=not args.no_jaeger,
                           dashboard=not args.no_dashboard, dashboard_port=args.dashboard_port,
                           rabbitmq=not args.no_rabbitmq, nats=not args.no_nats,
-                          artemis=not args.no_artemis)
+                          artemis=not args.no_artemis, collectors=args.collectors,
+                          store=args.store)
     return run_demo(settings, options)

@@ -33,6 +33,8 @@ PAUSED_STREAM_CONSUMER = "tracking"  # the JetStream pull consumer of SHIPMENTS
 PAUSED_INVOICE_CONSUMER = "billing"  # the Artemis receiver of the invoices queue
 QUEUE_PAUSE_SHARE = 2 / 3  # of its phase: the rest shows the backlog draining
 STORY_S = 60.0
+STORES = ("sqlite", "postgresql")
+MAX_COLLECTORS = 3  # the spans topic's partitions: a fourth collector would have none
 CHUNK_S = 600.0
 
 
@@ -51,6 +53,8 @@ class DemoOptions:
     rabbitmq: bool = False  # the RabbitMQ leg runs (`flowscope demo` sets it unless told not)
     nats: bool = False  # the NATS leg runs (`flowscope demo` sets it unless told not)
     artemis: bool = False  # the Artemis leg runs (`flowscope demo` sets it unless told not)
+    collectors: int = 1  # collectors in one consumer group (more than one: a shared store)
+    store: str = "sqlite"  # "sqlite" (the file under FLOWSCOPE_HOME) or "postgresql"
 
     def problems(self) -> list[str]:
         """Every invalid option, named."""
@@ -64,6 +68,14 @@ class DemoOptions:
                   for name, value in self.failures if not 0 <= value <= 1]
         if self.dashboard_port is not None and not 0 < self.dashboard_port < 65536:
             found.append(f"--dashboard-port {self.dashboard_port} is not a TCP port")
+        if self.store not in STORES:
+            found.append(f"--store {self.store!r} is not one of {', '.join(STORES)}")
+        if not 1 <= self.collectors <= MAX_COLLECTORS:
+            found.append(f"--collectors {self.collectors} is not from 1 to {MAX_COLLECTORS} "
+                         f"(the spans topic has {MAX_COLLECTORS} partitions)")
+        elif self.collectors > 1 and self.store != "postgresql":
+            found.append(f"--collectors {self.collectors} needs a store they share: add "
+                         "--store postgresql (SQLite has one writer)")
         return found
 
 

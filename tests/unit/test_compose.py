@@ -31,6 +31,7 @@ from base.settings import (
     JaegerSettings,
     KafkaSettings,
     NatsSettings,
+    PostgresSettings,
     RabbitmqSettings,
     Settings,
     redact_url,
@@ -42,13 +43,18 @@ from flowscope.infra import artemis_config, rabbitmq
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
-PROJECT_SERVICES = ("collector", "services", "loadgen", "dashboard")
+PROJECT_SERVICES = ("collector", "collector-replicas", "services", "loadgen", "dashboard")
+# Services that are more of another (their binds are its binds; they publish no port, as the
+# replicas' host ports would collide).
+REPLICATES = {"collector-replicas": "collector"}
 IMAGES = {"kafka": r"apache/kafka:4\.\d+\.\d+", "jaeger": r"jaegertracing/jaeger:2\.\d+\.\d+",
           # Debian 12's rabbitmq-server series (3.10 is final: the tag no longer moves)
           "rabbitmq": r"rabbitmq:3\.10(\.\d+)?-management",
           # the series of the nats-server the native launcher builds (NatsSettings)
           "nats": r"nats:2\.\d+(\.\d+)?-alpine",
-          "artemis": r"apache/activemq-artemis:2\.\d+\.\d+"}
+          "artemis": r"apache/activemq-artemis:2\.\d+\.\d+",
+          # Debian 12's PostgreSQL series, which the native launcher runs
+          "postgres": r"postgres:15(\.\d+)?"}
 SOURCE_DIRS = ("base", "store", "flowscope", "collectors", "demo_services", "dashboard")
 VARIABLE = re.compile(r"^(FLOWSCOPE|KAFKA|OTEL)_[A-Z0-9_]*[A-Z0-9]$")
 LOOPBACK = "127.0.0.1"
@@ -62,8 +68,10 @@ WHERE_THINGS_ARE = frozenset({
     "OTEL_EXPORTER_OTLP_ENDPOINT", "FLOWSCOPE_RABBITMQ_URL", "FLOWSCOPE_RABBITMQ_MANAGEMENT_URL",
     "FLOWSCOPE_DEMO_RABBITMQ_URL", "FLOWSCOPE_NATS_URL", "FLOWSCOPE_NATS_MONITORING_URL",
     "FLOWSCOPE_DEMO_NATS_URL", "FLOWSCOPE_ARTEMIS_URL", "FLOWSCOPE_ARTEMIS_MANAGEMENT_URL",
-    "FLOWSCOPE_DEMO_ARTEMIS_URL",
+    "FLOWSCOPE_DEMO_ARTEMIS_URL", "FLOWSCOPE_STORE",
 })
+# Variables that choose the stack's shape rather than a value; check_scale_out checks them.
+SHAPE_CHOICES = frozenset({"FLOWSCOPE_OTLP_TO_KAFKA"})
 # Artemis' standard ports, which `artemis create --port-offset` shifts together.
 ARTEMIS_STANDARD_PORTS = {"port": 5672, "core_port": 61616, "management_port": 8161}
 ARTEMIS_OVERRIDE = "/var/lib/artemis-instance/etc-override/broker.xml"
@@ -221,6 +229,7 @@ def code_default_ports(name: str) -> set[int]:
         "rabbitmq": {RabbitmqSettings.port, RabbitmqSettings.management_port},
         "nats": {NatsSettings.port, NatsSettings.monitoring_port},
         "artemis": {ArtemisSettings.port, ArtemisSettings.management_port},
+        "postgres": {PostgresSettings.port},
         "collector": {CollectorSettings.otlp_port},
         "dashboard": {DashboardSettings.port},
         "services": {demo.uploads_port, demo.orders_port, demo.webhook_port},
@@ -344,7 +353,7 @@ def check_defaults(compose: Compose) -> list[str]:
             seen = _settings_seen(recorder)
         except (SettingsError, ConfigError):
             continue  # check_settings_load names it
-        for variable in sorted(compose_env(service).keys() - WHERE_THINGS_ARE):
+        for variable in sorted(compose_env(service).keys() - WHERE_THINGS_ARE - SHAPE_CHOICES):
             if variable not in recorder.asked:
                 problems.append(f"{name}: {variable} is no setting of Settings or DemoConfig, "
                                 "so it cannot equal a code default; use the default or add it "
@@ -373,7 +382,8 @@ def check_ports(compose: Compose) -> list[str]:
             problems.append(f"{name}: publishes {sorted(p for _, _, p in ports)}, the code's "
                             f"default ports are {sorted(expected)}")
         if name in PROJECT_SERVICES:
-            problems += _check_binds(name, service, expected)
+            problems += _check_binds(name, service,
+                                     code_default_ports(REPLICATES.get(name, name)))
     return problems
 
 
@@ -439,6 +449,8 @@ def _address_problems(variable: str, value: str, services: dict[str, Any]) -> li
             [f"service {host!r} does not run `flowscope services`"]
     elif host in PROJECT_SERVICES:
         problems = _listens_on(host, services[host], port)
+    elif variable == "FLOWSCOPE_STORE" and port not in code_default_ports(host):
+        problems = [f"{host} listens on {sorted(code_default_ports(host))}, not {port}"]
     elif variable == "FLOWSCOPE_JAEGER_QUERY_URL" and port != JaegerSettings.query_port:
         problems = [f"Jaeger's query port is {JaegerSettings.query_port}"]
     else:
@@ -455,23 +467,70 @@ def _listens_on(host: str, service: Mapping[str, Any], port: int | None) -> list
 
 
 def check_store_shared(compose: Compose) -> list[str]:
-    """The dashboard reads the collector's store, on a named volume mounted in both."""
+    """Every collector and the dashboard use one store: a file on a named volume mounted in
+    each, or the PostgreSQL service of this file, as its user and database."""
     services = services_of(compose)
     named = set((compose.get("volumes") or {}).keys())
-    stores = {}
+    stores: dict[str, Path | str] = {}
     problems = []
-    for name in ("collector", "dashboard"):
+    for name in ("collector", "collector-replicas", "dashboard"):
         service = services.get(name, {})
         try:
             store = Settings.from_env(container_env(service)).collect.store
         except SettingsError:
             continue
         stores[name] = store
+        if isinstance(store, str):
+            problems += [f"{name}: {why}" for why in _server_problems(store, services)]
+            continue
         mounts = [str(v).split(":") for v in service.get("volumes") or []]
         if not any(len(m) >= 2 and m[0] in named and store.is_relative_to(m[1]) for m in mounts):
             problems.append(f"{name}: the store {store} is on no named volume of this file")
     if len(set(stores.values())) > 1:
-        problems.append(f"collector and dashboard use different stores: {stores}")
+        problems.append("the collectors and the dashboard use different stores: "
+                        f"{ {k: redact_url(str(v)) for k, v in stores.items()} }")
+    return problems
+
+
+def _server_problems(url: str, services: dict[str, Any]) -> list[str]:
+    """Why a PostgreSQL store URL does not reach the postgres service as its user."""
+    parts = urlsplit(url)
+    server = services.get(parts.hostname or "", {})
+    if parts.hostname != "postgres" or not server:
+        return [f"the store's server {parts.hostname!r} is not this file's postgres service"]
+    env = compose_env(server)
+    problems = []
+    expected = {"user": env.get("POSTGRES_USER"), "password": env.get("POSTGRES_PASSWORD"),
+                "database": env.get("POSTGRES_DB")}
+    given = {"user": parts.username, "password": parts.password,
+             "database": parts.path.lstrip("/")}
+    problems += [f"the store URL's {key} is not the postgres service's POSTGRES_{key.upper()}"
+                 .replace("POSTGRES_DATABASE", "POSTGRES_DB")
+                 for key in expected if given[key] != expected[key]]
+    command = command_argv(server)
+    if f"port={parts.port}" not in command or str(env.get("PGPORT")) != str(parts.port):
+        problems.append(f"postgres does not listen on {parts.port} (command {command}, "
+                        f"PGPORT {env.get('PGPORT')!r})")
+    return problems
+
+
+def check_scale_out(compose: Compose) -> list[str]:
+    """The collector the services send to publishes to the spans topic; the replicas run
+    `flowscope collect` with its environment, and publish no port."""
+    services = services_of(compose)
+    collector, replicas = services.get("collector", {}), services.get("collector-replicas", {})
+    problems = []
+    if compose_env(collector).get("FLOWSCOPE_OTLP_TO_KAFKA") != "on":
+        problems.append("collector: its receiver must publish to the spans topic for the "
+                        "replicas (FLOWSCOPE_OTLP_TO_KAFKA: \"on\")")
+    if command_argv(replicas)[:2] != ["flowscope", "collect"]:
+        problems.append("collector-replicas: does not run `flowscope collect`")
+    if compose_env(replicas) != compose_env(collector):
+        problems.append("collector-replicas: its environment is not the collector's")
+    if list(published(replicas)):
+        problems.append("collector-replicas: publishes ports, which replicas would share")
+    if not int((replicas.get("deploy") or {}).get("replicas", 0)) >= 1:
+        problems.append("collector-replicas: no deploy.replicas")
     return problems
 
 
@@ -652,7 +711,7 @@ def check_artemis(compose: Compose) -> list[str]:
 CHECKS: list[Callable[[Compose], list[str]]] = [
     check_services_and_images, check_builds, check_commands, check_variables_are_read,
     check_settings_load, check_defaults, check_ports, check_addresses, check_store_shared,
-    check_depends_on, check_rabbitmq, check_nats, check_artemis,
+    check_depends_on, check_rabbitmq, check_nats, check_artemis, check_scale_out,
 ]
 
 
@@ -757,8 +816,22 @@ MUTATIONS = {
                        check_addresses, "nothing is published"),
     "own store": (_env("dashboard", FLOWSCOPE_STORE="/tmp/flowscope.db"), check_store_shared,
                   "different stores"),
-    "store off the volume": (_set("dashboard", "volumes", []), check_store_shared,
-                             "dashboard: the store"),
+    "store off the volume": (_env("dashboard", FLOWSCOPE_STORE="/data/flowscope.db"),
+                             check_store_shared, "dashboard: the store /data/flowscope.db"),
+    "store on another server": (
+        _env("dashboard", FLOWSCOPE_STORE="postgresql://flowscope:flowscope@db:5442/flowscope"),
+        check_store_shared, "'db' is not this file's postgres service"),
+    "store as another user": (
+        _env("dashboard", FLOWSCOPE_STORE="postgresql://admin:x@postgres:5442/flowscope"),
+        check_store_shared, "URL's user"),
+    "store on the system port": (_set("postgres", "command", ["postgres"]), check_store_shared,
+                                 "does not listen on 5442"),
+    "postgres on its standard port": (_set("postgres", "ports", ["127.0.0.1:5432:5432"]),
+                                      check_ports, "default ports are [5442]"),
+    "receiver stores itself": (_env("collector", FLOWSCOPE_OTLP_TO_KAFKA=""), check_scale_out,
+                               "FLOWSCOPE_OTLP_TO_KAFKA"),
+    "replicas publish": (_set("collector-replicas", "ports", ["127.0.0.1:4318:4318"]),
+                         check_scale_out, "publishes ports"),
     "started, not healthy": (_undepend, check_depends_on, "condition: service_healthy"),
     "no dependency": (lambda data: data["services"]["services"].pop("depends_on"),
                       check_depends_on, "does not depend"),
