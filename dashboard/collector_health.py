@@ -28,8 +28,9 @@ class Note:
 
 
 def collector_notes(rows: Sequence[ComponentRow], now_s: float) -> list[Note]:
-    """The notes for the collector's last health report; none when all is well or when no
-    collector ever reported into this store."""
+    """The notes for the collectors' last health reports; none when all is well or when no
+    collector ever reported into this store. Where several collectors share the store, each
+    is named, and one that stopped reporting while others go on is said so."""
     if not rows:
         return []
     reported = max(row.at_s for row in rows)
@@ -37,9 +38,18 @@ def collector_notes(rows: Sequence[ComponentRow], now_s: float) -> list[Note]:
         return [Note("warning", f"The collector has not reported for {_age(now_s - reported)} "
                      f"(last report {_clock(reported)}): it is stopped or cannot write the "
                      "store, and what the pages show is as old.")]
-    notes = []
+    last: dict[str, float] = {}
     for row in rows:
-        name = _name(row.component)
+        last[row.collector] = max(last.get(row.collector, row.at_s), row.at_s)
+    several = len(last) > 1
+    notes = [Note("warning", f"Collector `{_name(collector)}` has not reported since "
+                  f"{_clock(at_s)}: it is stopped or cannot write the store; the other "
+                  "collectors of its group take its partitions over.")
+             for collector, at_s in sorted(last.items()) if reported - at_s > STALE_S]
+    for row in rows:
+        if several and reported - last[row.collector] > STALE_S:
+            continue
+        name = _name(f"{row.component} on {row.collector}" if several else row.component)
         if row.state == "down":
             notes.append(Note("error", f"Collector component `{name}` is down since "
                               f"{_clock(row.since_s)} (restarted {row.restarts} times); "

@@ -191,12 +191,15 @@ def inspect_health(store: Store, as_json: bool, now_s: float | None = None) -> s
     if as_json:
         return json.dumps({"reported_s_ago": round(age, 1) if rows else None, "components": [
             {"component": r.component, "state": r.state, "reason": r.reason,
-             "since": _iso(int(r.since_s * 1e9)), "restarts": r.restarts} for r in rows]})
+             "since": _iso(int(r.since_s * 1e9)), "restarts": r.restarts,
+             **({"collector": r.collector} if r.collector else {})} for r in rows]})
     if not rows:
         return "no health report in this store (is `flowscope collect` running?)"
-    text = table(["COMPONENT", "STATE", "SINCE", "RESTARTS", "REASON"],
-                 [(r.component, r.state, _time(int(r.since_s * 1e9)), r.restarts,
-                   r.reason or "") for r in rows])
+    several = len({r.collector for r in rows}) > 1
+    text = table(["COMPONENT", *(["COLLECTOR"] if several else []), "STATE", "SINCE",
+                  "RESTARTS", "REASON"],
+                 [(r.component, *([r.collector] if several else []), r.state,
+                   _time(int(r.since_s * 1e9)), r.restarts, r.reason or "") for r in rows])
     return f"{text}\n\nreported {age:.0f}s ago" + (
         " (the collector reports every second: it is stopped or cannot write the store)"
         if age > STALE_REPORT_S else "")

@@ -187,6 +187,7 @@ class ComponentRow:
     since_s: float
     restarts: int
     at_s: float
+    collector: str = ""  # who reported it (host:pid) where several collectors share a store
 
 
 class SpanWrites(Protocol):

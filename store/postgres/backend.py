@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
+import socket
 import threading
 import time
 import zlib
@@ -77,6 +79,7 @@ GROUP_UPSERT = (bulk_insert("lag_groups", GROUP_LAG_COLUMNS)
                 + ' ON CONFLICT (system, "group") DO UPDATE SET '
                 + ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in GROUP_LAG_COLUMNS))
 CONNECT_TIMEOUT_S = 10
+HEALTH_KEPT_S = 3600.0  # how long a collector that stopped reporting stays in the health table
 log = logging.getLogger(__name__)
 QMARK = re.compile(r"\?|:([a-z_]+)\b")
 
@@ -158,6 +161,7 @@ class PostgresStore:
         self._lead_lock = threading.Lock()
         self._leader: psycopg.Connection | None = None  # holds the roles' advisory locks
         self._roles: set[str] = set()
+        self.identity = f"{socket.gethostname()}:{os.getpid()}"  # in collector_health
         self.db = self._connect()
         try:
             schema = self.db.execute("SELECT current_schema()").fetchone()[0]  # type: ignore[index]
@@ -323,15 +327,18 @@ class PostgresStore:
                 arrays(kept, 2))
 
     def write_health(self, snapshot: Mapping[str, object], at_ns: int) -> None:
-        """Replace the collector's component health with this report (Health.snapshot())."""
+        """Replace this collector's component health with this report (Health.snapshot());
+        a collector silent for HEALTH_KEPT_S is forgotten."""
         components = snapshot.get("components") or {}
         assert isinstance(components, Mapping)
+        at_s = at_ns / NS_PER_S
         with self._transaction() as cursor:
-            cursor.execute("DELETE FROM collector_health")
+            cursor.execute("DELETE FROM collector_health WHERE collector = %s OR at_s < %s",
+                           (self.identity, at_s - HEALTH_KEPT_S))
             for name, c in components.items():
-                cursor.execute("INSERT INTO collector_health VALUES (%s, %s, %s, %s, %s, %s)",
-                               (name, c["state"], c["reason"], c["since_s"], c["restarts"],
-                                at_ns / NS_PER_S))
+                cursor.execute("INSERT INTO collector_health VALUES (%s, %s, %s, %s, %s, %s, "
+                               "%s)", (self.identity, name, c["state"], c["reason"],
+                                       c["since_s"], c["restarts"], at_s))
 
     def apply_retention(self, now_ns: int) -> int:
         """Drop the raw partitions wholly past raw_retention_s, delete older raw rows left in
@@ -368,8 +375,8 @@ class PostgresStore:
         """The collector's components as last reported, by name."""
         with self._reading() as db:
             return [ComponentRow(*row) for row in db.execute(
-                "SELECT component, state, reason, since_s, restarts, at_s FROM "
-                "collector_health ORDER BY component")]
+                "SELECT component, state, reason, since_s, restarts, at_s, collector FROM "
+                "collector_health ORDER BY component, collector")]
 
     def lag(self, group: str | None = None) -> tuple[list[LagRow], list[GroupLag]]:
         """The latest lag of every partition and group (or of one group)."""

@@ -166,10 +166,11 @@ CREATE INDEX IF NOT EXISTS messages_by_flow ON messages (flow_id) WHERE flow_id 
 
 CREATE TABLE IF NOT EXISTS counters (name {TEXT} PRIMARY KEY, value BIGINT NOT NULL);
 
+-- Every collector's components as its last report saw them (collector: host:pid).
 CREATE TABLE IF NOT EXISTS collector_health (
-    component {TEXT} PRIMARY KEY, state {TEXT} NOT NULL, reason {TEXT},
-    since_s DOUBLE PRECISION NOT NULL, restarts INTEGER NOT NULL,
-    at_s DOUBLE PRECISION NOT NULL
+    collector {TEXT} NOT NULL, component {TEXT} NOT NULL, state {TEXT} NOT NULL,
+    reason {TEXT}, since_s DOUBLE PRECISION NOT NULL, restarts INTEGER NOT NULL,
+    at_s DOUBLE PRECISION NOT NULL, PRIMARY KEY (collector, component)
 );
 """ + "".join(f"CREATE TABLE IF NOT EXISTS {p.table}_default PARTITION OF {p.table} DEFAULT;\n"
               for p in PARTITIONED) + HISTOGRAM_MERGE

@@ -43,6 +43,19 @@ def test_a_collector_that_stopped_reporting_is_one_warning() -> None:
     assert "has not reported for 35 s" in notes[0].headline
 
 
+def test_several_collectors_are_named_and_one_gone_silent_is_said_so() -> None:
+    rows = [ComponentRow("tap", "down", "boom", NOW - 60, 1, NOW, "host-a:10"),
+            ComponentRow("tap", "ok", None, NOW - 60, 0, NOW, "host-b:20"),
+            ComponentRow("lag_poller", "standby", "another runs it", NOW - 60, 0, NOW,
+                         "host-b:20"),
+            ComponentRow("spans_topic", "down", "old", NOW - 600, 0, NOW - STALE_S - 5,
+                         "host-c:30")]
+    notes = collector_notes(rows, NOW)
+    assert [n.level for n in notes] == ["warning", "error"]
+    assert "`host-c:30` has not reported since" in notes[0].headline
+    assert "`tap on host-a:10` is down" in notes[1].headline  # host-c's old rows left out
+
+
 def test_all_well_or_never_reported_says_nothing() -> None:
     assert collector_notes([], NOW) == []
     assert collector_notes([_row("tap", "ok"), _row("x", "starting")], NOW) == []

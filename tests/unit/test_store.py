@@ -1,7 +1,7 @@
 """The store contract: every backend must pass these, with the collector's write path (flow
 derivation) on top. A backend is one line of BACKENDS: where its store is, for a test's own
 directory (PostgreSQL: a schema of its own on the real server). Tests of one backend alone are
-in files of their own (test_sqlite_store.py, test_postgres_store.py)."""
+in files of their own (test_sqlite_store.py, integration/test_postgres_store.py)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Path | str]] = {
 Opener = Callable[..., WritableStore]
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+# PostgreSQL's runs need the real server: they count as integration tests.
+@pytest.fixture(params=[pytest.param(name, marks=pytest.mark.integration)
+                        if name == "postgresql" else name for name in sorted(BACKENDS)])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Opens this test's store of the backend (options: retention, readonly, ...)."""
     location = BACKENDS[request.param](request, tmp_path)

@@ -257,3 +257,19 @@ async def test_a_standby_component_takes_over_within_seconds_of_the_leaders_end(
     stopping.set()
     await asyncio.wait_for(tasks[standby], 10)
     stores[standby].close()
+
+
+def test_each_collector_keeps_its_own_health_rows(postgres_schema: str) -> None:
+    first, second = (PostgresStore(postgres_schema, RULES) for _ in range(2))
+    second.identity = "other-host:1"  # as another collector's process
+    now = time.time_ns()
+    for store, state in ((first, "ok"), (second, "standby")):
+        store.write_health({"components": {"lag_poller": {
+            "state": state, "reason": None, "since_s": now / 1e9, "restarts": 0}}}, now)
+    first.write_health({"components": {"lag_poller": {
+        "state": "degraded", "reason": "broker away", "since_s": now / 1e9, "restarts": 0}}},
+        now + 10**9)
+    rows = {(r.collector, r.state) for r in first.collector_health()}
+    assert rows == {(first.identity, "degraded"), ("other-host:1", "standby")}
+    first.close()
+    second.close()
