@@ -52,7 +52,7 @@ from store.postgres.schema import (
     SCHEMA_VERSION,
     partition_width,
 )
-from store.postgres.writes import PostgresWrites, arrays, bulk_insert
+from store.postgres.writes import PostgresWrites, arrays, bulk_insert, staging_tables
 from store.records import GROUP_LAG_COLUMNS, LAG_COLUMNS, GroupLag, Hop, LagRow
 from store.sql import readers, summaries
 from store.sql.rows import rollup_width, window_edges
@@ -183,6 +183,7 @@ class PostgresStore:
         if not readonly:
             with self._transaction() as cursor:
                 self.partitions.load(cursor)
+            self.db.execute(staging_tables())
 
     def _connect(self) -> psycopg.Connection:
         try:
@@ -279,6 +280,8 @@ class PostgresStore:
             self.db.close()
             try:
                 self.db = connect(self.url)
+                if not self.readonly:
+                    self.db.execute(staging_tables())
             except psycopg.Error as exc:
                 raise StoreUnavailable(f"store {redact_url(self.url)}: {str(exc).strip()}"
                                        ) from None

@@ -1,8 +1,9 @@
 """The PostgreSQL backend's side of flow derivation (store.contract.SpanWrites): set-based
-lookups and idempotent writes inside one transaction, each one statement over arrays
-(unnest), whatever the batch's size. Aggregates are merged by the database (ON CONFLICT ... DO
-UPDATE adds the counts and histograms), never read and written back by a collector. No rule
-of what a hop or a flow is lives here."""
+lookups and idempotent writes inside one transaction, whatever the batch's size: lookups are
+one statement over arrays; bulk writes copy their rows (binary COPY) into a temporary staging
+table of the session, then insert from it in one statement. Aggregates are merged by the
+database (ON CONFLICT ... DO UPDATE adds the counts and histograms), never read and written
+back by a collector. No rule of what a hop or a flow is lives here."""
 
 from __future__ import annotations
 
@@ -72,6 +73,31 @@ def bulk_insert(table: str, columns: Sequence[str]) -> str:
     return f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})"
 
 
+def staged_insert(table: str, columns: Sequence[str]) -> str:
+    """INSERT of the rows staged for a table (see PostgresWrites.stage)."""
+    names = ", ".join(f'"{c}"' for c in columns)
+    return f"INSERT INTO {table} ({names}) SELECT {names} FROM {STAGE_PREFIX}{table}"
+
+
+def staging_tables() -> str:
+    """The session's staging tables, one per table bulk writes go to: emptied at every commit
+    (and before each use)."""
+    return "".join(f"CREATE TEMP TABLE IF NOT EXISTS {STAGE_PREFIX}{table} (LIKE {table} "
+                   "INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;" for table in STAGED)
+
+
+def clean(row: Sequence[object]) -> list[object]:
+    """A row as its columns hold it: a flag as a number; text without NUL, which PostgreSQL's
+    text cannot hold (U+FFFD instead)."""
+    values = []
+    for value in row:
+        if type(value) is str:
+            values.append(value.replace("\x00", "\ufffd") if "\x00" in value else value)
+        else:
+            values.append(int(value) if type(value) is bool else value)
+    return values
+
+
 def arrays(rows: Iterable[Sequence[object]], width: int) -> list[list[object]]:
     """Rows as one list per column (a flag as a number, as its column holds it)."""
     columns: list[list[object]] = [[] for _ in range(width)]
@@ -90,13 +116,21 @@ def pair_arrays(pairs: Iterable[tuple[str, str]]) -> list[list[str]]:
     return [firsts, seconds]
 
 
-SPAN_INSERT = (bulk_insert("spans", (*SPAN_COLUMNS, "flow_id"))
+STAGE_PREFIX = "stage_"
+STAGED = ("spans", "hops", "messages", "flows", "edge_buckets", "edge_rollups",
+          "flow_latency_buckets", "span_links")
+SPAN_ROW = (*SPAN_COLUMNS, "flow_id")
+MESSAGE_ROW = (*MESSAGE_COLUMNS, "flow_id", "message_id")
+LINK_COLUMNS = ("linked_trace_id", "linked_span_id", "trace_id", "span_id")
+LATENCY_COLUMNS = ("bucket_start", "flow_type", "count", "latency")
+SPAN_INSERT = (staged_insert("spans", SPAN_ROW)
                + " ON CONFLICT DO NOTHING RETURNING trace_id, span_id")
-HOP_INSERT = bulk_insert("hops", HOP_COLUMNS) + " ON CONFLICT DO NOTHING RETURNING hop_key"
-MESSAGE_INSERT = (bulk_insert("messages", (*MESSAGE_COLUMNS, "flow_id", "message_id"))
+HOP_INSERT = staged_insert("hops", HOP_COLUMNS) + " ON CONFLICT DO NOTHING RETURNING hop_key"
+MESSAGE_INSERT = (staged_insert("messages", MESSAGE_ROW)
                   + ' ON CONFLICT DO NOTHING RETURNING topic, partition, "offset"')
+LINK_INSERT = staged_insert("span_links", LINK_COLUMNS) + " ON CONFLICT DO NOTHING"
 FLOW_MERGE = (
-    bulk_insert("flows", FLOW_COLUMNS) + " ON CONFLICT (flow_id) DO UPDATE SET "
+    staged_insert("flows", FLOW_COLUMNS) + " ON CONFLICT (flow_id) DO UPDATE SET "
     "started_ns = LEAST(flows.started_ns, EXCLUDED.started_ns), "
     "last_ns = GREATEST(flows.last_ns, EXCLUDED.last_ns), hops = flows.hops + EXCLUDED.hops, "
     "retries = flows.retries + EXCLUDED.retries, errors = flows.errors + EXCLUDED.errors, "
@@ -104,16 +138,15 @@ FLOW_MERGE = (
     "services = flowscope_names_merge(flows.services, EXCLUDED.services, NULL), "
     "topics = flowscope_names_merge(flows.topics, EXCLUDED.topics, NULL), "
     f"trace_ids = flowscope_names_merge(flows.trace_ids, EXCLUDED.trace_ids, {FLOW_TRACE_IDS})")
-EDGE_BUCKETS_MERGE = (bulk_insert("edge_buckets", EDGE_COLUMNS)
+EDGE_BUCKETS_MERGE = (staged_insert("edge_buckets", EDGE_COLUMNS)
                       + " ON CONFLICT (bucket_start, source, target) DO UPDATE SET "
                       + EDGE_MERGE.format(t="edge_buckets"))
-EDGE_ROLLUPS_MERGE = (bulk_insert("edge_rollups", (*EDGE_COLUMNS, "first_bucket"))
+EDGE_ROLLUPS_MERGE = (staged_insert("edge_rollups", (*EDGE_COLUMNS, "first_bucket"))
                       + " ON CONFLICT (bucket_start, source, target) DO UPDATE SET "
                       + EDGE_MERGE.format(t="edge_rollups")
                       + ", first_bucket = LEAST(edge_rollups.first_bucket, "
                         "EXCLUDED.first_bucket)")
-LATENCY_MERGE = (bulk_insert("flow_latency_buckets",
-                             ("bucket_start", "flow_type", "count", "latency"))
+LATENCY_MERGE = (staged_insert("flow_latency_buckets", LATENCY_COLUMNS)
                  + " ON CONFLICT (bucket_start, flow_type) DO UPDATE SET "
                    "count = flow_latency_buckets.count + EXCLUDED.count, latency = "
                    "flowscope_histogram_merge(flow_latency_buckets.latency, EXCLUDED.latency)")
@@ -126,6 +159,17 @@ class PostgresWrites:
     def __init__(self, cursor: psycopg.Cursor, rollup_s: int, partitions: Partitions) -> None:
         self.cursor, self.rollup_s, self.partitions = cursor, rollup_s, partitions
         self.now_s = time.time()
+
+    def stage(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[object]]
+              ) -> None:
+        """Copy rows into the table's staging table (emptied first), for staged_insert."""
+        stage = f"{STAGE_PREFIX}{table}"
+        self.cursor.execute(f"TRUNCATE {stage}")
+        names = ", ".join(f'"{c}"' for c in columns)
+        with self.cursor.copy(f"COPY {stage} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types([TYPES.get(c, "text") for c in columns])
+            for row in rows:
+                copy.write_row(clean(row))
 
     def known_flows(self, trace_ids: set[str]) -> dict[str, str]:
         """The correlation ID already stored for each of these traces."""
@@ -167,7 +211,8 @@ class PostgresWrites:
             values.append(flow_id)
             rows.append(values)
         self.partitions.ensure(self.cursor, SPANS, (r.end_ns for r in records), self.now_s)
-        new = set(self.cursor.execute(SPAN_INSERT, arrays(rows, len(SPAN_COLUMNS) + 1)))
+        self.stage("spans", SPAN_ROW, rows)
+        new = set(self.cursor.execute(SPAN_INSERT))
         return [r for r in records if r.key in new]
 
     def spans(self, keys: set[SpanKey]) -> dict[SpanKey, tuple[SpanRecord, str]]:
@@ -225,10 +270,9 @@ class PostgresWrites:
     def add_links(self, links: Sequence[tuple[SpanKey, SpanKey]]) -> None:
         """Keep links until their span arrives."""
         if links:
-            self.cursor.execute(
-                bulk_insert("span_links", ("linked_trace_id", "linked_span_id", "trace_id",
-                                           "span_id")) + " ON CONFLICT DO NOTHING",
-                arrays(((*linked, *consume) for linked, consume in links), 4))
+            self.stage("span_links", LINK_COLUMNS,
+                       ((*linked, *consume) for linked, consume in links))
+            self.cursor.execute(LINK_INSERT)
 
     def take_links(self, linked: set[SpanKey]) -> list[tuple[SpanKey, SpanKey]]:
         """Remove and return the links waiting for these spans."""
@@ -257,8 +301,8 @@ class PostgresWrites:
             return []
         self.partitions.ensure(self.cursor, HOPS,
                                (h.consume_end_ns for h in by_key.values()), self.now_s)
-        stored = {k for (k,) in self.cursor.execute(
-            HOP_INSERT, arrays(map(hop_values, by_key.values()), len(HOP_COLUMNS)))}
+        self.stage("hops", HOP_COLUMNS, map(hop_values, by_key.values()))
+        stored = {k for (k,) in self.cursor.execute(HOP_INSERT)}
         return [hop for key, hop in by_key.items() if key in stored]
 
     def merge_flows(self, totals: Mapping[str, FlowTotals]) -> dict[str, FlowTotals]:
@@ -269,11 +313,12 @@ class PostgresWrites:
         before = {row[0]: flow_totals(row) for row in self.cursor.execute(
             f"SELECT {FLOW_FIELDS} FROM flows WHERE flow_id = ANY(%s) ORDER BY flow_id "
             "FOR UPDATE", (sorted(totals),))}
-        self.cursor.execute(FLOW_MERGE, arrays((
+        self.stage("flows", FLOW_COLUMNS, (
             (flow_id, delta.started_ns, delta.last_ns, delta.hops, delta.retries, delta.errors,
              int(delta.flags), names_json(delta.services), names_json(delta.topics),
              names_json(set(delta.kept_trace_ids())))
-            for flow_id, delta in sorted(totals.items())), len(FLOW_COLUMNS)))
+            for flow_id, delta in sorted(totals.items())))
+        self.cursor.execute(FLOW_MERGE)
         return before
 
     def merge_edges(self, totals: Mapping[EdgeKey, EdgeTotals]) -> None:
@@ -286,19 +331,21 @@ class PostgresWrites:
             merged, first = rollups.get(rollup) or (EdgeTotals(), key[0])
             merged.merge(delta)
             rollups[rollup] = (merged, min(first, key[0]))
-        self.cursor.execute(EDGE_BUCKETS_MERGE, arrays(
-            (_edge_values(key, delta) for key, delta in sorted(totals.items())),
-            len(EDGE_COLUMNS)))
-        self.cursor.execute(EDGE_ROLLUPS_MERGE, arrays(
-            ((*_edge_values(key, delta), first)
-             for key, (delta, first) in sorted(rollups.items())), len(EDGE_COLUMNS) + 1))
+        self.stage("edge_buckets", EDGE_COLUMNS,
+                   (_edge_values(key, delta) for key, delta in sorted(totals.items())))
+        self.cursor.execute(EDGE_BUCKETS_MERGE)
+        self.stage("edge_rollups", (*EDGE_COLUMNS, "first_bucket"),
+                   ((*_edge_values(key, delta), first)
+                    for key, (delta, first) in sorted(rollups.items())))
+        self.cursor.execute(EDGE_ROLLUPS_MERGE)
 
     def merge_flow_latency(self, latencies: Mapping[tuple[int, str], Histogram]) -> None:
         """Add completed flows' latencies into their buckets."""
         if latencies:
-            self.cursor.execute(LATENCY_MERGE, arrays(
-                ((bucket, flow_type, histogram.total, histogram.to_json())
-                 for (bucket, flow_type), histogram in sorted(latencies.items())), 4))
+            self.stage("flow_latency_buckets", LATENCY_COLUMNS,
+                       ((bucket, flow_type, histogram.total, histogram.to_json())
+                        for (bucket, flow_type), histogram in sorted(latencies.items())))
+            self.cursor.execute(LATENCY_MERGE)
 
     def insert_messages(self, records: Sequence[MessageRecord],
                         flow_ids: Sequence[str | None]) -> list[MessageRecord]:
@@ -308,10 +355,10 @@ class PostgresWrites:
             return []
         self.partitions.ensure(self.cursor, MESSAGES, (r.timestamp_ms for r in records),
                                self.now_s)
-        new = set(self.cursor.execute(MESSAGE_INSERT, arrays(
-            ((*MESSAGE_VALUES(record), flow_id, record.message_id)
-             for record, flow_id in zip(records, flow_ids, strict=True)),
-            len(MESSAGE_COLUMNS) + 2)))
+        self.stage("messages", MESSAGE_ROW,
+                   ((*MESSAGE_VALUES(record), flow_id, record.message_id)
+                    for record, flow_id in zip(records, flow_ids, strict=True)))
+        new = set(self.cursor.execute(MESSAGE_INSERT))
         first = []
         for record in records:
             coordinates = (record.topic, record.partition, record.offset)
