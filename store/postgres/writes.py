@@ -159,12 +159,17 @@ class PostgresWrites:
     def __init__(self, cursor: psycopg.Cursor, rollup_s: int, partitions: Partitions) -> None:
         self.cursor, self.rollup_s, self.partitions = cursor, rollup_s, partitions
         self.now_s = time.time()
+        self.staged: set[str] = set()  # staging tables used in this transaction
 
     def stage(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[object]]
               ) -> None:
-        """Copy rows into the table's staging table (emptied first), for staged_insert."""
+        """Copy rows into the table's staging table, for staged_insert. A commit empties it;
+        a second use in one transaction deletes the first's rows (TRUNCATE would give the
+        table a new file each time: costly at a few transactions a second)."""
         stage = f"{STAGE_PREFIX}{table}"
-        self.cursor.execute(f"TRUNCATE {stage}")
+        if stage in self.staged:
+            self.cursor.execute(f"DELETE FROM {stage}")
+        self.staged.add(stage)
         names = ", ".join(f'"{c}"' for c in columns)
         with self.cursor.copy(f"COPY {stage} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types([TYPES.get(c, "text") for c in columns])
