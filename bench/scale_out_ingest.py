@@ -5,7 +5,8 @@ same payloads.
 The payloads are collector_ingest.py's: batches of 512 spans (a send and a process span per
 message, correlation IDs, partitions and offsets, a tenth retried). For each configuration, in
 rounds: a fresh spans topic (3 partitions) and a fresh store; the collectors are started and
-given time to join their group; then every batch is published to the topic, split by trace as
+given time to join their group (the configurations' order rotates from round to round);
+then every batch is published to the topic, split by trace as
 the OTLP receiver's Kafka mode does, and the clock runs until the store holds every span.
 Reported per configuration: the median rate over the rounds (wall clock, publishing
 included), and spans per CPU-second of the collectors and of PostgreSQL's processes. On a
@@ -171,7 +172,11 @@ def main() -> None:
                     configurations.append((f"postgresql, {collectors} collector"
                                            f"{'s' if collectors > 1 else ''}", collectors, url,
                                            pg_count))
-                for name, collectors, store, counter in configurations:
+                # a different order each round: what runs just after PostgreSQL's background
+                # work on the previous stores (autovacuum) changes
+                shift = round_ % len(configurations)
+                for name, collectors, store, counter in (configurations[shift:]
+                                                         + configurations[:shift]):
                     result = run_one(name.split(",")[0], collectors, store, counter,
                                      bodies=bodies, bootstrap=bootstrap, home=home)
                     results.setdefault(name, []).append(result)

@@ -351,7 +351,9 @@ class PostgresStore:
         agg_cut = int(now_ns / 1e9 - self.aggregate_retention_s)
         cuts = {"spans": raw_cut, "hops": raw_cut, "messages": raw_cut // 1_000_000,
                 "lag_samples": raw_cut / 1e9}
-        with self._transaction(PARTITION_LOCK) as cursor:
+        # The derivation lock first, as derivation takes them: a transaction that holds a
+        # table's rows and waits to make a partition never waits on a drop waiting on it.
+        with self._transaction(DERIVE_LOCK, PARTITION_LOCK) as cursor:
             deleted = 0
             for part in PARTITIONED:
                 deleted += self.partitions.drop_before(cursor, part, cuts[part.table])
