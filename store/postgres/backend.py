@@ -14,7 +14,6 @@ parallel; docs/scaling.md says where this limit lies.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
@@ -33,16 +32,9 @@ from base.settings import POSTGRES_SCHEMES, redact_url
 from store.contract import (
     SEND_SPAN_SETTLE_NS,
     ComponentRow,
-    DeadLetter,
-    EdgeBucket,
-    FailedStep,
-    FlowCounts,
-    FlowRow,
-    LatencyBucket,
     PropagationRow,
     StoreError,
     StoreUnavailable,
-    Topology,
 )
 from store.postgres.partitions import Partitions
 from store.postgres.schema import (
@@ -53,25 +45,20 @@ from store.postgres.schema import (
     partition_width,
 )
 from store.postgres.writes import PostgresWrites, arrays, bulk_insert, staging_tables
-from store.records import GROUP_LAG_COLUMNS, LAG_COLUMNS, GroupLag, Hop, LagRow
-from store.sql import readers, summaries
-from store.sql.rows import rollup_width, window_edges
+from store.records import GROUP_LAG_COLUMNS, LAG_COLUMNS, GroupLag, LagRow
+from store.sql.reads import SqlReads
+from store.sql.rows import rollup_width
 from store.vocabulary import (
     NS_PER_MS,
     NS_PER_S,
     SENDS,
-    FlowFlag,
     FlowRules,
-    bucket_start,
     sql_list,
 )
 
 # Advisory lock keys (with the schema's own class, so that stores in two schemas of one
 # database do not wait for each other).
 MIGRATE_LOCK, DERIVE_LOCK, PARTITION_LOCK = 1, 2, 3
-LAG_SELECT = ", ".join("NULLIF(partition, -1)" if c == "partition" else f'"{c}"'
-                       for c in LAG_COLUMNS)
-GROUP_SELECT = ", ".join(f'"{c}"' for c in GROUP_LAG_COLUMNS)
 LAG_UPSERT = (bulk_insert("lag_current", LAG_COLUMNS)
               + ' ON CONFLICT (system, "group", topic, partition) DO UPDATE SET '
               + ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in LAG_COLUMNS))
@@ -145,7 +132,7 @@ class QmarkCursor:
         return self.cursor.execute(text, parameters)
 
 
-class PostgresStore:
+class PostgresStore(SqlReads):
     """Store backed by one PostgreSQL database (its current schema)."""
 
     def __init__(self, url: str, rules: FlowRules, *, bucket_s: int = 10,
@@ -371,38 +358,12 @@ class PostgresStore:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def counters(self) -> dict[str, int]:
-        """All counters."""
-        with self._reading() as db:
-            return dict(db.execute("SELECT name, value FROM counters").fetchall())
-
     def collector_health(self) -> list[ComponentRow]:
         """The collector's components as last reported, by name."""
         with self._reading() as db:
             return [ComponentRow(*row) for row in db.execute(
                 "SELECT component, state, reason, since_s, restarts, at_s, collector FROM "
                 "collector_health ORDER BY component, collector")]
-
-    def lag(self, group: str | None = None) -> tuple[list[LagRow], list[GroupLag]]:
-        """The latest lag of every partition and group (or of one group)."""
-        where, params = ('WHERE "group" = ?', (group,)) if group else ("", ())
-        with self._reading() as db:
-            rows = [LagRow(*r) for r in db.execute(
-                f"SELECT {LAG_SELECT} FROM lag_current {where} "
-                'ORDER BY system, "group", topic, partition', params)]
-            groups = [GroupLag(*g) for g in db.execute(
-                f"SELECT {GROUP_SELECT} FROM lag_groups {where} "
-                'ORDER BY system, "group"', params)]
-        return rows, groups
-
-    def lag_history(self, since_ns: int, group: str | None = None) -> list[LagRow]:
-        """Partition lag over time since since_ns, oldest first."""
-        since_s = since_ns / NS_PER_S
-        extra, params = ('AND "group" = ?', (since_s, group)) if group else ("", (since_s,))
-        with self._reading() as db:
-            return [LagRow(*r) for r in db.execute(
-                f"SELECT {LAG_SELECT} FROM lag_samples WHERE at_s >= ? {extra} ORDER BY at_s",
-                params)]
 
     def lag_trend(self, since_ns: int) -> list[tuple[str, float, int, float | None]]:
         """Per group and poll since since_ns: (group, at_s, total lag, largest lag seconds)."""
@@ -432,98 +393,6 @@ class PostgresStore:
                 "ORDER BY topic, producer",
                 (settled, since_ns // NS_PER_MS, sample) if sample
                 else (settled, since_ns // NS_PER_MS))]
-
-    def topology(self, since_ns: int) -> Topology:
-        """The service/topic graph from the edge aggregates since since_ns."""
-        with self._reading() as db:
-            return readers.read_topology(db, self._window(since_ns))[0]
-
-    def busiest_topology(self, since_ns: int, limit: int, by: str = "count",
-                         touching: str | None = None) -> tuple[Topology, int]:
-        """The graph of the `limit` busiest edges since since_ns, and how many edges there
-        are in all."""
-        with self._reading() as db:
-            return readers.read_topology(db, self._window(since_ns), limit, by, touching)
-
-    def _window(self, since_ns: int) -> list[object]:
-        return window_edges(self.rollup, bucket_start(since_ns, self.bucket_s))
-
-    def flows(self, since_ns: int, now_ns: int, limit: int = 100) -> list[FlowRow]:
-        """Flows active since since_ns, newest first."""
-        with self._reading() as db:
-            return readers.read_flows(db, since_ns, limit, lambda flags, errors, last:
-                                      self.rules.status(flags, errors, last, now_ns))
-
-    def flow(self, flow_or_trace_id: str, now_ns: int) -> tuple[FlowRow, list[Hop]] | None:
-        """One flow with its hops in time order."""
-        found = self.flow_head(flow_or_trace_id, now_ns, None)
-        return None if found is None else found[:2]
-
-    def flow_head(self, flow_or_trace_id: str, now_ns: int, limit: int | None
-                  ) -> tuple[FlowRow, list[Hop], int] | None:
-        """One flow with its first `limit` hops in time order, and how many more it has."""
-        with self._reading() as db:
-            return readers.read_flow(db, flow_or_trace_id, lambda flags, errors, last:
-                                     self.rules.status(flags, errors, last, now_ns), limit)
-
-    def failed_steps(self, flow_id: str, limit: int = 50) -> list[FailedStep]:
-        """The spans of a flow that ended in error, oldest first."""
-        with self._reading() as db:
-            return [FailedStep(*row) for row in db.execute(
-                "SELECT start_ns, service, name, kind, error_type, trace_id FROM spans "
-                "WHERE flow_id = ? AND error = 1 ORDER BY start_ns LIMIT ?", (flow_id, limit))]
-
-    def flow_counts(self, window_ns: int, now_ns: int) -> FlowCounts:
-        """Outcomes and starts in this window and the one before; in flight and stuck now."""
-        with self._reading() as db:
-            return summaries.count_flows(db, window_ns, now_ns, self.rules)
-
-    def topology_nodes(self, since_ns: int) -> dict[str, str]:
-        """The nodes of the topology since since_ns (name -> kind)."""
-        nodes: dict[str, str] = {}
-        with self._reading() as db:
-            for source, source_kind, target, target_kind in db.execute(
-                    "SELECT DISTINCT source, source_kind, target, target_kind FROM "
-                    f"{readers.WINDOW_EDGES}", self._window(since_ns)):
-                nodes[source], nodes[target] = source_kind, target_kind
-        return dict(sorted(nodes.items()))
-
-    def edge_buckets(self, since_ns: int, edges: Sequence[tuple[str, str]] | None = None
-                     ) -> list[EdgeBucket]:
-        """Every edge (or these edges) per time bucket since since_ns, oldest first."""
-        with self._reading() as db:
-            return summaries.read_edge_buckets(db, bucket_start(since_ns, self.bucket_s),
-                                               edges)
-
-    def flow_latency(self, since_ns: int) -> list[LatencyBucket]:
-        """End-to-end latency histograms of completed flows per bucket and type."""
-        with self._reading() as db:
-            return summaries.read_flow_latency(db, bucket_start(since_ns, self.bucket_s))
-
-    def find_flows(self, text: str) -> list[str]:
-        """Flow ids named by a correlation ID, trace ID, message id or message key."""
-        with self._reading() as db:
-            return summaries.find_flow_ids(db, text)
-
-    def retry_attempts(self, since_ns: int, sample: int | None = None
-                       ) -> list[tuple[str, int, int]]:
-        """(topic, attempt, messages) of tapped messages since since_ns."""
-        with self._reading() as db:
-            return summaries.read_retry_attempts(db, since_ns // NS_PER_MS, sample)
-
-    def dead_letters(self, since_ns: int, limit: int = 200, flow_id: str | None = None
-                     ) -> list[DeadLetter]:
-        """Messages on dead-letter topics since since_ns (of one flow), newest first."""
-        with self._reading() as db:
-            if flow_id:
-                row = db.execute("SELECT topics FROM flows WHERE flow_id = ?",
-                                 (flow_id,)).fetchone()
-                topics = json.loads(row[0] if row else "[]")
-            else:
-                topics = summaries.tapped_topics(db)
-            topics = [t for t in topics if self.rules.flag_of(t) == FlowFlag.DEAD_LETTERED]
-            return summaries.read_dead_letters(db, topics, since_ns // NS_PER_MS, limit,
-                                               flow_id)
 
     def lead(self, role: str) -> bool:
         """Whether this store's process holds the role: a session advisory lock on a
