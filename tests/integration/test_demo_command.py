@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import pytest
 from base.settings import Settings
 from demo_services import topics
 from flowscope.demo import LOCK_MARKER
-from flowscope.infra import artemis, kafka, nats, process, rabbitmq
+from flowscope.infra import artemis, kafka, nats, postgres, process, rabbitmq
 from flowscope.infra.jaeger import JaegerStatus
 from store.factory import open_store
 from tests.integration.conftest import ArtemisBroker, run_flowscope
@@ -429,3 +430,44 @@ def test_a_demo_whose_jaeger_is_not_built_starts_at_once_and_goes_on_without_it(
     done = run_flowscope(env, "inspect", "flows", "--json", "--since", "1h")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["flows"]  # flows were collected all the same
+
+
+def test_demo_with_two_collectors_on_postgresql_shares_the_work_and_stops_the_server(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in demo_env(tmp_path, kafka_bootstrap, None).items()
+           if k != "FLOWSCOPE_STORE" and not k.startswith("FLOWSCOPE_POSTGRES_")}
+    (port,) = free_ports(1)
+    env["FLOWSCOPE_POSTGRES_PORT"] = str(port)  # a server of its own, which the demo starts
+    settings = Settings.from_env(env)
+    run = DemoProcess.start(env, "--no-jaeger", "--no-dashboard", "--duration", "15",
+                            "--collectors", "2", "--store", "postgresql")
+    try:
+        run.wait_ready()
+        pids = run.recorded_pids()
+        assert any(name.startswith("collect-2-") for name in pids)
+        paths = postgres.PostgresPaths.of(settings, postgres.server_account())
+        url = postgres.url_of(settings, paths.password_file.read_text().strip(), port)
+        otlp = int(env["FLOWSCOPE_OTLP_ADDRESS"].rpartition(":")[2])
+        deadline = time.monotonic() + 30
+        states: list[str] = []
+        while sorted(states) != ["ok", "standby"] and time.monotonic() < deadline:
+            states = [str(_get(f"http://127.0.0.1:{p}/health")["components"]
+                          .get("lag_poller", {}).get("state")) for p in (otlp, otlp + 1)]
+            time.sleep(0.3)
+        assert sorted(states) == ["ok", "standby"]  # one polls lag, the other stands by
+        done = run_flowscope({**env, "FLOWSCOPE_STORE": url}, "inspect", "health", "--json")
+        assert done.returncode == 0, done.stderr
+        reporters = {c.get("collector") for c in json.loads(done.stdout)["components"]}
+        assert len(reporters) == 2
+        assert run.proc.wait(timeout=120) == 0, run.output()
+    finally:
+        postgres.stop(settings)  # whatever happened, leave no server behind
+        root = postgres.PostgresPaths.of(settings, postgres.server_account()).server_root
+        if root.is_relative_to(postgres.SHARED_ROOT):
+            shutil.rmtree(root, ignore_errors=True)
+    printed = run.output()
+    assert "store      postgresql://***@127.0.0.1:" in printed
+    assert "collectors 2 in one consumer group" in printed
+    assert "postgres: stopped" in printed
+    assert_nothing_left(run, pids)
+    assert not postgres.status(settings).running
