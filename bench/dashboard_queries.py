@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -30,6 +31,8 @@ from base.settings import Settings
 from dashboard import queries
 from flowscope.infra import postgres
 from store.factory import open_store
+from store.postgres.backend import PostgresStore
+from store.postgres.schema import PARTITIONED
 from store.records import GroupLag, LagRow, MessageRecord, SpanRecord
 from tests.store_writer import open_settings_store
 
@@ -137,28 +140,29 @@ def fill(store, total_spans: int) -> int:  # type: ignore[no-untyped-def]
     return filler.written
 
 
-def time_pages(store, repeat: int) -> list[tuple[str, str, float, float]]:  # type: ignore[no-untyped-def]
-    """(page, window, median ms, max ms) of every page's loader."""
+def time_pages(store, repeat: int, now_ns: int  # type: ignore[no-untyped-def]
+               ) -> list[tuple[str, str, float, float]]:
+    """(page, window, median ms, max ms) of every page's loader, as of now_ns (the end of
+    the filled hour, however long the fill took)."""
     results = []
     for window_name, window_s in (("15m", 900), ("1h", HOUR_S)):
         loaders = {
-            "flow map": lambda w=window_s: queries.load_flow_map(store, w, time.time_ns()),
-            "lag": lambda w=window_s: queries.load_lag(store, w, time.time_ns()),
-            "retries": lambda w=window_s: queries.load_retries(store, w, time.time_ns()),
-            "latency": lambda w=window_s: queries.load_latency(store, w, time.time_ns()),
-            "propagation": lambda w=window_s: queries.load_propagation(store, w,
-                                                                       time.time_ns()),
+            "flow map": lambda w=window_s: queries.load_flow_map(store, w, now_ns),
+            "lag": lambda w=window_s: queries.load_lag(store, w, now_ns),
+            "retries": lambda w=window_s: queries.load_retries(store, w, now_ns),
+            "latency": lambda w=window_s: queries.load_latency(store, w, now_ns),
+            "propagation": lambda w=window_s: queries.load_propagation(store, w, now_ns),
             "flow explorer (newest)": lambda w=window_s: queries.load_recent_flows(
-                store, w, time.time_ns()),
+                store, w, now_ns),
         }
         if window_name == "15m":
             loaders |= {
                 "flow explorer (by id)": lambda: queries.load_flow(store, "upload-777",
-                                                                   time.time_ns()),
+                                                                   now_ns),
                 "flow explorer (by key)": lambda: queries.load_flow(store, "key-order-1004",
-                                                                    time.time_ns()),
+                                                                    now_ns),
                 "flow explorer (by message)": lambda: queries.load_flow(
-                    store, "files.uploaded.3.100", time.time_ns()),
+                    store, "files.uploaded.3.100", now_ns),
             }
         for page, loader in loaders.items():
             times = []
@@ -177,6 +181,46 @@ def postgres_store(schema: str) -> str:
     with psycopg.connect(url, autocommit=True) as db:
         db.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     return f"{url}?options=-csearch_path%3D{schema}"
+
+
+COPIED = ("spans", "span_links", "hops", "edge_buckets", "edge_rollups", "flows",
+          "flow_latency_buckets", "lag_current", "lag_samples", "lag_groups", "messages",
+          "counters")
+
+
+def copy_store(source: Path | str, settings: Settings) -> int:
+    """Fill the PostgreSQL store row for row from the SQLite store this run filled (what
+    derivation wrote there, derivation would write here; at 10 million spans it would take
+    an hour on this machine); its spans."""
+    target = open_store(settings)  # the schema and its partitions
+    assert isinstance(target, PostgresStore)
+    assert isinstance(settings.collect.store, str)
+    started = time.monotonic()
+    source_db = sqlite3.connect(f"{Path(source).resolve().as_uri()}?mode=ro", uri=True)
+    with psycopg.connect(settings.collect.store, autocommit=True) as db:
+        for table in COPIED:
+            columns = [r[1] for r in source_db.execute(f"PRAGMA table_info({table})")]
+            part = next((p for p in PARTITIONED if p.table == table), None)
+            if part is not None:
+                low, high = source_db.execute(
+                    f"SELECT MIN({part.column}), MAX({part.column}) FROM {table}").fetchone()
+                if low is not None:
+                    with db.transaction(), db.cursor() as cursor:
+                        target.partitions.ensure(cursor, part, range(
+                            int(low), int(high) + 1,
+                            target.partitions.width_s * part.units), time.time())
+                        target.partitions.ensure(cursor, part, [high], time.time())
+            names = ", ".join(f'"{c}"' for c in columns)
+            with db.transaction(), db.cursor() as cursor, \
+                    cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                for row in source_db.execute(f"SELECT {names} FROM {table}"):
+                    copy.write_row(row)
+            print(f"[copy {time.monotonic() - started:5.1f}s] {table}", flush=True)
+        db.execute("ANALYZE")
+    target.close()
+    source_db.close()
+    with psycopg.connect(settings.collect.store, autocommit=True) as db:
+        return int(db.execute("SELECT COUNT(*) FROM spans").fetchone()[0])  # type: ignore[index]
 
 
 def size_of(settings: Settings) -> float:
@@ -203,6 +247,7 @@ def main() -> None:
                         "schema, reused when it holds a store")
     args = parser.parse_args()
     results = {}
+    filled: dict[str, Path | str] = {}
     with tempfile.TemporaryDirectory() as scratch:
         home = args.home or scratch
         for kind in args.stores.split(","):
@@ -212,12 +257,20 @@ def main() -> None:
             settings = Settings.from_env(env)
             writer = open_settings_store(settings)
             written = writer.db.execute("SELECT COUNT(*) FROM spans").fetchone()[0]
-            if not written:
+            if not written and kind == "postgresql" and "sqlite" in filled:
+                writer.close()
+                written = copy_store(filled["sqlite"], settings)
+            elif not written:
                 written = fill(writer, args.spans)
-            writer.close()
+                writer.close()
+            else:
+                writer.close()
+            filled[kind] = settings.collect.store
             store = open_store(settings, readonly=True)
+            newest = store.flows(0, 2**62, limit=1)
+            now_ns = newest[0].ended_ns + 10**9 if newest else time.time_ns()
             print(f"{kind} store: {written:,} spans, {size_of(settings):,.0f} MB", flush=True)
-            results[kind] = time_pages(store, args.repeat)
+            results[kind] = time_pages(store, args.repeat, now_ns)
             store.close()
     kinds = list(results)
     print(f"{'page':28} {'window':>6} " + " ".join(f"{k + ' median':>18} {'max':>7}"

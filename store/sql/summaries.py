@@ -106,7 +106,7 @@ def read_retry_attempts(db: Db, since_ms: int, sample: int | None
     newest = "ORDER BY timestamp_ms DESC LIMIT ?" if sample else ""
     return db.execute(
         "SELECT topic, COALESCE(retry_attempt, 1), COUNT(*) FROM (SELECT topic, retry_attempt "
-        f"FROM messages WHERE timestamp_ms >= ? {newest}) GROUP BY 1, 2 ORDER BY 1, 2",
+        f"FROM messages WHERE timestamp_ms >= ? {newest}) m GROUP BY 1, 2 ORDER BY 1, 2",
         (since_ms, sample) if sample else (since_ms,)).fetchall()
 
 

@@ -258,6 +258,69 @@ def test_lag_polls_keep_the_latest_figures_and_the_history(store: Store) -> None
     assert store.lag("other") == ([], [])
     assert [(r.partition, r.at_s) for r in store.lag_history(0, "g")] == \
         [(0, 100.0), (1, 100.0), (0, 105.0)]
+    # per poll: the total lag and the largest lag in seconds
+    assert store.lag_trend(0) == [("g", 100.0, 4, 2.5), ("g", 105.0, 0, 0.0)]
+    assert store.lag_trend(101 * 10**9) == [("g", 105.0, 0, 0.0)]
+
+
+def test_busiest_topology_keeps_the_busiest_edges_and_counts_them_all(store: Store) -> None:
+    for topic, messages in (("a", 3), ("b", 1), ("c", 2)):
+        for _ in range(messages):
+            trace, producer = new_trace_id(), new_span_id()
+            store.write_spans(_records("orders", _send(topic, trace=trace, span_id=producer)))
+            store.write_spans(_records("payments", _process(topic, trace=trace,
+                                                            parent=producer)))
+    topology, total = store.busiest_topology(BASE_NS - 10**12, 2)
+    assert total == 6
+    assert {(e.source, e.target, e.count) for e in topology.edges} == \
+        {("orders", "a", 3), ("a", "payments", 3)}
+    nearby, _ = store.busiest_topology(BASE_NS - 10**12, 1, touching="b")
+    assert [(e.source, e.target) for e in nearby.edges] in ([("orders", "b")],
+                                                            [("b", "payments")])
+    assert store.topology_nodes(BASE_NS - 10**12) == {
+        "a": "topic", "b": "topic", "c": "topic", "orders": "service",
+        "payments": "service"}
+
+
+def test_a_flow_head_gives_its_first_hops_and_how_many_more(store: Store) -> None:
+    trace = new_trace_id()
+    for step in range(4):
+        producer = new_span_id()
+        store.write_spans(_records("orders", _send("t", trace=trace, span_id=producer,
+                                                   start=step * 100)))
+        store.write_spans(_records("payments", _process("t", trace=trace, parent=producer,
+                                                        start=step * 100 + 10)))
+    flow, hops, more = store.flow_head("flow-1", NOW, 3)  # type: ignore[misc]
+    assert (flow.hops, len(hops), more) == (4, 3, 1)
+    assert [h.produce_start_ns for h in hops] == sorted(h.produce_start_ns for h in hops)
+    assert store.flow_head(trace, NOW, None)[0].id == "flow-1"  # type: ignore[index]
+    assert store.flow_head("no-such-flow", NOW, 3) is None
+
+
+def test_find_flows_by_correlation_trace_message_id_or_key(store: Store) -> None:
+    trace = new_trace_id()
+    store.write_spans(_records("orders", _send("t", trace=trace, **{
+        "messaging.destination.partition.id": "2", "messaging.kafka.offset": 9,
+        "messaging.kafka.message.key": "order-7"})))
+    for text in ("flow-1", trace, "t.2.9", "order-7", f"  {trace.upper()}  "):
+        assert store.find_flows(text) == ["flow-1"], text
+    assert store.find_flows("nothing") == []
+    assert store.find_flows("\ud800") == []  # no text the store can hold
+
+
+def test_health_reports_replace_the_last_and_a_single_store_always_leads(
+        store: Store) -> None:
+    def report(state: str, at_s: float) -> None:
+        store.write_health({"components": {"tap": {"state": state, "reason": None,
+                                                   "since_s": at_s, "restarts": 1}}},
+                           int(at_s * 1e9))
+
+    report("ok", 1_800_000_000.0)
+    report("degraded", 1_800_000_001.0)
+    assert [(r.component, r.state, r.at_s) for r in store.collector_health()] == \
+        [("tap", "degraded", 1_800_000_001.0)]
+    assert store.lead("lag_poller")
+    assert store.lead("lag_poller")  # held, not taken twice
 
 
 def test_a_flow_reaching_its_completion_topic_records_its_latency_once(store: Store) -> None:
@@ -304,6 +367,18 @@ def test_dead_letters_include_topics_only_the_tap_has_seen(store: Store) -> None
     assert (letter.topic, letter.offset, letter.headers) == ("legacy.dlq", 7,
                                                             (("dlq-reason", "bad"),))
     assert store.dead_letters(NOW - 10**9, flow_id="flow-x")[0].offset == 7
+
+
+def test_retry_attempts_count_tapped_messages_per_topic_and_attempt(store: Store) -> None:
+    now_ms = NOW // 1_000_000
+    store.write_messages([
+        MessageRecord("jobs", 0, offset, now_ms - 100 + offset, None, 2, None, None, attempt,
+                      None, False)
+        for offset, attempt in ((1, None), (2, None), (3, 2), (4, 2), (5, 3))])
+    assert store.retry_attempts(NOW - 10**9) == [("jobs", 1, 2), ("jobs", 2, 2), ("jobs", 3, 1)]
+    # the newest two: offsets 5 and 4
+    assert store.retry_attempts(NOW - 10**9, sample=2) == [("jobs", 2, 1), ("jobs", 3, 1)]
+    assert store.retry_attempts(NOW) == []
 
 
 def test_propagation_waits_for_a_recent_message_s_send_span_before_calling_it_unknown(
