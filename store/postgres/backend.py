@@ -119,7 +119,10 @@ def connect(url: str) -> psycopg.Connection:
 
 
 class QmarkCursor:
-    """The shared read queries' parameters (? and :name) as psycopg's, on one cursor."""
+    """The shared read queries on one cursor: their parameters (? and :name) as psycopg's,
+    and without SQLite's planner hint `x || '' = y` (it keeps SQLite off an index; it would
+    keep PostgreSQL from carrying a flow's id from one side of a join to the other, and so
+    from reading that flow's hops alone)."""
 
     def __init__(self, cursor: psycopg.Cursor) -> None:
         self.cursor = cursor
@@ -128,7 +131,8 @@ class QmarkCursor:
         """Run one shared query."""
         named = isinstance(parameters, Mapping)
         text = QMARK.sub(lambda m: f"%({m[1]})s" if named and m[1] else
-                         ("%s" if m[0] == "?" else m[0]), sql.replace("%", "%%"))
+                         ("%s" if m[0] == "?" else m[0]),
+                         sql.replace("%", "%%").replace(" || '' = ", " = "))
         return self.cursor.execute(text, parameters)
 
 
