@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from store.vocabulary import CONSUMES, SENDS, sql_list
 
-# 1: the first PostgreSQL schema (that of the SQLite store's version 5).
+# 1: the first PostgreSQL schema (that of the SQLite store's version 5). Every whole number a
+# span or message brings is BIGINT: SQLite holds any int64, and one hostile value must not
+# make a batch fail here that SQLite takes.
 SCHEMA_VERSION = 1
 # SQL for each version after the first, applied in order by the first collector that opens a
 # store of an older version: (version it brings the store to, its statements).
@@ -67,9 +69,9 @@ CREATE TABLE IF NOT EXISTS spans (
     links {TEXT},
     service {TEXT} NOT NULL, name {TEXT} NOT NULL, kind {TEXT} NOT NULL,
     start_ns BIGINT NOT NULL, end_ns BIGINT NOT NULL, error SMALLINT NOT NULL,
-    error_type {TEXT}, operation {TEXT}, system {TEXT}, topic {TEXT}, partition INTEGER,
+    error_type {TEXT}, operation {TEXT}, system {TEXT}, topic {TEXT}, partition BIGINT,
     "offset" BIGINT, message_id {TEXT}, consumer_group {TEXT}, correlation_id {TEXT},
-    message_key {TEXT}, retry_attempt INTEGER, batch_count INTEGER, flow_id {TEXT} NOT NULL,
+    message_key {TEXT}, retry_attempt BIGINT, batch_count BIGINT, flow_id {TEXT} NOT NULL,
     queue {TEXT}, routing_key {TEXT}, PRIMARY KEY (trace_id, span_id, end_ns)
 ) PARTITION BY RANGE (end_ns);
 CREATE INDEX IF NOT EXISTS sends_by_flow ON spans (flow_id) WHERE operation IN {sql_list(SENDS)};
@@ -92,11 +94,11 @@ CREATE TABLE IF NOT EXISTS hops (
     producer_trace_id {TEXT}, producer_span_id {TEXT},
     consumer_trace_id {TEXT} NOT NULL, consumer_span_id {TEXT} NOT NULL,
     consumer_is_batch SMALLINT,
-    flow_id {TEXT} NOT NULL, topic {TEXT} NOT NULL, partition INTEGER, "offset" BIGINT,
+    flow_id {TEXT} NOT NULL, topic {TEXT} NOT NULL, partition BIGINT, "offset" BIGINT,
     message_id {TEXT}, producer_service {TEXT}, consumer_service {TEXT} NOT NULL,
     consumer_group {TEXT}, produce_start_ns BIGINT, produce_end_ns BIGINT,
     consume_start_ns BIGINT NOT NULL, consume_end_ns BIGINT NOT NULL,
-    retry_attempt INTEGER, error SMALLINT NOT NULL, system {TEXT}, queue {TEXT},
+    retry_attempt BIGINT, error SMALLINT NOT NULL, system {TEXT}, queue {TEXT},
     routing_key {TEXT}, PRIMARY KEY (hop_key, consume_end_ns)
 ) PARTITION BY RANGE (consume_end_ns);
 CREATE INDEX IF NOT EXISTS hops_by_flow ON hops (flow_id);
@@ -132,14 +134,14 @@ CREATE TABLE IF NOT EXISTS flow_latency_buckets (
 );
 
 CREATE TABLE IF NOT EXISTS lag_current (
-    "group" {TEXT} NOT NULL, topic {TEXT} NOT NULL, partition INTEGER NOT NULL,
+    "group" {TEXT} NOT NULL, topic {TEXT} NOT NULL, partition BIGINT NOT NULL,
     committed BIGINT, "end" BIGINT, lag BIGINT, lag_seconds DOUBLE PRECISION,
     status {TEXT} NOT NULL, at_s DOUBLE PRECISION NOT NULL, system {TEXT} NOT NULL,
     ready BIGINT, unacknowledged BIGINT, consumers BIGINT,
     PRIMARY KEY (system, "group", topic, partition)
 );
 CREATE TABLE IF NOT EXISTS lag_samples (
-    "group" {TEXT} NOT NULL, topic {TEXT} NOT NULL, partition INTEGER NOT NULL,
+    "group" {TEXT} NOT NULL, topic {TEXT} NOT NULL, partition BIGINT NOT NULL,
     committed BIGINT, "end" BIGINT, lag BIGINT, lag_seconds DOUBLE PRECISION,
     status {TEXT} NOT NULL, at_s DOUBLE PRECISION NOT NULL, system {TEXT} NOT NULL,
     ready BIGINT, unacknowledged BIGINT, consumers BIGINT,
@@ -154,9 +156,9 @@ CREATE TABLE IF NOT EXISTS lag_groups (
 );
 
 CREATE TABLE IF NOT EXISTS messages (
-    topic {TEXT} NOT NULL, partition INTEGER NOT NULL, "offset" BIGINT NOT NULL,
+    topic {TEXT} NOT NULL, partition BIGINT NOT NULL, "offset" BIGINT NOT NULL,
     timestamp_ms BIGINT NOT NULL, "key" {TEXT}, size BIGINT NOT NULL, correlation_id {TEXT},
-    trace_id {TEXT}, retry_attempt INTEGER, headers {TEXT}, truncated SMALLINT NOT NULL,
+    trace_id {TEXT}, retry_attempt BIGINT, headers {TEXT}, truncated SMALLINT NOT NULL,
     flow_id {TEXT}, message_id {TEXT} NOT NULL,
     PRIMARY KEY (topic, partition, "offset", timestamp_ms)
 ) PARTITION BY RANGE (timestamp_ms);

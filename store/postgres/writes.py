@@ -40,8 +40,8 @@ from store.sql.rows import (
 from store.vocabulary import CONSUMES, SENDS, sql_list
 
 # The SQL type of each column that is not text (for the arrays a bulk statement passes).
-TYPES = {"start_ns": "int8", "end_ns": "int8", "error": "int2", "partition": "int4",
-         "offset": "int8", "retry_attempt": "int4", "batch_count": "int4",
+TYPES = {"start_ns": "int8", "end_ns": "int8", "error": "int2", "partition": "int8",
+         "offset": "int8", "retry_attempt": "int8", "batch_count": "int8",
          "consumer_is_batch": "int2", "produce_start_ns": "int8", "produce_end_ns": "int8",
          "consume_start_ns": "int8", "consume_end_ns": "int8", "timestamp_ms": "int8",
          "size": "int8", "truncated": "int2", "started_ns": "int8", "last_ns": "int8",

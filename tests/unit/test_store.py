@@ -369,6 +369,22 @@ def test_dead_letters_include_topics_only_the_tap_has_seen(store: Store) -> None
     assert store.dead_letters(NOW - 10**9, flow_id="flow-x")[0].offset == 7
 
 
+def test_whole_numbers_up_to_int64_are_stored_as_they_came(store: Store) -> None:
+    """A partition, offset or attempt a span brings may be any int64 (normalize keeps what
+    the store can hold): every backend takes it, and the batch it came in."""
+    big = {"messaging.destination.partition.id": str(2**40), "messaging.kafka.offset": 2**62,
+           "messaging.message.retry_attempt": 2**40, "messaging.batch.message_count": 2**33}
+    trace, producer = new_trace_id(), new_span_id()
+    result = store.write_spans(_records("orders", _send("t", trace=trace, span_id=producer,
+                                                        **big)) +
+                               _records("payments", _process("t", trace=trace, parent=producer,
+                                                             **big)))
+    assert result.written == 2
+    _, hops = store.flow("flow-1", NOW)  # type: ignore[misc]
+    assert [(h.partition, h.offset) for h in hops] == [(2**40, 2**62)]
+    assert store.find_flows(f"t.{2**40}.{2**62}") == []  # past int32: no Kafka partition
+
+
 def test_retry_attempts_count_tapped_messages_per_topic_and_attempt(store: Store) -> None:
     now_ms = NOW // 1_000_000
     store.write_messages([
