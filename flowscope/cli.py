@@ -225,8 +225,8 @@ def _artemis_install(settings: Settings, _: argparse.Namespace) -> int:
 def _postgres_external(settings: Settings) -> str | None:
     if not settings.postgres.external:
         return None
-    return (f"postgres: using the external server {redact_url(postgres.status(settings).url)} "
-            "(FLOWSCOPE_POSTGRES_URL)")
+    return (f"postgres: using the external server "
+            f"{redact_url(str(settings.postgres.external_url))} (FLOWSCOPE_POSTGRES_URL)")
 
 
 def _postgres_start(settings: Settings, _: argparse.Namespace) -> int:

@@ -44,7 +44,7 @@ from store.postgres.schema import (
     SCHEMA_VERSION,
     partition_width,
 )
-from store.postgres.writes import PostgresWrites, arrays, bulk_insert, staging_tables
+from store.postgres.writes import PostgresWrites, Staging, staged_insert
 from store.records import GROUP_LAG_COLUMNS, LAG_COLUMNS, GroupLag, LagRow
 from store.sql.reads import SqlReads
 from store.sql.rows import rollup_width
@@ -59,10 +59,13 @@ from store.vocabulary import (
 # Advisory lock keys (with the schema's own class, so that stores in two schemas of one
 # database do not wait for each other).
 MIGRATE_LOCK, DERIVE_LOCK, PARTITION_LOCK = 1, 2, 3
-LAG_UPSERT = (bulk_insert("lag_current", LAG_COLUMNS)
+LAG_UPSERT = (staged_insert("lag_current", LAG_COLUMNS)
               + ' ON CONFLICT (system, "group", topic, partition) DO UPDATE SET '
               + ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in LAG_COLUMNS))
-GROUP_UPSERT = (bulk_insert("lag_groups", GROUP_LAG_COLUMNS)
+LAG_SAMPLES_INSERT = staged_insert("lag_samples", LAG_COLUMNS) + " ON CONFLICT DO NOTHING"
+COUNTERS_ADD = (staged_insert("counters", ("name", "value")) + " ON CONFLICT (name) DO UPDATE "
+                "SET value = counters.value + EXCLUDED.value")
+GROUP_UPSERT = (staged_insert("lag_groups", GROUP_LAG_COLUMNS)
                 + ' ON CONFLICT (system, "group") DO UPDATE SET '
                 + ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in GROUP_LAG_COLUMNS))
 CONNECT_TIMEOUT_S = 10
@@ -171,10 +174,11 @@ class PostgresStore(SqlReads):
         self.partitions = Partitions(int(meta.get("partition_s",
                                                   partition_width(raw_retention_s))),
                                      raw_retention_s, (self.lock_class, PARTITION_LOCK))
+        self.staging: Staging | None = None  # a writer's, made with each connection
         if not readonly:
             with self._transaction() as cursor:
                 self.partitions.load(cursor)
-            self.db.execute(staging_tables())
+            self.staging = Staging(self.db)
 
     def _connect(self) -> psycopg.Connection:
         try:
@@ -271,12 +275,19 @@ class PostgresStore(SqlReads):
             self.db.close()
             try:
                 self.db = connect(self.url)
-                if not self.readonly:
-                    self.db.execute(staging_tables())
+                # a new session has none of the old one's temporary tables: made here,
+                # outside any transaction, so that a rolled-back one cannot take them along
+                self.staging = None if self.readonly else Staging(self.db)
             except psycopg.Error as exc:
                 raise StoreUnavailable(f"store {redact_url(self.url)}: {str(exc).strip()}"
                                        ) from None
         return self.db
+
+    def _staging(self) -> Staging:
+        """The session's staging tables; a store opened read-only has none."""
+        if self.staging is None:
+            raise StoreError(f"{redact_url(self.url)} was opened read-only")
+        return self.staging
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -285,7 +296,8 @@ class PostgresStore(SqlReads):
         """One write transaction for flow derivation (all or nothing), under the derivation
         lock; StoreUnavailable when the store, not the records, made it fail."""
         with self._transaction(DERIVE_LOCK) as cursor:
-            yield PostgresWrites(cursor, self.rollup[0], self.partitions)
+            yield PostgresWrites(cursor, self.rollup[0], self.partitions,
+                                 self._staging())
 
     def write_lag(self, rows: Sequence[LagRow], groups: Sequence[GroupLag], *,
                   complete: str | None = None) -> None:
@@ -293,22 +305,24 @@ class PostgresStore(SqlReads):
         values = [tuple(-1 if c == "partition" and r.partition is None else getattr(r, c)
                         for c in LAG_COLUMNS) for r in rows]
         with self._transaction() as cursor:
+            staging, used = self._staging(), set[str]()
             if complete is not None:
                 cursor.execute("DELETE FROM lag_current WHERE system = %s", (complete,))
                 cursor.execute("DELETE FROM lag_groups WHERE system = %s", (complete,))
             if values:
                 # One row per key: the last of a poll that names a partition twice.
                 current = list({(r[9], r[0], r[1], r[2]): r for r in values}.values())
-                cursor.execute(LAG_UPSERT, arrays(current, len(LAG_COLUMNS)))
+                staging.copy(cursor, used, "lag_current", LAG_COLUMNS, current)
+                cursor.execute(LAG_UPSERT)
                 self.partitions.ensure(cursor, PARTITIONED[3], (r.at_s for r in rows),
                                        time.time())
-                cursor.execute(bulk_insert("lag_samples", LAG_COLUMNS)
-                               + " ON CONFLICT DO NOTHING", arrays(values, len(LAG_COLUMNS)))
+                staging.copy(cursor, used, "lag_samples", LAG_COLUMNS, values)
+                cursor.execute(LAG_SAMPLES_INSERT)
             if groups:
                 latest = list({(g.system, g.group): g for g in groups}.values())
-                cursor.execute(GROUP_UPSERT, arrays(
-                    (tuple(getattr(g, c) for c in GROUP_LAG_COLUMNS) for g in latest),
-                    len(GROUP_LAG_COLUMNS)))
+                staging.copy(cursor, used, "lag_groups", GROUP_LAG_COLUMNS,
+                             (tuple(getattr(g, c) for c in GROUP_LAG_COLUMNS) for g in latest))
+                cursor.execute(GROUP_UPSERT)
 
     def add_counters(self, counts: Mapping[str, int]) -> None:
         """Add to named counters (merged by the database)."""
@@ -316,9 +330,9 @@ class PostgresStore(SqlReads):
         if not kept:
             return
         with self._transaction() as cursor:
-            cursor.execute(bulk_insert("counters", ("name", "value")) + " ON CONFLICT (name) "
-                           "DO UPDATE SET value = counters.value + EXCLUDED.value",
-                arrays(kept, 2))
+            self._staging().copy(cursor, set(), "counters", ("name", "value"),
+                                                  kept)
+            cursor.execute(COUNTERS_ADD)
 
     def write_health(self, snapshot: Mapping[str, object], at_ns: int) -> None:
         """Replace this collector's component health with this report (Health.snapshot());

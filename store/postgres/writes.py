@@ -39,18 +39,6 @@ from store.sql.rows import (
 )
 from store.vocabulary import CONSUMES, SENDS, sql_list
 
-# The SQL type of each column that is not text (for the arrays a bulk statement passes).
-TYPES = {"start_ns": "int8", "end_ns": "int8", "error": "int2", "partition": "int8",
-         "offset": "int8", "retry_attempt": "int8", "batch_count": "int8",
-         "consumer_is_batch": "int2", "produce_start_ns": "int8", "produce_end_ns": "int8",
-         "consume_start_ns": "int8", "consume_end_ns": "int8", "timestamp_ms": "int8",
-         "size": "int8", "truncated": "int2", "started_ns": "int8", "last_ns": "int8",
-         "hops": "int8", "retries": "int8", "errors": "int8", "flags": "int4",
-         "bucket_start": "int8", "count": "int8", "first_bucket": "int8", "value": "int8",
-         "committed": "int8", "end": "int8", "lag": "int8", "ready": "int8",
-         "unacknowledged": "int8", "consumers": "int8", "lag_seconds": "float8",
-         "consume_rate": "float8", "lag_rate": "float8", "catch_up_s": "float8",
-         "at_s": "float8"}
 SPANS, HOPS, MESSAGES, _ = PARTITIONED
 SPAN_FIELDS = ", ".join(f'"{c}"' for c in SPAN_COLUMNS)
 SPAN_VALUES = operator.attrgetter(*SPAN_COLUMNS)
@@ -66,24 +54,10 @@ EDGE_MERGE = ("count = {t}.count + EXCLUDED.count, errors = {t}.errors + EXCLUDE
               "processing = flowscope_histogram_merge({t}.processing, EXCLUDED.processing)")
 
 
-def bulk_insert(table: str, columns: Sequence[str]) -> str:
-    """INSERT of many rows in one statement: one array parameter per column."""
-    names = ", ".join(f'"{c}"' for c in columns)
-    arrays = ", ".join(f"%s::{TYPES.get(c, 'text')}[]" for c in columns)
-    return f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})"
-
-
 def staged_insert(table: str, columns: Sequence[str]) -> str:
-    """INSERT of the rows staged for a table (see PostgresWrites.stage)."""
+    """INSERT of the rows staged for a table (see Staging.copy)."""
     names = ", ".join(f'"{c}"' for c in columns)
     return f"INSERT INTO {table} ({names}) SELECT {names} FROM {STAGE_PREFIX}{table}"
-
-
-def staging_tables() -> str:
-    """The session's staging tables, one per table bulk writes go to: emptied at every commit
-    (and before each use)."""
-    return "".join(f"CREATE TEMP TABLE IF NOT EXISTS {STAGE_PREFIX}{table} (LIKE {table} "
-                   "INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;" for table in STAGED)
 
 
 def clean(row: Sequence[object]) -> list[object]:
@@ -98,15 +72,6 @@ def clean(row: Sequence[object]) -> list[object]:
     return values
 
 
-def arrays(rows: Iterable[Sequence[object]], width: int) -> list[list[object]]:
-    """Rows as one list per column (a flag as a number, as its column holds it)."""
-    columns: list[list[object]] = [[] for _ in range(width)]
-    for row in rows:
-        for column, value in zip(columns, row, strict=True):
-            column.append(int(value) if type(value) is bool else value)
-    return columns
-
-
 def pair_arrays(pairs: Iterable[tuple[str, str]]) -> list[list[str]]:
     """(trace, span) pairs as two arrays."""
     firsts, seconds = [], []
@@ -118,7 +83,8 @@ def pair_arrays(pairs: Iterable[tuple[str, str]]) -> list[list[str]]:
 
 STAGE_PREFIX = "stage_"
 STAGED = ("spans", "hops", "messages", "flows", "edge_buckets", "edge_rollups",
-          "flow_latency_buckets", "span_links")
+          "flow_latency_buckets", "span_links", "lag_current", "lag_samples", "lag_groups",
+          "counters")
 SPAN_ROW = (*SPAN_COLUMNS, "flow_id")
 MESSAGE_ROW = (*MESSAGE_COLUMNS, "flow_id", "message_id")
 LINK_COLUMNS = ("linked_trace_id", "linked_span_id", "trace_id", "span_id")
@@ -153,28 +119,52 @@ LATENCY_MERGE = (staged_insert("flow_latency_buckets", LATENCY_COLUMNS)
 PAIRS = "(SELECT * FROM unnest(%s::text[], %s::text[]))"
 
 
+class Staging:
+    """The session's staging tables, one per table bulk writes go to (emptied at every
+    commit), and their columns' types as the catalog has them: a binary COPY must name each
+    column's exact type, and reading them keeps them the tables' own."""
+
+    def __init__(self, db: psycopg.Connection) -> None:
+        db.execute("".join(f"CREATE TEMP TABLE IF NOT EXISTS {STAGE_PREFIX}{table} (LIKE "
+                           f"{table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;"
+                           for table in STAGED))
+        self.types: dict[str, dict[str, int]] = {}
+        for table in STAGED:
+            described = db.execute(f"SELECT * FROM {STAGE_PREFIX}{table} LIMIT 0").description
+            self.types[table] = {column.name: column.type_code for column in described or ()}
+
+    def copy(self, cursor: psycopg.Cursor, used: set[str], table: str,
+             columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+        """Copy rows into the table's staging table, for staged_insert. A commit empties it;
+        a second use in one transaction (used: those used so far) deletes the first's rows
+        (TRUNCATE would give the table a new file each time: costly at a few transactions a
+        second)."""
+        if table in used:
+            cursor.execute(f"DELETE FROM {STAGE_PREFIX}{table}")
+        used.add(table)
+        names = ", ".join(f'"{c}"' for c in columns)
+        types = self.types[table]
+        with cursor.copy(f"COPY {STAGE_PREFIX}{table} ({names}) FROM STDIN (FORMAT BINARY)"
+                         ) as copy:
+            copy.set_types([types[c] for c in columns])
+            for row in rows:
+                copy.write_row(clean(row))
+
+
 class PostgresWrites:
     """SpanWrites on one PostgreSQL connection, inside the transaction the store opened."""
 
-    def __init__(self, cursor: psycopg.Cursor, rollup_s: int, partitions: Partitions) -> None:
+    def __init__(self, cursor: psycopg.Cursor, rollup_s: int, partitions: Partitions,
+                 staging: Staging) -> None:
         self.cursor, self.rollup_s, self.partitions = cursor, rollup_s, partitions
+        self.staging = staging
         self.now_s = time.time()
         self.staged: set[str] = set()  # staging tables used in this transaction
 
     def stage(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[object]]
               ) -> None:
-        """Copy rows into the table's staging table, for staged_insert. A commit empties it;
-        a second use in one transaction deletes the first's rows (TRUNCATE would give the
-        table a new file each time: costly at a few transactions a second)."""
-        stage = f"{STAGE_PREFIX}{table}"
-        if stage in self.staged:
-            self.cursor.execute(f"DELETE FROM {stage}")
-        self.staged.add(stage)
-        names = ", ".join(f'"{c}"' for c in columns)
-        with self.cursor.copy(f"COPY {stage} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types([TYPES.get(c, "text") for c in columns])
-            for row in rows:
-                copy.write_row(clean(row))
+        """Copy rows into the table's staging table, for staged_insert."""
+        self.staging.copy(self.cursor, self.staged, table, columns, rows)
 
     def known_flows(self, trace_ids: set[str]) -> dict[str, str]:
         """The correlation ID already stored for each of these traces."""
